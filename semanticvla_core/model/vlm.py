@@ -1,0 +1,503 @@
+"""The VLM with two output paths: explicit trace text, then K implicit latent action tokens.
+
+Layout of one sequence (left padding only at generation time)::
+
+    [pad ...] [image tokens (P)] <s> In: What action should the robot take to {instr}?\\nOut: [target]
+
+``target`` = trace text ``[[x, y], ...]`` (N anchors, ints 0..1000) + ``<ACT_k>`` x K (see ``prompts``).
+Training: cross-entropy on target tokens only, reported as ``loss_trace`` and ``loss_latent``
+(``loss = loss_trace + loss_latent``, each a mean over its own tokens). Generation: greedy or sampled,
+with KV cache, constrained by ``prompts.TraceGrammar`` so the output always parses and carries exactly
+K ACT tokens. E_a = last-layer hidden states (after the final norm) at the K latent-token positions:
+a token emitted at step t is an input at step t+1, so after the last ACT token one extra cached
+step of one token yields its hidden state (timed as ``latent_hidden``). E_v = the projected visual
+tokens average-pooled to a ``visual_pool x visual_pool`` grid.
+
+The backbone is behind a small seam (``VLMBackbone``): embed images, embed tokens, forward
+``inputs_embeds`` with a cache, LM head, hidden size. ``PrismaticBackbone`` (DINOv2 + SigLIP patch
+features fused channel-wise, MLP projector, a Qwen2/Llama causal LM) is the paper's backbone;
+``llava_adapter.LlavaBackbone`` wraps transformers' ``LlavaForConditionalGeneration`` to prove the seam.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..traces import parse_trace_text
+from .prompts import SEGMENT_LATENT, SEGMENT_TRACE, TraceGrammar, format_prompt
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class VisionTowerConfig:
+    """One vision encoder. kind: "dinov2" | "siglip". config: HF config kwargs (architecture, random
+    init); pretrained_path: local directory to load weights (and architecture) from instead.
+    feature_layer: which hidden state to use (-1 = last, normed; -2 = second to last, as Prismatic)."""
+
+    kind: str = "dinov2"
+    config: dict = field(default_factory=dict)
+    pretrained_path: str | None = None
+    feature_layer: int = -1
+
+
+@dataclass
+class VLMConfig:
+    """The VLM backbone.
+
+    backbone: "prismatic" (fused vision towers + projector + causal LM) or "llava" (the adapter).
+    image_size: input resolution S (images arrive as (B, 3, S, S) in [0, 1]; the towers normalize).
+    vision: the towers fused channel-wise (same patch grid required).
+    lm_type: "qwen2" | "llama"; lm_config: HF config kwargs; lm_pretrained_path: local LM directory.
+    projector_hidden: hidden width of the MLP projector (0 = 4 x fused vision width).
+    visual_pool: E_v grid side (M = visual_pool**2 pooled visual tokens for the decoder).
+    max_prompt_tokens: instructions are truncated to this many prompt tokens.
+    sentence_encoder_path: not implemented in this version (must stay None).
+    """
+
+    backbone: str = "prismatic"
+    image_size: int = 64
+    vision: list[VisionTowerConfig] = field(default_factory=lambda: [
+        VisionTowerConfig("dinov2", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)),
+        VisionTowerConfig("siglip", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=128, patch_size=8))])
+    lm_type: str = "qwen2"
+    lm_config: dict = field(default_factory=lambda: dict(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=True))
+    lm_pretrained_path: str | None = None
+    projector_hidden: int = 0
+    visual_pool: int = 2
+    max_prompt_tokens: int = 48
+    sentence_encoder_path: str | None = None
+
+    def __post_init__(self):
+        self.vision = [v if isinstance(v, VisionTowerConfig) else VisionTowerConfig(**v) for v in self.vision]
+        if self.backbone not in ("prismatic", "llava"):
+            raise ValueError(f"VLMConfig.backbone: expected 'prismatic' or 'llava', got {self.backbone!r}")
+        if self.lm_type not in ("qwen2", "llama"):
+            raise ValueError(f"VLMConfig.lm_type: expected 'qwen2' or 'llama', got {self.lm_type!r}")
+        if not self.vision:
+            raise ValueError("VLMConfig.vision: at least one vision tower is required")
+        for v in self.vision:
+            if v.kind not in ("dinov2", "siglip"):
+                raise ValueError(f"VLMConfig.vision kind: expected 'dinov2' or 'siglip', got {v.kind!r}")
+        if self.sentence_encoder_path is not None:
+            raise ValueError("VLMConfig.sentence_encoder_path: the sentence-encoder prefix is not implemented yet")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VLMConfig":
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the seam
+# ---------------------------------------------------------------------------------------------------
+@runtime_checkable
+class VLMBackbone(Protocol):
+    """What ``SemanticVLM`` needs from a backbone (an ``nn.Module``)."""
+
+    hidden_size: int
+    num_image_tokens: int
+    image_grid: int            # image tokens form an image_grid x image_grid patch grid
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, P, hidden) LM-space image tokens."""
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, hidden)."""
+
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       past_key_values=None, use_cache: bool = False):
+        """Run the LM; returns (last-layer hidden states after the final norm (B, L, hidden), cache)."""
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head: (..., hidden) -> (..., vocab)."""
+
+    def resize_vocab(self, n: int) -> None:
+        """Make the input/output embeddings cover at least n ids."""
+
+    def language_model_prefix(self) -> str:
+        """Module-name prefix of the causal LM's decoder layers (used to target LoRA)."""
+
+
+def _round_up(n: int, m: int = 64) -> int:
+    return int(math.ceil(n / m) * m)
+
+
+def build_causal_lm(lm_type: str, lm_config: dict, pretrained_path: str | None, vocab_size: int,
+                    tokenizer=None) -> nn.Module:
+    """A Qwen2/Llama ForCausalLM from config kwargs (random init) or a local directory."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if pretrained_path:
+        if not Path(pretrained_path).is_dir():
+            raise ValueError(f"lm_pretrained_path: not a directory: {pretrained_path}")
+        lm = AutoModelForCausalLM.from_pretrained(pretrained_path, local_files_only=True)
+        if lm.get_input_embeddings().weight.shape[0] < vocab_size:
+            lm.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)
+        return lm
+    cls_cfg, cls_lm = (Qwen2Config, Qwen2ForCausalLM) if lm_type == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    kw = dict(lm_config)
+    kw["vocab_size"] = _round_up(vocab_size)
+    if tokenizer is not None:
+        kw.setdefault("pad_token_id", tokenizer.pad_token_id)
+        kw.setdefault("bos_token_id", tokenizer.bos_token_id)
+        kw.setdefault("eos_token_id", tokenizer.eos_token_id)
+    return cls_lm(cls_cfg(**kw))
+
+
+def build_vision_tower(tc: VisionTowerConfig, image_size: int) -> tuple[nn.Module, int, int]:
+    """-> (module, feature width, patch size). Random init from ``tc.config`` or loaded from a local path."""
+    from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
+
+    if tc.kind == "dinov2":
+        if tc.pretrained_path:
+            m = Dinov2Model.from_pretrained(tc.pretrained_path, local_files_only=True)
+        else:
+            m = Dinov2Model(Dinov2Config(image_size=image_size, **tc.config))
+    else:
+        if tc.pretrained_path:
+            m = SiglipVisionModel.from_pretrained(tc.pretrained_path, local_files_only=True)
+        else:
+            cfg = dict(tc.config)
+            cfg.setdefault("vision_use_head", False)
+            m = SiglipVisionModel(SiglipVisionConfig(image_size=image_size, **cfg))
+    return m, int(m.config.hidden_size), int(m.config.patch_size)
+
+
+class PrismaticBackbone(nn.Module):
+    """DINOv2 + SigLIP patch features concatenated channel-wise -> MLP projector -> causal LM."""
+
+    def __init__(self, cfg: VLMConfig, vocab_size: int, tokenizer=None):
+        super().__init__()
+        self.towers = nn.ModuleList()
+        self.kinds, self.layers, widths, grids = [], [], [], []
+        for tc in cfg.vision:
+            m, w, ps = build_vision_tower(tc, cfg.image_size)
+            if cfg.image_size % ps:
+                raise ValueError(f"VLMConfig.image_size {cfg.image_size} is not a multiple of the {tc.kind} patch size {ps}")
+            self.towers.append(m)
+            self.kinds.append(tc.kind)
+            self.layers.append(tc.feature_layer)
+            widths.append(w)
+            grids.append(cfg.image_size // ps)
+        if len(set(grids)) != 1:
+            raise ValueError(f"VLMConfig.vision: towers give different patch grids {grids}; fusion needs one grid")
+        for i, kind in enumerate(self.kinds):
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if kind == "dinov2" else (SIGLIP_MEAN, SIGLIP_STD)
+            self.register_buffer(f"mean{i}", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer(f"std{i}", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.image_grid = grids[0]
+        self.num_image_tokens = grids[0] ** 2
+        self.lm = build_causal_lm(cfg.lm_type, cfg.lm_config, cfg.lm_pretrained_path, vocab_size, tokenizer)
+        self.hidden_size = int(self.lm.config.hidden_size)
+        vis = sum(widths)
+        hid = cfg.projector_hidden or 4 * vis
+        self.projector = nn.Sequential(nn.Linear(vis, hid), nn.GELU(), nn.Linear(hid, self.hidden_size), nn.GELU(),
+                                       nn.Linear(self.hidden_size, self.hidden_size))
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> fused patch features (B, P, sum of tower widths)."""
+        feats = []
+        for i, (tower, kind, layer) in enumerate(zip(self.towers, self.kinds, self.layers)):
+            x = (pixel_values - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+            x = x.to(next(tower.parameters()).dtype)
+            out = tower(pixel_values=x, output_hidden_states=layer != -1)
+            h = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+            if kind == "dinov2":
+                h = h[:, 1:]   # drop CLS
+            feats.append(h)
+        return torch.cat(feats, dim=-1)
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.vision_features(pixel_values))
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def forward_embeds(self, inputs_embeds, attention_mask, position_ids, past_key_values=None, use_cache=False):
+        out = self.lm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past_key_values, use_cache=use_cache)
+        return out.last_hidden_state, out.past_key_values
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.lm_head(hidden)
+
+    def resize_vocab(self, n: int) -> None:
+        if self.lm.get_input_embeddings().weight.shape[0] < n:
+            self.lm.resize_token_embeddings(n, pad_to_multiple_of=64)
+
+    def language_model_prefix(self) -> str:
+        return "lm.model"
+
+
+def build_backbone(cfg: VLMConfig, vocab_size: int, tokenizer=None) -> nn.Module:
+    if cfg.backbone == "llava":
+        from .llava_adapter import LlavaBackbone
+
+        return LlavaBackbone(cfg, vocab_size, tokenizer)
+    return PrismaticBackbone(cfg, vocab_size, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the VLM
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class VLMOutput:
+    """Teacher-forced forward result."""
+
+    loss: torch.Tensor              # loss_trace + loss_latent (the terms that exist)
+    loss_trace: torch.Tensor        # mean CE over trace-text tokens (0 when use_trace is False)
+    loss_latent: torch.Tensor       # mean CE over ACT tokens (0 when use_latent is False)
+    latent_hidden: torch.Tensor     # E_a (B, K, hidden)
+    visual_tokens: torch.Tensor     # pooled E_v (B, M, hidden)
+    trace_token_acc: torch.Tensor   # teacher-forced argmax accuracy on trace tokens
+    latent_token_acc: torch.Tensor
+
+
+@dataclass
+class GenerationResult:
+    """Constrained generation result for a batch."""
+
+    texts: list[str]                 # trace text + <ACT_k> rendered
+    token_ids: list[list[int]]       # generated ids per row
+    anchors: np.ndarray              # (B, N, 2) float32 in [0, 1] (image centre when use_trace is False)
+    parse_ok: list[bool]
+    latent_ids: np.ndarray           # (B, K) int64
+    latent_hidden: torch.Tensor      # E_a (B, K, hidden)
+    visual_tokens: torch.Tensor      # E_v (B, M, hidden)
+    timings: dict[str, float]        # seconds: vision, prefill, decode, decode_per_token, latent_hidden
+    num_decode_steps: int = 0
+
+
+class SemanticVLM(nn.Module):
+    """Backbone + tokenizer + target grammar: losses, constrained generation, E_a and E_v."""
+
+    def __init__(self, cfg: VLMConfig, tokenizer, act_ids: list[int], num_anchors: int, num_latent_tokens: int,
+                 use_trace: bool = True, use_latent: bool = True, backbone: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.grammar = TraceGrammar(tokenizer, act_ids, num_anchors, num_latent_tokens, use_trace, use_latent)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg, len(tokenizer), tokenizer)
+        self.backbone.resize_vocab(len(tokenizer))
+        self.num_anchors, self.num_latent_tokens = num_anchors, (num_latent_tokens if use_latent else 0)
+        self.use_trace, self.use_latent = use_trace, use_latent
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.bos_id = tokenizer.bos_token_id
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.hidden_size
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def prompt_ids(self, instruction: str) -> list[int]:
+        ids = list(self.tokenizer.encode(format_prompt(instruction), add_special_tokens=False))
+        ids = ids[-self.cfg.max_prompt_tokens:] if len(ids) > self.cfg.max_prompt_tokens else ids
+        return ([self.bos_id] if self.bos_id is not None else []) + ids
+
+    def pool_visual(self, img_emb: torch.Tensor) -> torch.Tensor:
+        """(B, P, d) image tokens -> (B, visual_pool**2, d) pooled E_v."""
+        B, P, d = img_emb.shape
+        g = self.backbone.image_grid
+        grid = img_emb.transpose(1, 2).reshape(B, d, g, g)
+        p = min(self.cfg.visual_pool, g)
+        return F.adaptive_avg_pool2d(grid.float(), p).to(img_emb.dtype).reshape(B, d, p * p).transpose(1, 2)
+
+    @staticmethod
+    def _check_images(images: torch.Tensor, size: int) -> None:
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != size or images.shape[3] != size:
+            raise ValueError(f"images: expected (B, 3, {size}, {size}) floats in [0, 1], got {tuple(images.shape)}")
+
+    # ---- training forward -----------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, instructions: list[str], anchors=None, latent_ids=None) -> VLMOutput:
+        """Teacher-forced forward on [image][prompt][target]; losses on target tokens only.
+
+        images (B, 3, S, S) in [0, 1]; anchors (B, N, 2) in [0, 1] (needed when use_trace);
+        latent_ids (B, K) ints (needed when use_latent).
+        """
+        self._check_images(images, self.cfg.image_size)
+        B = images.shape[0]
+        if len(instructions) != B:
+            raise ValueError(f"instructions: {len(instructions)} strings for a batch of {B} images")
+        if self.use_trace and anchors is None:
+            raise ValueError("anchors: required when use_trace is True")
+        if self.use_latent and latent_ids is None:
+            raise ValueError("latent_ids: required when use_latent is True")
+        anchors = None if anchors is None else torch.as_tensor(anchors).detach().cpu().numpy()
+        latent_ids = None if latent_ids is None else torch.as_tensor(latent_ids).detach().cpu().numpy()
+        dev = images.device
+        img = self.backbone.embed_images(images)
+        P = img.shape[1]
+        rows, segs = [], []
+        for b in range(B):
+            tgt, seg = self.grammar.encode_target(anchors[b] if self.use_trace else None,
+                                                  latent_ids[b] if self.use_latent else None)
+            pr = self.prompt_ids(instructions[b])
+            rows.append(pr + tgt)
+            segs.append([0] * len(pr) + seg)
+        L = max(len(r) for r in rows)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        seg = torch.zeros((B, L), dtype=torch.long)
+        mask = torch.zeros((B, P + L), dtype=torch.long)
+        for b, (r, s) in enumerate(zip(rows, segs)):
+            ids[b, :len(r)] = torch.tensor(r)
+            seg[b, :len(s)] = torch.tensor(s)
+            mask[b, :P + len(r)] = 1
+        ids, seg, mask = ids.to(dev), seg.to(dev), mask.to(dev)
+        emb = torch.cat([img, self.backbone.embed_tokens(ids).to(img.dtype)], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden, _ = self.backbone.forward_embeds(emb, mask, pos, use_cache=False)
+        text_h = hidden[:, P:]
+        # position i predicts token i+1: gather hidden states that precede target tokens
+        tgt_mask = seg[:, 1:] > 0
+        h_prev = text_h[:, :-1][tgt_mask]
+        logits = self.backbone.lm_logits(h_prev).float()
+        labels = ids[:, 1:][tgt_mask]
+        kind = seg[:, 1:][tgt_mask]
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        correct = (logits.argmax(-1) == labels).float()
+        zero = ce.sum() * 0.0
+        lt = ce[kind == SEGMENT_TRACE].mean() if (kind == SEGMENT_TRACE).any() else zero
+        ll = ce[kind == SEGMENT_LATENT].mean() if (kind == SEGMENT_LATENT).any() else zero
+        at = correct[kind == SEGMENT_TRACE].mean() if (kind == SEGMENT_TRACE).any() else zero.detach()
+        al = correct[kind == SEGMENT_LATENT].mean() if (kind == SEGMENT_LATENT).any() else zero.detach()
+        K = self.num_latent_tokens
+        if K:
+            e_a = text_h[seg == SEGMENT_LATENT].reshape(B, K, -1)
+        else:
+            e_a = text_h.new_zeros((B, 0, text_h.shape[-1]))
+        return VLMOutput(lt + ll, lt, ll, e_a, self.pool_visual(img), at, al)
+
+    # ---- constrained generation -----------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, instructions: list[str], temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> GenerationResult:
+        """Trace text then exactly K ACT tokens, always parseable; KV cache; batched (left padding).
+
+        temperature 0 = greedy; > 0 samples from the masked, tempered distribution.
+        """
+        self._check_images(images, self.cfg.image_size)
+        B, dev = images.shape[0], images.device
+        if len(instructions) != B:
+            raise ValueError(f"instructions: {len(instructions)} strings for a batch of {B} images")
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)  # noqa: E731
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        img = self.backbone.embed_images(images)
+        e_v = self.pool_visual(img)
+        sync()
+        timings["vision"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        P, d = img.shape[1], img.shape[2]
+        prompts = [self.prompt_ids(s) for s in instructions]
+        Lp = max(len(p) for p in prompts)
+        ids = torch.full((B, Lp), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, Lp + P), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, Lp - len(p):] = torch.tensor(p)
+            mask[b, Lp - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        tok_emb = self.backbone.embed_tokens(ids).to(img.dtype)
+        # left padding precedes the image: [pads][image][prompt]
+        emb = torch.empty((B, Lp + P, d), dtype=img.dtype, device=dev)
+        for b, p in enumerate(prompts):
+            npad = Lp - len(p)
+            emb[b, :npad] = tok_emb[b, :npad]
+            emb[b, npad:npad + P] = img[b]
+            emb[b, npad + P:] = tok_emb[b, npad:]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden, cache = self.backbone.forward_embeds(emb, mask, pos, use_cache=True)
+        logits = self.backbone.lm_logits(hidden[:, -1]).float()
+        sync()
+        timings["prefill"] = time.perf_counter() - t0
+
+        g = self.grammar
+        states = [g.initial_state() for _ in range(B)]
+        out: list[list[int]] = [[] for _ in range(B)]
+        K = self.num_latent_tokens
+        e_a = torch.zeros((B, K, d), dtype=hidden.dtype, device=dev)
+        fed_latents = [0] * B
+        next_pos = pos[:, -1] + 1
+        steps = 0
+        t0 = time.perf_counter()
+        t_last = 0.0
+        while True:
+            allowed = [g.allowed(s) for s in states]
+            if all(not a for a in allowed):
+                break
+            choice = torch.full((B,), self.pad_id, dtype=torch.long)
+            need_model = [b for b in range(B) if len(allowed[b]) > 1]
+            if need_model:
+                lg = logits[need_model]
+                m = torch.full_like(lg, float("-inf"))
+                for i, b in enumerate(need_model):
+                    m[i, allowed[b]] = 0.0
+                lg = lg + m
+                if temperature > 0:
+                    pick = torch.multinomial(torch.softmax(lg / temperature, -1), 1, generator=generator)[:, 0]
+                else:
+                    pick = lg.argmax(-1)
+                choice[need_model] = pick.cpu()
+            for b in range(B):
+                if len(allowed[b]) == 1:
+                    choice[b] = allowed[b][0]
+                if allowed[b]:
+                    g.advance(states[b], int(choice[b]))
+                    out[b].append(int(choice[b]))
+            finishing = all(s.done for s in states)
+            ts = time.perf_counter()
+            # feed the chosen tokens (the last feed gives the hidden state of the final ACT token)
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
+            step_emb = self.backbone.embed_tokens(choice.view(B, 1).to(dev)).to(img.dtype)
+            h, cache = self.backbone.forward_embeds(step_emb, mask, next_pos.view(B, 1), past_key_values=cache,
+                                                    use_cache=True)
+            next_pos = next_pos + 1
+            steps += 1
+            for b in range(B):
+                if allowed[b] and int(choice[b]) in g.act_index:
+                    e_a[b, fed_latents[b]] = h[b, 0]
+                    fed_latents[b] += 1
+            if finishing:
+                sync()
+                t_last = time.perf_counter() - ts
+                break
+            logits = self.backbone.lm_logits(h[:, 0]).float()
+        sync()
+        total = time.perf_counter() - t0
+        timings["decode"] = total - t_last
+        timings["latent_hidden"] = t_last
+        timings["decode_per_token"] = timings["decode"] / max(steps - 1, 1)
+
+        texts, anchors, oks, lats = [], [], [], []
+        for b in range(B):
+            text, lat = g.decode_text(out[b])
+            texts.append(text)
+            if self.use_trace:
+                trace_part = text.split("<ACT_")[0]
+                pt = parse_trace_text(trace_part, expected_n=self.num_anchors)
+                anchors.append(pt.points)
+                oks.append(bool(pt.ok) and len(lat) == K)
+            else:
+                anchors.append(np.full((self.num_anchors, 2), 0.5, np.float32))
+                oks.append(len(lat) == K)
+            lats.append(lat)
+        return GenerationResult(texts, out, np.stack(anchors).astype(np.float32), oks,
+                                np.asarray(lats, dtype=np.int64).reshape(B, K), e_a, e_v, timings, steps)
