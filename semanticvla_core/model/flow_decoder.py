@@ -1,0 +1,240 @@
+"""Flow-matching action decoder: noisy action chunk (H x D) -> velocity, conditioned on [e_tau, E_a, E_v, state].
+
+Architecture (nanoGPT-sized): the H noisy actions are projected to ``d_model`` tokens with a learned
+position embedding; each of ``n_layers`` blocks does self-attention over the chunk, cross-attention to
+the condition memory and an MLP, every sub-layer pre-normed with an adaptive LayerNorm whose shift /
+scale / gate come from the flow time t (DiT-style adaLN-zero).
+
+Condition memory: each group that is passed gets its own linear projection and a learned type
+embedding, and the groups present are concatenated:
+    e_tau (B, T_tau, trace_dim)   the predicted trace through the frozen tokenizer trace encoder
+    e_a   (B, K, latent_dim)      the VLM's last-layer hidden states at the <ACT_k> positions
+    e_v   (B, N_v, visual_dim)    visual features
+    state (B, state_dim)          optional proprioception, one token
+A group passed as ``None`` is *absent*: it contributes no tokens at all (no placeholder, no type
+embedding), so switching it off is a real change of the computation. With no group at all the
+cross-attention sub-layers are skipped (an unconditional model). Per-group key masks
+(``masks={"e_v": (B, N_v) bool, True = valid}``) allow padded groups.
+
+Rectified flow (Liu et al. 2022; pi0-style): x_t = (1 - t) * noise + t * actions, target velocity
+v = actions - noise, t ~ U(0, 1) (or logit-normal); sampling integrates dx/dt = v(x_t, t) from t = 0
+(pure noise) to t = 1 with ``num_steps`` Euler steps. Actions are expected NORMALIZED (about [-1, 1]).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GROUPS = ("e_tau", "e_a", "e_v", "state")
+
+
+@dataclass
+class FlowDecoderConfig:
+    """Configuration of :class:`FlowMatchingDecoder`. A ``*_dim`` of 0 means that group is never used."""
+
+    horizon: int = 8            # H, actions per chunk (16 for multi-embodiment data)
+    action_dim: int = 7         # D, 7-D ee_delta (actions.py)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    trace_dim: int = 0          # e_tau feature size (tokenizer trace_code_dim); 0 = no e_tau input
+    latent_dim: int = 0         # E_a feature size (VLM hidden size); 0 = no E_a input
+    visual_dim: int = 0         # E_v feature size; 0 = no E_v input
+    state_dim: int = 0          # proprio state size; 0 = no state token
+    num_steps: int = 10         # default Euler steps of ``sample``
+    time_sampling: str = "uniform"  # "uniform" | "logit_normal" (training time distribution)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
+        if self.horizon < 1 or self.action_dim < 1 or self.num_steps < 1:
+            raise ValueError("horizon, action_dim and num_steps must be >= 1")
+
+    def group_dims(self) -> dict[str, int]:
+        return {"e_tau": self.trace_dim, "e_a": self.latent_dim, "e_v": self.visual_dim, "state": self.state_dim}
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000): (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class FlowBlock(nn.Module):
+    """adaLN-zero block: self-attn, cross-attn (skipped without memory), MLP."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm_mem = nn.LayerNorm(d)
+        self.xattn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.norm3 = nn.LayerNorm(d, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * d, d))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 9 * d))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x, c, memory=None, memory_pad=None):
+        s1, g1, b1, s2, g2, b2, s3, g3, b3 = self.ada(c).chunk(9, dim=-1)
+        h = _modulate(self.norm1(x), s1, g1)
+        x = x + (1 + b1[:, None]) * self.attn(h, h, h, need_weights=False)[0]
+        if memory is not None:
+            h = _modulate(self.norm2(x), s2, g2)
+            m = self.norm_mem(memory)
+            x = x + (1 + b2[:, None]) * self.xattn(h, m, m, key_padding_mask=memory_pad, need_weights=False)[0]
+        h = _modulate(self.norm3(x), s3, g3)
+        return x + (1 + b3[:, None]) * self.mlp(h)
+
+
+class FlowMatchingDecoder(nn.Module):
+    """Rectified-flow action decoder (module docstring)."""
+
+    def __init__(self, config: FlowDecoderConfig):
+        super().__init__()
+        self.config = c = config
+        d = c.d_model
+        self.action_in = nn.Linear(c.action_dim, d)
+        self.pos = nn.Parameter(torch.randn(c.horizon, d) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.cond_proj = nn.ModuleDict({g: nn.Linear(dim, d) for g, dim in c.group_dims().items() if dim > 0})
+        self.type_embed = nn.ParameterDict({g: nn.Parameter(torch.randn(d) * 0.02) for g in self.cond_proj})
+        self.blocks = nn.ModuleList(FlowBlock(d, c.n_heads, c.mlp_ratio, c.dropout) for _ in range(c.n_layers))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.action_out = nn.Linear(d, c.action_dim)
+        for lin in (self.ada_out[1], self.action_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ---- conditioning ----------------------------------------------------------------------------
+    def build_memory(self, e_tau=None, e_a=None, e_v=None, state=None, masks: dict | None = None
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Concatenate the present groups -> (memory (B, M, d), key padding mask (B, M) True = ignore)
+        or (None, None) when no group is present."""
+        given = {"e_tau": e_tau, "e_a": e_a, "e_v": e_v, "state": state}
+        masks = masks or {}
+        unknown = set(masks) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"masks: unknown groups {sorted(unknown)}; expected some of {GROUPS}")
+        toks, valid = [], []
+        for g in GROUPS:
+            x = given[g]
+            if x is None:
+                continue
+            if g not in self.cond_proj:
+                field = {"e_tau": "trace_dim", "e_a": "latent_dim", "e_v": "visual_dim", "state": "state_dim"}[g]
+                raise ValueError(f"{g} was passed but FlowDecoderConfig.{field} = 0 configures no such input")
+            if g == "state":
+                x = x[:, None]
+            dim = self.cond_proj[g].in_features
+            if x.ndim != 3 or x.shape[-1] != dim:
+                want = f"(B, {dim})" if g == "state" else f"(B, T, {dim})"
+                got = tuple(given[g].shape)
+                raise ValueError(f"{g}: expected shape {want}, got {got}")
+            toks.append(self.cond_proj[g](x.float()) + self.type_embed[g])
+            m = masks.get(g)
+            if m is None:
+                m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            elif m.shape != x.shape[:2]:
+                raise ValueError(f"masks[{g!r}]: expected shape {tuple(x.shape[:2])}, got {tuple(m.shape)}")
+            valid.append(m.bool())
+        if not toks:
+            return None, None
+        B = {t.shape[0] for t in toks}
+        if len(B) != 1:
+            raise ValueError(f"condition groups disagree on batch size: {sorted(B)}")
+        memory, ok = torch.cat(toks, 1), torch.cat(valid, 1)
+        if not bool(ok.any(dim=1).all()):
+            raise ValueError("every sample needs at least one valid condition token (check masks)")
+        return memory, ~ok
+
+    # ---- network ------------------------------------------------------------------------------------
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, memory: torch.Tensor | None,
+                 memory_pad: torch.Tensor | None = None) -> torch.Tensor:
+        """v(x_t, t | memory): (B, H, D), (B,) -> (B, H, D)."""
+        c = self.config
+        if x_t.ndim != 3 or x_t.shape[1:] != (c.horizon, c.action_dim):
+            raise ValueError(f"actions must have shape (B, {c.horizon}, {c.action_dim}), got {tuple(x_t.shape)}")
+        temb = self.time_mlp(timestep_embedding(t, c.d_model))
+        x = self.action_in(x_t.float()) + self.pos
+        for blk in self.blocks:
+            x = blk(x, temb, memory, memory_pad)
+        shift, scale = self.ada_out(temb).chunk(2, dim=-1)
+        return self.action_out(_modulate(self.norm_out(x), shift, scale))
+
+    def forward(self, x_t, t, e_tau=None, e_a=None, e_v=None, state=None, masks=None) -> torch.Tensor:
+        memory, pad = self.build_memory(e_tau, e_a, e_v, state, masks)
+        return self.velocity(x_t, t, memory, pad)
+
+    def sample_time(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.config.time_sampling == "uniform":
+            return torch.rand(batch, device=device, generator=generator)
+        return torch.sigmoid(torch.randn(batch, device=device, generator=generator))
+
+    # ---- training and sampling ------------------------------------------------------------------
+    def loss(self, actions: torch.Tensor, e_tau=None, e_a=None, e_v=None, state=None,
+             pad_mask: torch.Tensor | None = None, masks: dict | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rectified-flow MSE on a batch of normalized chunks ``actions (B, H, D)``.
+
+        pad_mask: bool (B, H), True where the chunk ran past the episode end (``actions_pad``): those
+        steps are excluded from the loss (they still pass through self-attention as inputs).
+        """
+        B = actions.shape[0]
+        actions = actions.float()
+        noise = torch.randn(actions.shape, device=actions.device, generator=generator)
+        t = self.sample_time(B, actions.device, generator)
+        x_t = (1 - t)[:, None, None] * noise + t[:, None, None] * actions
+        v = self(x_t, t, e_tau, e_a, e_v, state, masks)
+        err = (v - (actions - noise)).pow(2).mean(dim=-1)                # (B, H)
+        if pad_mask is None:
+            return err.mean()
+        if pad_mask.shape != err.shape:
+            raise ValueError(f"pad_mask: expected shape {tuple(err.shape)}, got {tuple(pad_mask.shape)}")
+        w = (~pad_mask.bool()).float()
+        return (err * w).sum() / w.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def sample(self, e_tau=None, e_a=None, e_v=None, state=None, masks: dict | None = None,
+               num_steps: int | None = None, generator: torch.Generator | None = None,
+               batch_size: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Euler integration from noise (t=0) to actions (t=1): returns (B, H, D) normalized actions.
+
+        num_steps: default ``config.num_steps``. The batch size comes from the conditions (or
+        ``batch_size`` / ``noise`` when there are none). ``generator`` or ``noise`` make it reproducible.
+        """
+        c = self.config
+        steps = c.num_steps if num_steps is None else int(num_steps)
+        if steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {steps}")
+        memory, pad = self.build_memory(e_tau, e_a, e_v, state, masks)
+        device = self.pos.device
+        if noise is None:
+            B = memory.shape[0] if memory is not None else batch_size
+            if B is None:
+                raise ValueError("sample: no condition given; pass batch_size or noise")
+            noise = torch.randn((B, c.horizon, c.action_dim), generator=generator,
+                                device=generator.device if generator is not None else device).to(device)
+        x = noise.float().to(device)
+        dt = 1.0 / steps
+        for i in range(steps):
+            t = torch.full((x.shape[0],), i * dt, device=device)
+            x = x + dt * self.velocity(x, t, memory, pad)
+        return x
