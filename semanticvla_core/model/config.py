@@ -1,0 +1,220 @@
+"""``SemanticVLAConfig``: the whole model in one JSON-serializable config, and the named presets.
+
+The top-level fields are the single source of truth for the quantities several parts share; they are
+copied into the sub-configs by ``__post_init__`` (so a sub-config value for them is ignored):
+
+* ``image_size``  -> ``vlm.image_size``, ``latent_tokenizer.image_size``
+* ``num_latent_tokens`` -> ``latent_tokenizer.num_latent_tokens`` (K ``<ACT_k>`` per step)
+* ``horizon``, ``action_dim``, ``state_dim`` -> ``decoder.horizon``, ``.action_dim``, ``.state_dim``
+
+The decoder's condition widths (``trace_dim``, ``latent_dim``, ``visual_dim``) follow from the switches
+and the VLM's hidden size: ``decoder_config(vlm_hidden)`` resolves them; the switches are:
+
+* ``use_trace``: the VLM writes the explicit trace before the latent tokens (off = "w/o explicit trace":
+  targets and generation are latent tokens only; e_tau is then absent too).
+* ``use_latent``: the VLM writes ``<ACT_k>`` tokens and the decoder attends to E_a (off = trace only,
+  decoder conditioned without latent tokens).
+* ``trace_to_decoder``: the decoder attends to e_tau, the predicted trace through the frozen trace
+  encoder (off = the authors' released default: no e_tau).
+* ``vlm.backbone``: "prismatic" (the paper) or "llava" (the off-the-shelf adapter).
+
+Presets (``get_config(name, **overrides)``):
+
+* ``tiny``: 64 px, two 64-wide 2-layer towers, Qwen2 128x2 LM, trained BPE tokenizer; what tests use
+  (well under a second per training step on 2 CPU cores).
+* ``base``: a workstation GPU: 224 px, DINOv2-S + SigLIP-B-shaped towers (patch 14, fused), a
+  Qwen2-0.5B-shaped LM, trained BPE tokenizer. Random init unless paths are given.
+* ``paper``: Prismatic-7B shape: DINOv2-L/14 + SigLIP-so400m/14 at 224 px (second-to-last layer
+  features), a 7B Llama-2-shaped LM. Pretrained parts come from local paths passed as overrides
+  ``dinov2_path``, ``siglip_path``, ``lm_path``, ``text_tokenizer_path`` (the LM's tokenizer, which
+  must tokenize digits one by one, e.g. Llama's); without them the same shapes get random weights
+  (what the GPU benchmark measures).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .flow_decoder import FlowDecoderConfig
+from .latent_tokenizer import LatentTokenizerConfig, tokenizer_config
+from .text_tokenizer import TextTokenizerConfig
+from .vlm import VisionTowerConfig, VLMConfig
+
+
+@dataclass
+class SemanticVLAConfig:
+    """Everything needed to build a ``SemanticVLAPolicy`` (see the module docstring)."""
+
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    text_tokenizer: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
+    latent_tokenizer: LatentTokenizerConfig = field(default_factory=lambda: tokenizer_config("tiny"))
+    decoder: FlowDecoderConfig = field(default_factory=lambda: FlowDecoderConfig(d_model=64, n_layers=2, n_heads=2))
+    use_trace: bool = True            # explicit trace text before the latent tokens
+    use_latent: bool = True           # <ACT_k> tokens + E_a for the decoder
+    trace_to_decoder: bool = True     # e_tau (frozen trace encoder of the predicted trace) for the decoder
+    image_size: int = 64              # S: square model input
+    num_anchors: int = 4              # N trace anchors written as text
+    num_latent_tokens: int = 4        # K <ACT_k> tokens per step
+    horizon: int = 8                  # H: action chunk length
+    action_dim: int = 7               # D: 7-D ee_delta (actions.py)
+    state_dim: int = 0                # proprio state fed to the decoder (0 = none)
+    control_dt: float = 0.05          # seconds between chunk rows (20 Hz)
+    preset: str = "tiny"              # name of the preset this config came from (informational)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vlm, dict):
+            self.vlm = VLMConfig.from_dict(self.vlm)
+        if isinstance(self.text_tokenizer, dict):
+            self.text_tokenizer = TextTokenizerConfig.from_dict(self.text_tokenizer)
+        if isinstance(self.latent_tokenizer, dict):
+            self.latent_tokenizer = LatentTokenizerConfig.from_dict(self.latent_tokenizer)
+        if isinstance(self.decoder, dict):
+            self.decoder = FlowDecoderConfig(**self.decoder)
+        if not (self.use_trace or self.use_latent):
+            raise ValueError("SemanticVLAConfig: use_trace and use_latent cannot both be False")
+        for name in ("image_size", "num_anchors", "num_latent_tokens", "horizon", "action_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SemanticVLAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.state_dim < 0:
+            raise ValueError(f"SemanticVLAConfig.state_dim must be >= 0, got {self.state_dim}")
+        if not self.control_dt > 0:
+            raise ValueError(f"SemanticVLAConfig.control_dt must be > 0, got {self.control_dt}")
+        self.vlm.image_size = self.image_size
+        self.latent_tokenizer.image_size = self.image_size
+        self.latent_tokenizer.num_latent_tokens = self.num_latent_tokens
+        self.latent_tokenizer.__post_init__()
+        self.decoder.horizon, self.decoder.action_dim = self.horizon, self.action_dim
+        self.decoder.state_dim = self.state_dim
+
+    @property
+    def codebook_size(self) -> int:
+        """C: size of the <ACT_k> vocabulary (the latent tokenizer's codebook)."""
+        return self.latent_tokenizer.latent_codebook_size
+
+    @property
+    def window(self) -> int:
+        """W: dense trace window of the trace encoder (anchors are resampled to W points for e_tau)."""
+        return self.latent_tokenizer.window
+
+    @property
+    def decoder_uses_trace(self) -> bool:
+        return self.trace_to_decoder and self.use_trace
+
+    def decoder_config(self, vlm_hidden: int) -> FlowDecoderConfig:
+        """The flow decoder config with condition widths resolved from the switches."""
+        d = copy.deepcopy(self.decoder)
+        d.trace_dim = self.latent_tokenizer.trace_code_dim if self.decoder_uses_trace else 0
+        d.latent_dim = vlm_hidden if self.use_latent else 0
+        d.visual_dim = vlm_hidden
+        d.state_dim = self.state_dim
+        return d
+
+    # ---- serialization --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SemanticVLAConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"SemanticVLAConfig: unknown fields {sorted(unknown)}")
+        return cls(**copy.deepcopy(d))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        s = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(s)
+        return s
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "SemanticVLAConfig":
+        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
+        text = p.read_text() if p is not None else str(path_or_text)
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"SemanticVLAConfig: invalid JSON in {p or 'text'}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------------------------------
+def _tiny() -> dict:
+    return dict(preset="tiny")
+
+
+def _base() -> dict:
+    return dict(
+        preset="base", image_size=224,
+        vlm=VLMConfig(
+            image_size=224,
+            vision=[VisionTowerConfig("dinov2", dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                                     patch_size=14)),
+                    VisionTowerConfig("siglip", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                     num_attention_heads=12, patch_size=14))],
+            lm_type="qwen2",
+            lm_config=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                           num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+                           rope_theta=1000000.0),
+            visual_pool=4, max_prompt_tokens=64),
+        text_tokenizer=TextTokenizerConfig(vocab_size=4096, corpus_lines=40000),
+        latent_tokenizer=tokenizer_config("base"),
+        decoder=FlowDecoderConfig(d_model=256, n_layers=4, n_heads=4))
+
+
+def _paper(dinov2_path=None, siglip_path=None, lm_path=None, text_tokenizer_path=None) -> dict:
+    lt = tokenizer_config("paper", vision_pretrained_path=dinov2_path) if dinov2_path else \
+        tokenizer_config("base", fusion_dim=512, fusion_layers=4, fusion_heads=8, visual_decoder_layers=4,
+                         trace_hidden=256, trace_codebook_size=256, latent_code_dim=64, vision_hidden=1024,
+                         vision_layers=24, vision_heads=16)
+    return dict(
+        preset="paper", image_size=224,
+        vlm=VLMConfig(
+            image_size=224,
+            vision=[VisionTowerConfig("dinov2", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                                     patch_size=14), dinov2_path, feature_layer=-2),
+                    VisionTowerConfig("siglip", dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                                     num_attention_heads=16, patch_size=14), siglip_path,
+                                      feature_layer=-2)],
+            lm_type="llama",
+            lm_config=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                           num_key_value_heads=32, max_position_embeddings=2048, tie_word_embeddings=False,
+                           rms_norm_eps=1e-5),
+            lm_pretrained_path=lm_path, visual_pool=4, max_prompt_tokens=64),
+        text_tokenizer=TextTokenizerConfig(pretrained_path=text_tokenizer_path, vocab_size=32000),
+        latent_tokenizer=lt,
+        decoder=FlowDecoderConfig(d_model=512, n_layers=6, n_heads=8))
+
+
+PRESETS = {"tiny": _tiny, "base": _base, "paper": _paper}
+
+
+def get_config(name: str = "tiny", **overrides) -> SemanticVLAConfig:
+    """A preset with overrides.
+
+    Top-level fields override directly (``use_trace=False``, ``horizon=16``); a dict given for a
+    sub-config (``vlm={...}``, ``decoder={...}``, ``latent_tokenizer={...}``, ``text_tokenizer={...}``)
+    is merged into the preset's sub-config. ``paper`` also takes ``dinov2_path``, ``siglip_path``,
+    ``lm_path`` and ``text_tokenizer_path`` (local directories).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    path_keys = ("dinov2_path", "siglip_path", "lm_path", "text_tokenizer_path")
+    paths = {k: overrides.pop(k) for k in path_keys if k in overrides}
+    if paths and name != "paper":
+        raise ValueError(f"{sorted(paths)}: local pretrained paths are options of the 'paper' preset")
+    base = SemanticVLAConfig(**PRESETS[name](**paths)).to_dict()
+    known = {f.name for f in fields(SemanticVLAConfig)}
+    for k, v in overrides.items():
+        if k not in known:
+            raise ValueError(f"get_config: unknown field {k!r}; known: {sorted(known)}")
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        elif hasattr(v, "__dataclass_fields__"):
+            base[k] = asdict(v)
+        else:
+            base[k] = v
+    return SemanticVLAConfig.from_dict(base)
