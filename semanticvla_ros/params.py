@@ -1,0 +1,121 @@
+"""Every node parameter in one table: name, default, description. Nodes declare from here (with a
+ParameterDescriptor carrying the description); ``config/franka.yaml`` sets values for a Franka/sim setup and
+a test checks that the file and this table name the same parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: object
+    description: str
+
+
+_CAMS = ["agentview", "wrist"]
+
+PARAMS: dict[str, list[Param]] = {
+    "perception": [
+        Param("camera_names", _CAMS, "Camera names, in the order the model expects them (first = main view)"),
+        Param("image_topic_format", "/camera/{name}/image_raw", "Image topic of each camera ({name} is replaced)"),
+        Param("camera_info_topic_format", "/camera/{name}/camera_info", "CameraInfo topic of each camera"),
+        Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState of the arm"),
+        Param("image_size", 128, "Side of the square model input image in pixels"),
+        Param("max_age_s", 0.5, "Frames older than this (header stamp vs. now) are dropped as stale"),
+        Param("sync_tolerance_s", 0.06, "Camera frames and joint state must lie within this of each other"),
+        Param("publish_rate_hz", 10.0, "Maximum rate of model-ready observations"),
+    ],
+    "planner": [
+        Param("checkpoint", "", "Policy checkpoint directory (config.json + *.safetensors)"),
+        Param("device", "cpu", "torch device for the VLM (cpu, cuda, cuda:1, ...)"),
+        Param("dtype", "float32", "float32 or bfloat16 (bfloat16 on GPU)"),
+        Param("instruction", "put the red cube on the green plate", "Instruction used until one arrives on ~/instruction"),
+        Param("max_rate_hz", 5.0, "Upper bound on the planning rate (it plans as fast as the VLM allows up to this)"),
+        Param("max_obs_age_s", 1.0, "Do not plan from an observation older than this"),
+    ],
+    "controller": [
+        Param("checkpoint", "", "Policy checkpoint directory (the flow decoder and trace encoder are read from it)"),
+        Param("device", "cpu", "torch device for the flow decoder"),
+        Param("dtype", "float32", "float32 or bfloat16"),
+        Param("control_rate_hz", 20.0, "Rate at which the blended action chunk is published"),
+        Param("flow_steps", 10, "Euler steps of the flow-matching sampler"),
+        Param("ensemble_decay", 0.1, "Temporal-ensembling weight decay: w_i = exp(-decay * i), i = age in steps"),
+        Param("trace_timeout_s", 3.0, "Hold (publish nothing) when the newest Trace is older than this"),
+        Param("state_timeout_s", 0.5, "Hold when joint states are older than this"),
+        Param("seed", 0, "Seed of the flow sampler's noise (deterministic chunks for a given input)"),
+    ],
+    "safety_filter": [
+        Param("backend", "builtin", "builtin (Pinocchio + coal on the Panda URDF/SRDF) or moveit (moveit_py planning scene)"),
+        Param("trajectory_topic", "/panda_arm_controller/joint_trajectory", "trajectory_msgs/JointTrajectory output"),
+        Param("gripper_topic", "/panda_gripper/command", "std_msgs/Float64 gripper command: 0 open .. 1 closed"),
+        Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState of the arm"),
+        Param("chunk_timeout_s", 0.5, "Hold position when no valid ActionChunk arrived for this long"),
+        Param("state_timeout_s", 0.5, "Hold position when joint states are older than this"),
+        Param("max_chunk_age_s", 0.3, "Reject a chunk whose first row is older than this (stale plan)"),
+        Param("workspace_min", [0.15, -0.6, 0.0], "TCP workspace box, lower corner [m] in the base frame"),
+        Param("workspace_max", [0.85, 0.6, 0.75], "TCP workspace box, upper corner [m]"),
+        Param("table_z", 0.0, "Height of the table surface [m] in the base frame"),
+        Param("table_margin", 0.005, "Minimum clearance of the robot links above the table [m]"),
+        Param("watchdog_rate_hz", 10.0, "Rate of the watchdog that holds position on silence"),
+    ],
+    "trace_overlay": [
+        Param("camera_name", "agentview", "Camera whose image is annotated"),
+        Param("image_topic_format", "/camera/{name}/image_raw", "Image topic"),
+        Param("camera_info_topic_format", "/camera/{name}/camera_info", "CameraInfo topic (for lifting to 3-D)"),
+        Param("plane_z", 0.0, "Height [m] of the plane the trace is lifted onto for the markers"),
+        Param("marker_frame", "panda_link0", "Frame of the MarkerArray (the camera pose is given in it)"),
+        Param("max_trace_age_s", 5.0, "Stop drawing a trace older than this"),
+    ],
+    "sim": [
+        Param("task", "pick_place", "Task family of the MuJoCo tabletop"),
+        Param("seed", 0, "Episode seed (object colours, positions, instruction)"),
+        Param("instruction", "", "Instruction to announce on /semanticvla/instruction ('' = the task's own)"),
+        Param("image_size", 128, "Rendered image side [px] for both cameras"),
+        Param("camera_rate_hz", 10.0, "Camera publication rate"),
+        Param("joint_states_rate_hz", 50.0, "JointState publication rate"),
+        Param("physics_rate_hz", 20.0, "Control steps per second of simulated time (real time)"),
+    ],
+}
+
+
+def declare(node, section: str) -> SimpleNamespace:
+    """Declare every parameter of ``section`` on ``node`` with its description; return the current values."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    values = {}
+    for p in PARAMS[section]:
+        node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+        values[p.name] = node.get_parameter(p.name).value
+    return SimpleNamespace(**values)
+
+
+def to_yaml() -> str:
+    """config/franka.yaml content with every parameter at its default (``--write`` regenerates the file)."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+    head = ("# Node parameters of semanticvla_ros for a Franka Panda (simulated by default).\n"
+            "# Every parameter is declared with a default and a description in semanticvla_ros/params.py\n"
+            "# (`python -m semanticvla_ros.params` lists them). Launch arguments (checkpoint, instruction,\n"
+            "# use_moveit) override the values here.\n")
+    doc = {sec: {"ros__parameters": {p.name: p.default for p in ps}} for sec, ps in PARAMS.items()}
+    return head + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--write" in sys.argv:
+        from pathlib import Path
+        Path(__file__).resolve().parents[1].joinpath("config", "franka.yaml").write_text(to_yaml())
+    else:
+        for sec, ps in PARAMS.items():
+            print(f"[{sec}]")
+            for p in ps:
+                print(f"  {p.name} = {p.default!r}\n      {p.description}")
