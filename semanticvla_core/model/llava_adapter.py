@@ -27,18 +27,18 @@ class LlavaBackbone(nn.Module):
             raise ValueError("VLMConfig.backbone='llava': pretrained paths are not supported by the adapter")
         tc = cfg.vision[0]
         if tc.kind == "siglip":
-            vc = SiglipVisionConfig(image_size=cfg.image_size, **{"vision_use_head": False, **tc.config})
+            vc = SiglipVisionConfig.from_dict({"vision_use_head": False, **tc.config, "image_size": cfg.image_size})
             strategy, mean, std = "full", SIGLIP_MEAN, SIGLIP_STD
         else:
-            vc = Dinov2Config(image_size=cfg.image_size, **tc.config)
+            vc = Dinov2Config.from_dict({**tc.config, "image_size": cfg.image_size})
             strategy, mean, std = "default", IMAGENET_MEAN, IMAGENET_STD
         if cfg.image_size % vc.patch_size:
             raise ValueError(f"VLMConfig.image_size {cfg.image_size} is not a multiple of patch size {vc.patch_size}")
         tkw = dict(cfg.lm_config)
-        tkw["vocab_size"] = _round_up(vocab_size)
+        tkw["vocab_size"] = max(int(tkw.get("vocab_size") or 0), _round_up(vocab_size))
         if tokenizer is not None:
             tkw.setdefault("pad_token_id", tokenizer.pad_token_id)
-        text_cfg = (Qwen2Config if cfg.lm_type == "qwen2" else LlamaConfig)(**tkw)
+        text_cfg = (Qwen2Config if cfg.lm_type == "qwen2" else LlamaConfig).from_dict(tkw)
         lcfg = LlavaConfig(vision_config=vc, text_config=text_cfg, image_token_id=0,
                            vision_feature_layer=tc.feature_layer, vision_feature_select_strategy=strategy,
                            projector_hidden_act="gelu", tie_word_embeddings=bool(tkw.get("tie_word_embeddings", False)))
@@ -49,6 +49,17 @@ class LlavaBackbone(nn.Module):
         self.image_grid = cfg.image_size // vc.patch_size
         self.num_image_tokens = self.image_grid ** 2
         self.hidden_size = int(text_cfg.hidden_size)
+
+    def resolved_config(self, cfg: VLMConfig) -> VLMConfig:
+        """``cfg`` with LLaVA's full part configs (see ``PrismaticBackbone.resolved_config``)."""
+        import copy
+
+        from .vlm import _plain_config
+
+        out = copy.deepcopy(cfg)
+        out.vision[0].config = _plain_config(self.llava.config.vision_config)
+        out.lm_config = _plain_config(self.llava.config.text_config)
+        return out
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = ((pixel_values - self.mean) / self.std).to(self.llava.model.multi_modal_projector.linear_1.weight.dtype)

@@ -154,12 +154,12 @@ def build_causal_lm(lm_type: str, lm_config: dict, pretrained_path: str | None, 
         return lm
     cls_cfg, cls_lm = (Qwen2Config, Qwen2ForCausalLM) if lm_type == "qwen2" else (LlamaConfig, LlamaForCausalLM)
     kw = dict(lm_config)
-    kw["vocab_size"] = _round_up(vocab_size)
+    kw["vocab_size"] = max(int(kw.get("vocab_size") or 0), _round_up(vocab_size))
     if tokenizer is not None:
         kw.setdefault("pad_token_id", tokenizer.pad_token_id)
         kw.setdefault("bos_token_id", tokenizer.bos_token_id)
         kw.setdefault("eos_token_id", tokenizer.eos_token_id)
-    return cls_lm(cls_cfg(**kw))
+    return cls_lm(cls_cfg.from_dict(kw))
 
 
 def build_vision_tower(tc: VisionTowerConfig, image_size: int) -> tuple[nn.Module, int, int]:
@@ -170,14 +170,13 @@ def build_vision_tower(tc: VisionTowerConfig, image_size: int) -> tuple[nn.Modul
         if tc.pretrained_path:
             m = Dinov2Model.from_pretrained(tc.pretrained_path, local_files_only=True)
         else:
-            m = Dinov2Model(Dinov2Config(image_size=image_size, **tc.config))
+            m = Dinov2Model(Dinov2Config.from_dict({**tc.config, "image_size": image_size}))
     else:
         if tc.pretrained_path:
             m = SiglipVisionModel.from_pretrained(tc.pretrained_path, local_files_only=True)
         else:
-            cfg = dict(tc.config)
-            cfg.setdefault("vision_use_head", False)
-            m = SiglipVisionModel(SiglipVisionConfig(image_size=image_size, **cfg))
+            m = SiglipVisionModel(SiglipVisionConfig.from_dict({"vision_use_head": False, **tc.config,
+                                                                "image_size": image_size}))
     return m, int(m.config.hidden_size), int(m.config.patch_size)
 
 
@@ -212,6 +211,17 @@ class PrismaticBackbone(nn.Module):
         self.projector = nn.Sequential(nn.Linear(vis, hid), nn.GELU(), nn.Linear(hid, self.hidden_size), nn.GELU(),
                                        nn.Linear(self.hidden_size, self.hidden_size))
 
+    def resolved_config(self, cfg: VLMConfig) -> VLMConfig:
+        """``cfg`` with every part's full HF config and no pretrained paths: rebuilds this architecture
+        without the original directories (what checkpoints store; the weights come from the checkpoint)."""
+        import copy
+
+        out = copy.deepcopy(cfg)
+        for tc, tower in zip(out.vision, self.towers):
+            tc.config, tc.pretrained_path = _plain_config(tower.config), None
+        out.lm_config, out.lm_pretrained_path = _plain_config(self.lm.config), None
+        return out
+
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> fused patch features (B, P, sum of tower widths)."""
         feats = []
@@ -245,6 +255,14 @@ class PrismaticBackbone(nn.Module):
 
     def language_model_prefix(self) -> str:
         return "lm.model"
+
+
+def _plain_config(hf_config) -> dict:
+    d = hf_config.to_dict()
+    for k in ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path", "id2label",
+              "label2id"):
+        d.pop(k, None)
+    return d
 
 
 def build_backbone(cfg: VLMConfig, vocab_size: int, tokenizer=None) -> nn.Module:

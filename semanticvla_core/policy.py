@@ -1,0 +1,409 @@
+"""``SemanticVLAPolicy``: the deployable model (VLM planner + frozen trace encoder + flow decoder).
+
+Checkpoint directory (``save_pretrained`` / ``from_pretrained``; nothing pickled)::
+
+    config.json            {"model_type": "semanticvla_policy", "config": SemanticVLAConfig (resolved:
+                            full part configs, no pretrained paths), "decoder_config": ...,
+                            "codebook_version": latent tokenizer version the VLM was trained against}
+    model.safetensors      VLM (backbone incl. vision towers) + flow decoder, LoRA merged
+    tokenizer/             the text tokenizer (HF files, with <ACT_k>)
+    latent_tokenizer/      the frozen latent tokenizer, encoder only (its own config.json + safetensors)
+    norm_stats.json        ``normalize.DatasetStats`` (action / state), optional
+
+Serving (all batched, CPU float32 or GPU bf16 via ``device`` / ``dtype``):
+
+* ``plan(images, instruction, state=None) -> Plan``: trace anchors, latent ids, generated text, parse
+  flags, the action chunk in robot units (``norm_stats`` unnormalized), E_a, pooled E_v, timings.
+* Split for the ROS nodes (the controller never re-runs the VLM): ``plan_trace(...) -> TracePlan``
+  and ``decode_actions(trace_plan, state) -> ActionChunkData``. e_tau is recomputed from the
+  TracePlan's anchors through the frozen trace encoder (anchors resampled to W points), exactly as
+  ``plan`` does, so both paths give identical actions for the same seed.
+
+Flow-sampling noise is drawn from ``torch.Generator().manual_seed(seed)`` (default seed 0), one
+(H, D) draw shared by every row, so a plan is a deterministic function of the inputs and the seed.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .interfaces import ActionChunkData, TracePlan
+from .model.config import SemanticVLAConfig
+from .model.flow_decoder import FlowMatchingDecoder
+from .model.latent_tokenizer import LatentTokenizer
+from .model.text_tokenizer import add_act_tokens, build_text_tokenizer, load_text_tokenizer
+from .model.vlm import SemanticVLM
+from .traces import resample_trace
+
+MODEL_TYPE = "semanticvla_policy"
+CONFIG_NAME, WEIGHTS_NAME, NORM_STATS_NAME = "config.json", "model.safetensors", "norm_stats.json"
+TOKENIZER_DIR, LATENT_TOKENIZER_DIR = "tokenizer", "latent_tokenizer"
+LORA_TARGETS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class Plan:
+    """Result of ``SemanticVLAPolicy.plan`` for a batch of B observations."""
+
+    anchors: np.ndarray               # (B, N, 2) float32 normalized image coordinates
+    latent_ids: np.ndarray            # (B, K) int64 <ACT_k> indices
+    texts: list[str]                  # generated text (trace + <ACT_k> rendered)
+    parse_ok: list[bool]              # the trace parsed cleanly and exactly K latents were emitted
+    actions: np.ndarray               # (B, H, D) float32 in robot units (unnormalized)
+    actions_normalized: np.ndarray    # (B, H, D) what the decoder produced
+    latent_hidden: np.ndarray         # E_a (B, K, d) float32
+    visual_features: np.ndarray       # pooled E_v (B, M, d) float32
+    instructions: list[str]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: vision, prefill, decode,
+    #   decode_per_token, latent_hidden, flow, total (for the whole batch)
+    image_size: tuple[int, int] = (0, 0)   # (width, height) of the images the anchors refer to
+
+    def trace_plan(self, b: int = 0, plan_id: int = 0) -> TracePlan:
+        """Row ``b`` as the ROS-facing ``TracePlan``."""
+        return TracePlan(anchors=self.anchors[b], latent_ids=self.latent_ids[b].astype(np.int32),
+                         latent_hidden=self.latent_hidden[b], visual_features=self.visual_features[b],
+                         image_width=int(self.image_size[0]), image_height=int(self.image_size[1]),
+                         instruction=self.instructions[b], raw_text=self.texts[b], parse_ok=bool(self.parse_ok[b]),
+                         plan_id=plan_id, planning_latency_s=float(self.timings.get("total", 0.0))).validate()
+
+
+def preprocess_images(images, size: int, device=None) -> torch.Tensor:
+    """The one image conversion of the policy: -> (B, 3, size, size) float32 in [0, 1].
+
+    Accepts a uint8 (H, W, 3) / (B, H, W, 3) array, a list of (H, W, 3) uint8 arrays, or a float
+    tensor (3, S, S) / (B, 3, S, S) in [0, 1]. Other sizes are resized (bilinear, antialiased).
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images: empty list")
+        return torch.cat([preprocess_images(im, size, device) for im in images], 0)
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected uint8 (H, W, 3) or (B, H, W, 3), got {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images: numpy images must be uint8 HxWx3, got {images.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    elif isinstance(images, torch.Tensor):
+        x = images
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"images: expected a (B, 3, H, W) tensor in [0, 1], got {tuple(x.shape)}")
+        x = x.float()
+    else:
+        raise ValueError(f"images: unsupported type {type(images).__name__}")
+    if not torch.isfinite(x).all():
+        raise ValueError("images: non-finite pixel values")
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return x.to(device) if device is not None else x
+
+
+class SemanticVLAPolicy(nn.Module):
+    """VLM (trace + latent tokens) -> frozen trace encoder (e_tau) -> flow decoder -> action chunk."""
+
+    def __init__(self, config: SemanticVLAConfig, text_tokenizer=None, latent_tokenizer: LatentTokenizer | None = None,
+                 norm_stats=None, codebook_version: str | None = None):
+        super().__init__()
+        self.config = config = copy.deepcopy(config)
+        if latent_tokenizer is not None:
+            lc = latent_tokenizer.config
+            for name in ("num_latent_tokens", "latent_codebook_size", "window", "trace_code_dim"):
+                if getattr(lc, name) != getattr(config.latent_tokenizer, name):
+                    raise ValueError(f"latent tokenizer {name}={getattr(lc, name)} does not match the policy config "
+                                     f"({getattr(config.latent_tokenizer, name)})")
+            config.latent_tokenizer = copy.deepcopy(lc)
+            if latent_tokenizer.with_decoders:
+                latent_tokenizer.drop_decoders()
+        else:
+            latent_tokenizer = LatentTokenizer(config.latent_tokenizer, with_decoders=False)
+        self.latent_tokenizer = latent_tokenizer.eval().requires_grad_(False)
+        tok = text_tokenizer if text_tokenizer is not None else build_text_tokenizer(config.text_tokenizer,
+                                                                                    config.codebook_size)
+        act_ids = add_act_tokens(tok, config.codebook_size)
+        self.text_tokenizer = tok
+        self.vlm = SemanticVLM(config.vlm, tok, act_ids, config.num_anchors, config.num_latent_tokens,
+                               config.use_trace, config.use_latent)
+        self.decoder = FlowMatchingDecoder(config.decoder_config(self.vlm.hidden_size))
+        self.norm_stats = norm_stats
+        self.codebook_version = codebook_version or self.latent_tokenizer.codebook_version
+        self._peft = None
+
+    # ---- modes -----------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.latent_tokenizer.eval()          # always frozen
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.pos.device
+
+    @property
+    def vlm_dtype(self) -> torch.dtype:
+        return next(self.vlm.parameters()).dtype
+
+    def to_runtime(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32):
+        """Move to ``device``; the VLM in ``dtype`` (bf16 on GPU), decoder and trace encoder in float32."""
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.to(device)
+        self.vlm.to(dtype=dtype)
+        return self
+
+    # ---- shared pieces ---------------------------------------------------------------------------
+    def anchors_to_e_tau(self, anchors) -> torch.Tensor:
+        """(B, N, 2) anchors -> resampled to W points -> frozen trace encoder -> e_tau (B, T_c, d_tau)."""
+        a = anchors.detach().float().cpu().numpy() if isinstance(anchors, torch.Tensor) else np.asarray(anchors)
+        window = torch.from_numpy(resample_trace(a.astype(np.float32), self.config.window)).to(self.device)
+        with torch.no_grad():
+            return self.latent_tokenizer.encode_trace(window).float()
+
+    def decoder_conditions(self, anchors, e_a: torch.Tensor | None, e_v: torch.Tensor, state=None) -> dict:
+        """The decoder's condition groups, with the switches applied (absent groups are None)."""
+        c = self.config
+        return dict(e_tau=self.anchors_to_e_tau(anchors) if c.decoder_uses_trace else None,
+                    e_a=e_a.float() if (c.use_latent and e_a is not None) else None,
+                    e_v=e_v.float(),
+                    state=state.float() if (c.state_dim > 0 and state is not None) else None)
+
+    def _state_tensor(self, state, batch: int) -> torch.Tensor | None:
+        if state is None or self.config.state_dim == 0:
+            return None
+        s = np.asarray(state, dtype=np.float32)
+        if s.ndim == 1:
+            s = np.broadcast_to(s, (batch, s.shape[0]))
+        if s.shape != (batch, self.config.state_dim):
+            raise ValueError(f"state: expected ({self.config.state_dim},) or ({batch}, {self.config.state_dim}), "
+                             f"got {s.shape}")
+        if not np.all(np.isfinite(s)):
+            raise ValueError("state: contains NaN or inf")
+        if self.norm_stats is not None and getattr(self.norm_stats, "state", None) is not None:
+            s = self.norm_stats.state.normalize(s)
+        return torch.as_tensor(np.asarray(s, dtype=np.float32), device=self.device)
+
+    def _unnormalize_actions(self, a: np.ndarray) -> np.ndarray:
+        if self.norm_stats is None or getattr(self.norm_stats, "action", None) is None:
+            return a.astype(np.float32)
+        return np.asarray(self.norm_stats.action.unnormalize(a), dtype=np.float32)
+
+    def _noise(self, batch: int, seed: int) -> torch.Tensor:
+        c = self.config
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randn((1, c.horizon, c.action_dim), generator=g).expand(batch, -1, -1).to(self.device)
+
+    # ---- training forward (stage 3) ----------------------------------------------------------------
+    def forward(self, batch: dict, lambda_vlm: float = 0.1) -> dict:
+        """Stage-3 losses on a batch of action samples (shared_formats: image, instruction, anchors,
+        latent_ids, actions (B, H, D) normalized, actions_pad (B, H), optional state (B, S) normalized).
+        e_tau comes from the ground-truth anchors (the same anchors -> W -> encoder path as at run time);
+        E_a from the teacher-forced VLM pass. loss = lambda_vlm * L_VLM + L_flow."""
+        images = batch["image"]
+        out = self.vlm(images, list(batch["instruction"]), batch.get("anchors"), batch.get("latent_ids"))
+        state = batch.get("state") if self.config.state_dim > 0 else None
+        cond = self.decoder_conditions(batch["anchors"] if self.config.decoder_uses_trace else None,
+                                       out.latent_hidden, out.visual_tokens, state)
+        flow = self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
+        loss = lambda_vlm * out.loss + flow
+        return {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),
+                "loss_trace": out.loss_trace.detach(), "loss_latent": out.loss_latent.detach()}
+
+    # ---- serving -----------------------------------------------------------------------------------
+    def _batch_inputs(self, images, instruction):
+        x = preprocess_images(images, self.config.image_size)
+        h, w = (images.shape[-3], images.shape[-2]) if isinstance(images, np.ndarray) else \
+            ((images[0].shape[0], images[0].shape[1]) if isinstance(images, (list, tuple)) else
+             (images.shape[-2], images.shape[-1]))
+        B = x.shape[0]
+        instr = [instruction] * B if isinstance(instruction, str) else list(instruction)
+        if len(instr) == 1 and B > 1:
+            instr = instr * B
+        if len(instr) != B:
+            raise ValueError(f"instruction: {len(instr)} instructions for {B} images")
+        return x.to(self.device, self.vlm_dtype), instr, (int(w), int(h))
+
+    @torch.no_grad()
+    def plan(self, images, instruction, state=None, num_flow_steps: int | None = None, seed: int = 0,
+             temperature: float = 0.0) -> Plan:
+        """VLM plan + action chunk for a batch (see the module docstring)."""
+        t_all = time.perf_counter()
+        was_training = self.training
+        self.eval()
+        x, instr, wh = self._batch_inputs(images, instruction)
+        B = x.shape[0]
+        gen = self.vlm.generate(x, instr, temperature=temperature)
+        t0 = time.perf_counter()
+        cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, gen.visual_tokens, self._state_tensor(state, B))
+        a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings = dict(gen.timings)
+        timings["flow"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_all
+        self.train(was_training)
+        a_norm_np = a_norm.float().cpu().numpy()
+        return Plan(anchors=gen.anchors, latent_ids=gen.latent_ids, texts=gen.texts, parse_ok=gen.parse_ok,
+                    actions=self._unnormalize_actions(a_norm_np), actions_normalized=a_norm_np,
+                    latent_hidden=gen.latent_hidden.float().cpu().numpy(),
+                    visual_features=gen.visual_tokens.float().cpu().numpy(), instructions=instr, timings=timings,
+                    image_size=wh)
+
+    @torch.no_grad()
+    def plan_trace(self, images, instruction, temperature: float = 0.0, plan_id: int = 0):
+        """VLM only -> ``TracePlan`` (a list for batched input: a list of instructions or of images, or a
+        4-D image array/tensor). The controller turns it into actions with ``decode_actions``."""
+        t_all = time.perf_counter()
+        was_training = self.training
+        self.eval()
+        x, instr, wh = self._batch_inputs(images, instruction)
+        gen = self.vlm.generate(x, instr, temperature=temperature)
+        self.train(was_training)
+        latency = time.perf_counter() - t_all
+        plans = []
+        for b in range(x.shape[0]):
+            plans.append(TracePlan(anchors=gen.anchors[b], latent_ids=gen.latent_ids[b].astype(np.int32),
+                                   latent_hidden=gen.latent_hidden[b].float().cpu().numpy(),
+                                   visual_features=gen.visual_tokens[b].float().cpu().numpy(),
+                                   image_width=wh[0], image_height=wh[1], instruction=instr[b], raw_text=gen.texts[b],
+                                   parse_ok=bool(gen.parse_ok[b]), plan_id=plan_id,
+                                   planning_latency_s=latency).validate())
+        batched = not isinstance(instruction, str) or (isinstance(images, (list, tuple)) and len(images) > 1) or \
+            (hasattr(images, "ndim") and images.ndim == 4)
+        return plans if batched else plans[0]
+
+    @torch.no_grad()
+    def decode_actions(self, trace_plan: TracePlan, state=None, num_flow_steps: int | None = None,
+                       seed: int = 0) -> ActionChunkData:
+        """Flow decoder on a ``TracePlan`` (+ fresh state) -> ``ActionChunkData`` in robot units."""
+        tp = trace_plan.validate()
+        K, d = self.vlm.num_latent_tokens, self.vlm.hidden_size
+        if self.config.use_latent and tp.latent_hidden.shape != (K, d):
+            raise ValueError(f"trace_plan.latent_hidden: expected ({K}, {d}), got {tp.latent_hidden.shape}")
+        if tp.visual_features.ndim != 2 or tp.visual_features.shape[1] != d:
+            raise ValueError(f"trace_plan.visual_features: expected (M, {d}), got {tp.visual_features.shape}")
+        if self.config.decoder_uses_trace and tp.anchors.shape != (self.config.num_anchors, 2):
+            raise ValueError(f"trace_plan.anchors: expected ({self.config.num_anchors}, 2), got {tp.anchors.shape}")
+        dev = self.device
+        e_a = torch.as_tensor(tp.latent_hidden, device=dev)[None]
+        e_v = torch.as_tensor(tp.visual_features, device=dev)[None]
+        cond = self.decoder_conditions(tp.anchors[None], e_a, e_v, self._state_tensor(state, 1))
+        a = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(1, seed))
+        actions = self._unnormalize_actions(a.float().cpu().numpy())[0]
+        return ActionChunkData(actions=actions, dt=self.config.control_dt, plan_id=tp.plan_id,
+                               stamp_ns=tp.stamp_ns, frame_id="").validate()
+
+    # ---- LoRA (stage 3) --------------------------------------------------------------------------------
+    def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.0, train_act_tokens: bool = True):
+        """Freeze everything, then add LoRA to the causal LM's attention/MLP projections (not the vision
+        towers) and make the ``<ACT_k>`` embedding rows trainable (peft ``trainable_token_indices``; with a
+        tied LM head the same rows of the output layer follow). The flow decoder is left to the caller.
+        Returns the peft model handle."""
+        from peft import LoraConfig, get_peft_model
+
+        if self._peft is not None:
+            raise ValueError("apply_lora: LoRA is already applied")
+        self.requires_grad_(False)
+        lm = self._causal_lm()
+        kw = dict(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                  target_modules=r".*layers\.\d+\." + LORA_TARGETS)
+        if train_act_tokens:
+            kw["trainable_token_indices"] = {"embed_tokens": list(self.vlm.grammar.act_ids)}
+        self._peft = get_peft_model(lm, LoraConfig(**kw))   # mutates ``lm`` in place
+        return self._peft
+
+    def merge_lora(self) -> None:
+        """Fold LoRA (and trainable token rows) into the base weights and remove the peft layers."""
+        if self._peft is None:
+            return
+        self._peft.merge_and_unload()
+        self._peft = None
+
+    @property
+    def has_lora(self) -> bool:
+        return self._peft is not None
+
+    def _causal_lm(self) -> nn.Module:
+        bb = self.vlm.backbone
+        if hasattr(bb, "lm"):
+            return bb.lm
+        if hasattr(bb, "llava"):
+            return bb.llava.model.language_model
+        raise ValueError(f"apply_lora: backbone {type(bb).__name__} exposes no causal LM")
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def resolved_config(self) -> SemanticVLAConfig:
+        """Config that rebuilds this exact architecture without any pretrained directory."""
+        c = copy.deepcopy(self.config)
+        c.vlm = self.vlm.backbone.resolved_config(c.vlm)
+        c.text_tokenizer.pretrained_path = None
+        return c
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the checkpoint directory (module docstring). LoRA, if applied, is merged first."""
+        if self._peft is not None:
+            warnings.warn("save_pretrained: merging LoRA into the base weights before saving", stacklevel=2)
+            self.merge_lora()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.resolved_config()
+        meta = {"model_type": MODEL_TYPE, "config": cfg.to_dict(),
+                "decoder_config": dataclasses.asdict(self.decoder.config), "codebook_version": self.codebook_version,
+                "lora": "merged"}
+        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        weights = nn.ModuleDict({"vlm": self.vlm, "decoder": self.decoder})
+        save_model(weights, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.text_tokenizer.save_pretrained(str(d / TOKENIZER_DIR))
+        self.latent_tokenizer.save_pretrained(d / LATENT_TOKENIZER_DIR, include_decoders=False)
+        if self.norm_stats is not None:
+            self.norm_stats.save(d / NORM_STATS_NAME)
+        elif (d / NORM_STATS_NAME).exists():
+            (d / NORM_STATS_NAME).unlink()
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32) -> "SemanticVLAPolicy":
+        """Load a checkpoint directory; checks that the latent tokenizer's codebook version matches the
+        one the VLM was trained against. Raises ValueError naming the file that is missing or wrong."""
+        d = Path(directory)
+        cfg_path = d / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ValueError(f"{d}: not a policy checkpoint ({CONFIG_NAME} missing)")
+        meta = json.loads(cfg_path.read_text())
+        if meta.get("model_type") != MODEL_TYPE:
+            raise ValueError(f"{cfg_path}: model_type is {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        for name in (WEIGHTS_NAME, TOKENIZER_DIR, LATENT_TOKENIZER_DIR):
+            if not (d / name).exists():
+                raise ValueError(f"{d}: {name} missing")
+        config = SemanticVLAConfig.from_dict(meta["config"])
+        lt = LatentTokenizer.from_pretrained(d / LATENT_TOKENIZER_DIR, with_decoders=False)
+        if lt.codebook_version != meta.get("codebook_version"):
+            raise ValueError(f"{d / LATENT_TOKENIZER_DIR}: codebook version {lt.codebook_version} differs from the "
+                             f"version the VLM was trained with ({meta.get('codebook_version')}, {cfg_path})")
+        tok = load_text_tokenizer(d / TOKENIZER_DIR, config.codebook_size)
+        stats = None
+        if (d / NORM_STATS_NAME).is_file():
+            from .normalize import DatasetStats
+
+            stats = DatasetStats.load(d / NORM_STATS_NAME)
+        policy = cls(config, text_tokenizer=tok, latent_tokenizer=lt, norm_stats=stats,
+                     codebook_version=meta["codebook_version"])
+        missing, unexpected = load_model(nn.ModuleDict({"vlm": policy.vlm, "decoder": policy.decoder}),
+                                         str(d / WEIGHTS_NAME), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{d / WEIGHTS_NAME}: does not match the config: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        policy.eval()
+        return policy.to_runtime(device, dtype)
