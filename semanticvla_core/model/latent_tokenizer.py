@@ -312,20 +312,23 @@ class LatentTokenizer(nn.Module):
 
     # ---- parameter groups per stage --------------------------------------------------------------
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
-        """Parameters trained in ``stage`` ("A", "B" or "joint"); the others should be frozen."""
-        a_mods = ["trace_encoder", "trace_decoder"]
-        if stage == "A":
-            names = a_mods
-        elif stage in ("B", "joint"):
-            names = [n for n, _ in self.named_children() if n not in (a_mods if stage == "B" else [])]
-            if not self.config.tower_trainable:
-                names = [n for n in names if n != "vision"]
-        else:
+        """Parameters trained in ``stage`` ("A", "B" or "joint"); the others should be frozen.
+
+        A: trace encoder + trace decoder. B: everything else (the vision tower only if trainable).
+        joint: all. DINOv2's ``mask_token`` (masked image modelling only) is never trained, so every
+        returned parameter gets a gradient (what DDP without ``find_unused_parameters`` needs).
+        """
+        if stage not in ("A", "B", "joint"):
             raise ValueError(f"stage must be 'A', 'B' or 'joint', got {stage!r}")
-        params = [p for n, m in self.named_children() if n in names for p in m.parameters()]
-        if stage != "A":
-            params += [p for n, p in self.named_parameters(recurse=False)]
-        return params
+        a_prefixes = ("trace_encoder.", "trace_decoder.")
+        out = []
+        for name, p in self.named_parameters():
+            if name.endswith("mask_token") or (name.startswith("vision.") and not self.config.tower_trainable):
+                continue
+            in_a = name.startswith(a_prefixes)
+            if stage == "joint" or (stage == "A") == in_a:
+                out.append(p)
+        return out
 
     def set_stage(self, stage: str) -> None:
         """requires_grad=True exactly on ``stage_parameters(stage)``."""

@@ -463,7 +463,7 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
         step += 1
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, (int, float)):
-                acc[k] = acc.get(k, 0.0) + float(v)
+                acc[k] = acc.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
         n_acc += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             last = _reduce_mean({k: v / n_acc for k, v in acc.items()}, info)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Stage 1 CLI: train the semantic latent action tokenizer.
+
+    python training/stage1_tokenizer.py --dataset data/panda_demos --config tiny --out runs/stage1
+    python training/stage1_tokenizer.py --synthetic 4000 --config tiny --out runs/stage1_toy
+    torchrun --nproc_per_node 2 training/stage1_tokenizer.py --dataset ... --config base --out ...
+
+The library function is ``semanticvla_core.training.stage1_tokenizer.train_tokenizer``; this file only
+parses arguments and builds the dataset. Re-running with the same ``--out`` resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils.data import Subset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="use N generated toy samples instead")
+    p.add_argument("--config", default="tiny", choices=["tiny", "base", "paper"], help="model / schedule preset")
+    p.add_argument("--out", required=True, help="output directory (phases, checkpoints, final tokenizer/)")
+    p.add_argument("--vision-path", default=None, help="local pretrained DINOv2 directory (frozen)")
+    p.add_argument("--schedule", choices=["sequential", "joint"], default=None)
+    p.add_argument("--steps-a", type=int, default=None, help="stage A (trace VQ-VAE) steps")
+    p.add_argument("--steps-b", type=int, default=None, help="stage B (latent VQ-VAE) steps")
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--amp", choices=["none", "bf16"], default=None)
+    p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the samples")
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from semanticvla_core.training.stage1_tokenizer import SyntheticTokenizerDataset, stage1_config, train_tokenizer
+
+    overrides = {"vision_pretrained_path": args.vision_path} if args.vision_path else {}
+    cfg = stage1_config(args.config, output_dir=args.out, **overrides)
+    t = cfg.train
+    for attr, val in (("batch_size", args.batch_size), ("lr", args.lr), ("num_workers", args.num_workers),
+                      ("save_every", args.save_every), ("seed", args.seed), ("device", args.device),
+                      ("amp", args.amp)):
+        if val is not None:
+            setattr(t, attr, val)
+    t.resume = not args.no_resume
+    t.progress = not args.no_progress
+    if args.steps_a is not None:
+        cfg.stage_a_steps = args.steps_a
+    if args.steps_b is not None:
+        cfg.stage_b_steps = args.steps_b
+    if args.schedule:
+        cfg.schedule = args.schedule
+    m = cfg.model
+
+    if args.synthetic is not None:
+        n_eval = max(1, int(args.synthetic * args.eval_fraction))
+        train_ds = SyntheticTokenizerDataset(args.synthetic, m.image_size, m.window, m.frame_horizon, seed=t.seed)
+        eval_ds = SyntheticTokenizerDataset(n_eval, m.image_size, m.window, m.frame_horizon, seed=t.seed + 1)
+    else:
+        try:   # written by the data engineer; imported lazily so --synthetic works without it
+            from semanticvla_core.data.pipelines import TokenizerDataset
+        except ImportError as e:
+            print(f"error: semanticvla_core.data.pipelines.TokenizerDataset is not available ({e})", file=sys.stderr)
+            return 2
+        full = TokenizerDataset(args.dataset, image_size=m.image_size, window=m.window, horizon=m.frame_horizon)
+        # Held-out split: a fixed random subset of samples (seeded). Neighbouring frames of one episode
+        # are similar, so this measures fit more than generalisation to new episodes.
+        g = torch.Generator().manual_seed(t.seed)
+        perm = torch.randperm(len(full), generator=g).tolist()
+        n_eval = int(len(full) * args.eval_fraction)
+        train_ds, eval_ds = Subset(full, perm[n_eval:]), Subset(full, perm[:n_eval])
+
+    path = train_tokenizer(cfg, train_ds, eval_ds)
+    from semanticvla_core.training.common import cleanup_distributed
+    cleanup_distributed()
+    print(f"tokenizer saved to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
