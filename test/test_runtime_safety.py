@@ -1,0 +1,280 @@
+"""Safety filter logic on the real Panda model (Pinocchio + coal, URDF/SRDF of example-robot-data)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from semanticvla_core.actions import ACTION_SPACE_JOINT_POSITION, ee_delta_between, integrate_chunk
+from semanticvla_core.interfaces import ActionChunkData
+from semanticvla_core.safety import (PANDA_ARM_JOINTS, READY_Q, TCP_OFFSET_M, BuiltinSafetyChecker, EnvBox, SafetyConfig,
+                                     SafetyStatus, ViolationKind, Watchdog, WatchdogConfig, make_checker)
+
+K = ViolationKind
+NOW = 5_000_000_000   # a check time in ns; chunks are stamped relative to it
+
+
+@pytest.fixture(scope="module")
+def checker() -> BuiltinSafetyChecker:
+    return BuiltinSafetyChecker()
+
+
+def chunk(actions, **kw) -> ActionChunkData:
+    kw.setdefault("stamp_ns", NOW)
+    return ActionChunkData(np.asarray(actions, dtype=np.float32), **kw)
+
+
+def joint_path_chunk(kin, qs) -> np.ndarray:
+    """ee_delta actions that move the TCP through FK(q) of a joint path (the inverse of the IK)."""
+    return np.array([ee_delta_between(*kin.fk(a), *kin.fk(b), 0.0) for a, b in zip(qs[:-1], qs[1:])])
+
+
+# ----------------------------------------------------------------------------------- kinematics
+def test_tcp_is_hand_plus_offset_and_matches_urdf_tcp(checker):
+    kin = checker.kin
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        q = np.clip(READY_Q + rng.normal(0, 0.3, 7), kin.lower, kin.upper)
+        p, R = kin.fk(q)
+        ph, Rh = kin.frame_pose(q, "panda_hand")
+        np.testing.assert_allclose(p, ph + Rh[:, 2] * TCP_OFFSET_M, atol=1e-12)
+        np.testing.assert_allclose(R, Rh, atol=1e-12)
+        pt, _ = kin.frame_pose(q, "panda_hand_tcp")       # the URDF's own TCP frame agrees
+        np.testing.assert_allclose(p, pt, atol=1e-9)
+    p, R = kin.fk(READY_Q)    # ready pose: gripper pointing down, TCP in front of the base
+    assert R[2, 2] == pytest.approx(-1.0, abs=1e-6) and 0.25 < p[0] < 0.35 and 0.4 < p[2] < 0.55
+
+
+def test_limits_from_urdf_and_franka_constants(checker):
+    kin = checker.kin
+    np.testing.assert_allclose(kin.lower[[3, 5]], [-3.0718, -0.0175])
+    np.testing.assert_allclose(kin.upper[[3, 5]], [-0.0698, 3.7525])
+    np.testing.assert_allclose(kin.velocity_limits, [2.175] * 4 + [2.61] * 3)
+    np.testing.assert_allclose(kin.accel_limits, [15, 7.5, 10, 12.5, 15, 20, 20])
+
+
+def test_jacobian_matches_finite_differences(checker):
+    kin = checker.kin
+    q = READY_Q + np.array([0.1, -0.2, 0.3, 0.2, -0.1, 0.2, 0.1])
+    J = kin.jacobian(q)
+    p0, R0 = kin.fk(q)
+    eps = 1e-6
+    for j in range(7):
+        dq = np.zeros(7); dq[j] = eps
+        p1, R1 = kin.fk(q + dq)
+        np.testing.assert_allclose((p1 - p0) / eps, J[:3, j], atol=1e-5)
+        w = np.array([(R1 @ R0.T)[2, 1], (R1 @ R0.T)[0, 2], (R1 @ R0.T)[1, 0]]) / eps
+        np.testing.assert_allclose(w, J[3:, j], atol=1e-4)
+
+
+def test_ik_tracks_small_ee_delta_chunk_within_mm(checker):
+    kin = checker.kin
+    rng = np.random.default_rng(1)
+    acts = np.zeros((8, 7))
+    acts[:, :3] = rng.uniform(-0.01, 0.01, (8, 3))     # up to 1 cm per 50 ms step
+    acts[:, 3:6] = rng.uniform(-0.03, 0.03, (8, 3))    # small rotations
+    acts[:, 6] = np.linspace(0, 1, 8)
+    res = kin.ik_chunk(READY_Q, acts)
+    assert res.success.all()
+    P, R, G = integrate_chunk(*kin.fk(READY_Q), acts)      # the one convention, independently rolled out
+    for i, q in enumerate(res.q):
+        p, Rq = kin.fk(q)
+        assert np.linalg.norm(p - P[i]) < 1e-3
+        assert np.linalg.norm(Rq @ R[i].T - np.eye(3)) < 1e-3
+    np.testing.assert_allclose(res.gripper, G)
+
+
+# ----------------------------------------------------------------------------------- chunk checks
+def test_valid_chunk_passes_with_full_trajectory(checker):
+    acts = np.zeros((8, 7))
+    acts[:, 0], acts[:, 2], acts[:, 6] = 0.004, -0.003, 1.0
+    r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW, dq_current=np.zeros(7))
+    assert r.status is SafetyStatus.OK and r.ok and r.reasons == [] and r.first_bad_step is None
+    assert r.positions.shape == (8, 7) and r.velocities.shape == (8, 7) and r.joint_names == list(PANDA_ARM_JOINTS)
+    np.testing.assert_allclose(r.times_from_start, 0.05 * np.arange(1, 9))
+    np.testing.assert_allclose(r.gripper, 1.0)
+    P, _, _ = integrate_chunk(*checker.kin.fk(READY_Q), acts)
+    tcp = np.array([checker.kin.fk(q)[0] for q in r.positions])
+    assert np.abs(tcp - P).max() < 1e-3
+    assert np.all(r.velocities[-1] == 0) and np.abs(r.velocities[:-1]).max() > 0
+
+
+def test_joint_limit_violation_rejected(checker):
+    q = READY_Q.copy(); q[6] = 2.75               # wrist close to its +2.8973 limit
+    z = checker.kin.fk(q)[1][:, 2]                 # rotating about the TCP z axis turns joint 7 only
+    acts = np.zeros((8, 7)); acts[:, 3:6] = 0.04 * z
+    r = checker.check_chunk(chunk(acts), q, 0.0, now_ns=NOW)
+    assert r.status is SafetyStatus.REJECTED and r.is_hold
+    assert r.rejecting_kinds == [K.JOINT_LIMIT] and "panda_joint7" in r.reasons[0].message
+    bad = np.flatnonzero(r.checked_positions[:, 6] > checker.kin.upper[6] - checker.config.joint_limit_margin_rad)
+    assert r.first_bad_step == bad[0]
+    np.testing.assert_allclose(r.positions, q[None])            # hold where it is
+    back = checker.check_chunk(chunk(-acts), q, 0.0, now_ns=NOW)   # the same motion away from the limit is fine
+    assert back.status is SafetyStatus.OK, back.summary()
+
+
+def test_chunk_driving_into_table_rejected(checker):
+    p0, R0 = checker.kin.fk(READY_Q)
+    q_low = checker.kin.ik(p0 - [0, 0, p0[2] - 0.08], R0, READY_Q).q          # TCP 8 cm above the table
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.015                              # 0.3 m/s down, 12 cm in total
+    r = checker.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW)
+    assert r.is_hold and r.reasons[0].kind is K.TABLE_COLLISION and set(r.rejecting_kinds) == {K.TABLE_COLLISION}
+    z = integrate_chunk(*checker.kin.fk(q_low), acts)[0][:, 2]
+    assert r.first_bad_step == int(np.flatnonzero(z < checker.config.tcp_table_margin_m)[0]) == 4
+    assert checker.check_chunk(chunk(acts[:3]), q_low, 0.0, now_ns=NOW).status is SafetyStatus.OK   # stopping above: fine
+
+
+def test_links_touching_table_rejected_by_geometry():
+    # TCP rule disabled (margin -5 cm): only the collision geometry (fingertips vs table box) can catch this
+    c = BuiltinSafetyChecker(SafetyConfig(tcp_table_margin_m=-0.05, workspace_min=(0.1, -0.6, -0.1)))
+    p0, R0 = c.kin.fk(READY_Q)
+    q_low = c.kin.ik(p0 - [0, 0, p0[2] - 0.06], R0, READY_Q).q                # TCP 6 cm above the table
+    acts = np.zeros((8, 7)); acts[:, 2] = -(0.06 - 0.002) / 8                  # ... down to 2 mm above it
+    r = c.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW)
+    assert r.is_hold and r.rejecting_kinds == [K.TABLE_COLLISION], r.summary()
+    assert "finger" in r.reasons[0].message and "table" in r.reasons[0].message
+    assert c.check_chunk(chunk(acts[:3]), q_low, 0.0, now_ns=NOW).status is SafetyStatus.OK
+
+
+# found by sampling: with the elbow folded, bending the wrist (joint 6) swings the hand into link 2
+SELF_COLLISION_START = np.array([-0.122, -1.713, 0.823, -3.022, -0.192, 1.607, -0.049])
+
+
+def test_self_collision_rejected(checker):
+    q0 = SELF_COLLISION_START
+    assert checker.check_state(q0) == []                     # the start is collision free and within limits
+    step = np.zeros(7); step[5] = -0.03
+    qs = [q0 + k * step for k in range(9)]
+    r = checker.check_chunk(chunk(joint_path_chunk(checker.kin, qs)), q0, 0.0, now_ns=NOW)
+    assert r.is_hold and r.rejecting_kinds == [K.SELF_COLLISION], r.summary()
+    assert "panda_hand" in r.reasons[0].message or "panda_link" in r.reasons[0].message
+    qs_back = [q0 - k * step for k in range(9)]              # unfolding instead passes
+    ok = checker.check_chunk(chunk(joint_path_chunk(checker.kin, qs_back)), q0, 0.0, now_ns=NOW)
+    assert ok.status is SafetyStatus.OK, ok.summary()
+    # the same configurations as joint targets
+    jc = chunk(np.array(qs[1:]), action_space=ACTION_SPACE_JOINT_POSITION)
+    rj = checker.check_chunk(jc, q0, 0.0, now_ns=NOW)
+    assert K.SELF_COLLISION in rj.rejecting_kinds
+
+
+def test_environment_box_rejected():
+    base = BuiltinSafetyChecker()
+    p0 = base.kin.fk(READY_Q)[0]
+    box = EnvBox("block", center=(p0[0], p0[1], p0[2] - 0.12), size=(0.1, 0.1, 0.1))
+    c = BuiltinSafetyChecker(SafetyConfig(env_boxes=[box]))
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.01                 # 8 cm down: fingertips reach the box top
+    r = c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
+    assert r.is_hold and r.rejecting_kinds == [K.ENV_COLLISION] and "env_block" in r.reasons[0].message
+    assert base.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).status is SafetyStatus.OK   # no box: fine
+    with pytest.raises(ValueError, match="env box"):
+        SafetyConfig(env_boxes=[{"name": "x", "center": [0, 0]}])
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "wrong_cols", "wrong_ndim", "empty", "stale", "future", "unstamped",
+                                  "bad_dt", "action_space", "not_a_chunk"])
+def test_malformed_chunks_rejected_with_reason(checker, case):
+    good = np.zeros((8, 7))
+    expected = {"nan": K.NAN, "inf": K.NAN, "wrong_cols": K.WRONG_SHAPE, "wrong_ndim": K.WRONG_SHAPE,
+                "empty": K.WRONG_SHAPE, "stale": K.STALE, "future": K.STALE, "unstamped": K.STALE,
+                "bad_dt": K.BAD_TIMING, "action_space": K.UNSUPPORTED_ACTION_SPACE, "not_a_chunk": K.WRONG_SHAPE}[case]
+    if case in ("nan", "inf"):
+        a = good.copy(); a[3, 1] = np.nan if case == "nan" else np.inf
+        c = chunk(a)
+    elif case == "wrong_cols":
+        c = chunk(np.zeros((8, 6)))
+    elif case == "wrong_ndim":
+        c = ActionChunkData(np.zeros(7, np.float32), stamp_ns=NOW)
+    elif case == "empty":
+        c = chunk(np.zeros((0, 7)))
+    elif case == "stale":
+        c = chunk(good, stamp_ns=NOW - int(0.8e9))
+    elif case == "future":
+        c = chunk(good, stamp_ns=NOW + int(1e9))
+    elif case == "unstamped":
+        c = chunk(good, stamp_ns=0)
+    elif case == "bad_dt":
+        c = chunk(good, dt=0.0)
+    elif case == "action_space":
+        c = chunk(good, action_space="cartesian_velocity")
+    else:
+        c = {"actions": good}
+    r = checker.check_chunk(c, READY_Q, 0.0, now_ns=NOW)
+    assert r.is_hold and r.reasons[0].kind is expected, r.summary()
+    np.testing.assert_allclose(r.positions, READY_Q[None])
+    if case in ("nan", "inf"):
+        assert r.first_bad_step == 3
+
+
+def test_bad_robot_state_holds_without_trajectory(checker):
+    r = checker.check_chunk(chunk(np.zeros((8, 7))), np.full(7, np.nan), 0.0, now_ns=NOW)
+    assert r.is_hold and r.reasons[0].kind is K.NAN and r.positions.shape == (0, 7)
+    r = checker.check_chunk(chunk(np.zeros((8, 7))), np.zeros(6), 0.0, now_ns=NOW)
+    assert r.is_hold and r.reasons[0].kind is K.WRONG_SHAPE
+
+
+def test_velocity_excess_time_scaled_or_rejected(checker):
+    acts = np.zeros((6, 7)); acts[:, 1] = 0.07            # 1.4 m/s sideways: too fast for the joints
+    r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
+    assert r.status is SafetyStatus.CLIPPED and K.VELOCITY_LIMIT in r.kinds and not r.rejecting_kinds
+    assert 1.0 < r.time_scale <= checker.config.max_time_scale
+    t = np.concatenate([[0.0], r.times_from_start])
+    v = np.diff(np.vstack([READY_Q, r.positions]), axis=0) / np.diff(t)[:, None]
+    assert np.all(np.abs(v) <= checker.kin.velocity_limits * (1 + 1e-6))
+    fast = acts.copy(); fast[:, 1] = 0.09                     # needs more slow-down than allowed
+    r2 = checker.check_chunk(chunk(fast), READY_Q, 0.0, now_ns=NOW)
+    assert r2.is_hold and r2.rejecting_kinds[0] is K.VELOCITY_LIMIT and r2.time_scale > checker.config.max_time_scale
+    strict = BuiltinSafetyChecker(SafetyConfig(dynamics_policy="reject"), kinematics=None)
+    assert strict.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).rejecting_kinds[0] is K.VELOCITY_LIMIT
+
+
+def test_acceleration_against_current_velocity(checker):
+    acts = np.zeros((8, 7))                                  # stand still ...
+    dq = np.zeros(7); dq[0] = 2.0                            # ... while joint 1 turns at 2 rad/s: 40 rad/s^2 stop
+    r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW, dq_current=dq)
+    assert r.is_hold and r.rejecting_kinds[0] is K.ACCEL_LIMIT and r.first_bad_step == 0
+    assert checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).status is SafetyStatus.OK
+
+
+def test_workspace_clip_and_reject():
+    c = BuiltinSafetyChecker(SafetyConfig(workspace_max=(0.85, 0.6, 0.5)))
+    acts = np.zeros((8, 7)); acts[:, 2] = 0.005               # 4 cm up from z = 0.487 -> clipped at 0.5
+    r = c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
+    assert r.status is SafetyStatus.CLIPPED and r.kinds == [K.WORKSPACE]
+    assert max(c.kin.fk(q)[0][2] for q in r.positions) <= 0.5 + 1e-3
+    acts[:, 2] = 0.012                                         # 10 cm up: too far outside to clip
+    assert c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).rejecting_kinds == [K.WORKSPACE]
+
+
+def test_hold_result(checker):
+    r = checker.hold(READY_Q, 0.3)
+    assert r.is_hold and r.positions.shape == (1, 7) and r.gripper.tolist() == [0.3]
+    np.testing.assert_allclose(r.positions[0], READY_Q)
+    assert np.all(r.velocities == 0) and r.times_from_start[0] > 0
+
+
+# ----------------------------------------------------------------------------------- factory, watchdog
+def test_make_checker_falls_back_to_builtin_with_reason(caplog):
+    with caplog.at_level(logging.INFO):
+        c = make_checker("moveit")
+    assert c.backend_name == "builtin" and "moveit" in c.fallback_reason.lower()
+    assert any("builtin" in rec.getMessage() for rec in caplog.records)
+    assert make_checker("builtin").fallback_reason == ""
+    with pytest.raises(ValueError, match="backend"):
+        make_checker("fcl")
+
+
+def test_watchdog_says_why_to_hold():
+    wd = Watchdog(WatchdogConfig(trace_timeout_s=2.0, chunk_timeout_s=0.5, joint_states_timeout_s=0.2))
+    s = wd.check(NOW)
+    assert s.hold and len(s.reasons) == 3 and all(r.kind is K.STALE for r in s.reasons)
+    for src in ("trace", "chunk", "joint_states"):
+        wd.feed(src, NOW)
+    assert not wd.check(NOW + int(0.1e9)).hold
+    s = wd.check(NOW + int(0.3e9))                              # joint_states silent for 0.3 s
+    assert s.hold and len(s.reasons) == 1 and "joint_states" in s.reasons[0].message
+    wd.feed("joint_states", NOW + int(0.9e9)); wd.feed("chunk", NOW + int(0.9e9))
+    s = wd.check(NOW + int(2.5e9) - int(0.2e9) + int(0.1e9))   # trace 2.4 s old, chunk 1.5 s old
+    assert s.hold and {r.message.split()[1] for r in s.reasons} == {"Trace", "ActionChunk", "joint_states"}
+    with pytest.raises(ValueError):
+        wd.feed("camera", NOW)
