@@ -1,0 +1,206 @@
+"""Scripted experts from privileged simulator state, and exact end-effector traces.
+
+The expert is a small state machine over waypoints (TCP pose + gripper command). Each step it emits the
+7-D ee_delta action from the *measured* TCP pose toward the current waypoint, through
+:func:`semanticvla_core.actions.ee_delta_between` (the inverse of what the simulator applies), saturated
+at ``max_step`` metres / ``max_rot`` radians. Traces: the TCP projected through the agent-view
+:class:`PinholeCamera` every frame, cut into windows by :func:`semanticvla_core.traces.trace_windows`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..actions import ee_delta_between, matrix_to_rotvec, rotvec_to_matrix
+from ..traces import DEFAULT_WINDOW, trace_windows
+from .env import R_DOWN
+from .scene import BOWL_WALL_H, CUBE_HALF, PLATE_HALF_H, REGION_HALF
+
+GRASP_Z = CUBE_HALF + 0.027       # TCP height when grasping a cube on the table (finger pads reach 4.9 cm below)
+HOVER_Z = 0.16
+CARRY_Z = 0.18
+
+
+def yaw_matrix(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ R_DOWN
+
+
+def cube_yaw(R: np.ndarray) -> float:
+    """Yaw of a cube's body frame, folded to [-pi/4, pi/4) (cubes look the same every 90 degrees)."""
+    yaw = np.arctan2(R[1, 0], R[0, 0])
+    return float((yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+
+
+@dataclass
+class Waypoint:
+    pos: np.ndarray
+    yaw: float
+    gripper: float
+    tol: float = 0.008
+    hold: int = 0        # extra steps to stay once reached (gripper motions)
+
+
+class ScriptedExpert:
+    """Solves every task family of ``tasks.py`` from privileged state. Call :meth:`act` once per step."""
+
+    def __init__(self, env, max_step: float = 0.03, max_rot: float = 0.2, gain: float = 1.0,
+                 carry_step: float = 0.02):
+        self.env, self.max_step, self.max_rot, self.gain = env, max_step, max_rot, gain
+        self.carry_step = carry_step
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase, self.held, self.plan, self.done = 0, 0, None, False
+        self.push_state = "approach"
+
+    # ------------------------------------------------------------------ waypoint plans
+    def _pick_place_plan(self) -> list:
+        env, ep = self.env, self.env.episode
+        cp, cR = env.body_pose(ep.cubes[ep.target].body)
+        yaw = cube_yaw(cR)
+        if ep.family == "stack":
+            bp, bR = env.body_pose(ep.cubes[ep.dest].body)
+            dest_xy, place_z, place_yaw = bp[:2], bp[2] + 2 * CUBE_HALF + GRASP_Z - CUBE_HALF + 0.006, yaw
+        elif ep.family == "pick_place_bowl":
+            dest_xy, place_z, place_yaw = ep.dests[ep.dest].pos[:2], BOWL_WALL_H + GRASP_Z + 0.01, yaw
+        else:
+            dest_xy, place_z, place_yaw = ep.dests[ep.dest].pos[:2], 2 * PLATE_HALF_H + GRASP_Z + 0.006, yaw
+        cxy = cp[:2]
+        return [
+            Waypoint(np.r_[cxy, HOVER_Z], yaw, 0.0, tol=0.012),
+            Waypoint(np.r_[cxy, GRASP_Z], yaw, 0.0, tol=0.006),
+            Waypoint(np.r_[cxy, GRASP_Z], yaw, 1.0, tol=0.01, hold=4),
+            Waypoint(np.r_[cxy, CARRY_Z], yaw, 1.0, tol=0.02),
+            Waypoint(np.r_[dest_xy, CARRY_Z], place_yaw, 1.0, tol=0.012),
+            Waypoint(np.r_[dest_xy, place_z], place_yaw, 1.0, tol=0.006),
+            Waypoint(np.r_[dest_xy, place_z], place_yaw, 0.0, tol=0.02, hold=3),
+            Waypoint(np.r_[dest_xy, CARRY_Z], place_yaw, 0.0, tol=0.02),
+        ]
+
+    def _toward(self, pos: np.ndarray, yaw: float, gripper: float, max_step: float | None = None) -> np.ndarray:
+        p, R = self.env.tcp_pose()
+        Rt = yaw_matrix(yaw)
+        a = ee_delta_between(p, R, pos, Rt, gripper)
+        a[:3] *= self.gain
+        n, lim = np.linalg.norm(a[:3]), max_step or self.max_step
+        if n > lim:
+            a[:3] *= lim / n
+        n = np.linalg.norm(a[3:6])
+        if n > self.max_rot:
+            a[3:6] *= self.max_rot / n
+        return a
+
+    def _reached(self, wp: Waypoint) -> bool:
+        p, R = self.env.tcp_pose()
+        rot_err = np.linalg.norm(matrix_to_rotvec(yaw_matrix(wp.yaw) @ R.T))
+        return bool(np.linalg.norm(p - wp.pos) < wp.tol and rot_err < 0.08)
+
+    def _act_waypoints(self) -> np.ndarray:
+        if self.plan is None:
+            self.plan = self._pick_place_plan()
+        if self.phase >= len(self.plan):
+            self.done = True
+            wp = self.plan[-1]
+            return self._toward(wp.pos, wp.yaw, wp.gripper)
+        wp = self.plan[self.phase]
+        if self._reached(wp):
+            fingers_moving = abs(self.env.data.qvel[self.env._finger_dadr]).max() > 0.005
+            if self.held >= wp.hold and not (wp.hold and fingers_moving):
+                self.phase, self.held = self.phase + 1, 0
+                return self._act_waypoints()
+            self.held += 1
+        # slower while carrying (gripper closed): less swing of the cube in the grasp
+        return self._toward(wp.pos, wp.yaw, wp.gripper, self.carry_step if wp.gripper > 0.5 else None)
+
+    # ------------------------------------------------------------------ pushing (closed loop)
+    def _act_push(self) -> np.ndarray:
+        env, ep = self.env, self.env.episode
+        cube = env.body_pose(ep.cubes[ep.target].body)[0][:2]
+        goal = ep.dests[ep.dest].pos[:2]
+        to_goal = goal - cube
+        dist = np.linalg.norm(to_goal)
+        p, _ = env.tcp_pose()
+        if np.all(np.abs(to_goal) < 0.5 * REGION_HALF) or self.push_state == "retreat":
+            self.push_state = "retreat"
+            self.done = p[2] > 0.12
+            return self._toward(np.r_[p[:2], 0.16], self._push_yaw if hasattr(self, "_push_yaw") else 0.0, 1.0)
+        d = to_goal / dist
+        yaw = float(np.arctan2(d[1], d[0]))
+        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2      # hand x along +-d: both fingers touch the cube
+        self._push_yaw = yaw
+        behind = cube - d * (CUBE_HALF + 0.035)
+        # where is the TCP relative to the push line?
+        rel = p[:2] - cube
+        along = float(rel @ d)
+        lateral = float(abs(rel @ np.array([-d[1], d[0]])))
+        if self.push_state == "approach":
+            if np.linalg.norm(p[:2] - behind) > 0.012:
+                return self._toward(np.r_[behind, 0.12], yaw, 1.0)
+            self.push_state = "lower"
+        if self.push_state == "lower":
+            tgt = np.r_[behind, GRASP_Z]
+            if np.linalg.norm(p - tgt) > 0.008:
+                return self._toward(tgt, yaw, 1.0)
+            self.push_state = "push"
+        # push: stay on the line behind the cube and advance
+        if lateral > 0.02 or along > -CUBE_HALF:
+            self.push_state = "approach"
+            return self._toward(np.r_[p[:2], 0.12], yaw, 1.0)
+        tgt = cube - d * (CUBE_HALF + 0.012) + d * min(0.02, dist)
+        return self._toward(np.r_[tgt, GRASP_Z], yaw, 1.0)
+
+    def act(self, obs: dict | None = None) -> np.ndarray:
+        """The next 7-D ee_delta action (``obs`` unused: the expert reads the simulator state)."""
+        if self.env.episode is None:
+            raise ValueError("ScriptedExpert.act() before env.reset()")
+        if self.env.episode.family == "push_region":
+            return self._act_push()
+        return self._act_waypoints()
+
+
+def tcp_track(points_world: np.ndarray, camera) -> tuple[np.ndarray, np.ndarray]:
+    """Project per-frame TCP positions (T, 3) through a PinholeCamera: (T, 2) normalized uv, (T,) visible."""
+    uv, vis = camera.project_normalized(np.asarray(points_world, dtype=np.float64))
+    return np.clip(uv, 0.0, 1.0).astype(np.float32), vis
+
+
+def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split: str = "train",
+                   render: bool | None = None, max_steps: int | None = None, extra_steps: int = 3,
+                   window: int = DEFAULT_WINDOW) -> dict:
+    """Run the expert for one episode; returns frames, actions, states, TCP positions, traces and success.
+
+    Keys: ``instruction``, ``actions`` (T, 7), ``states`` (T, 15), ``tcp`` (T, 3), ``images`` {cam: (T,H,W,3)}
+    when rendering, ``trace`` (T, W, 2), ``trace_present`` (T,), ``success``, ``steps``. Frame t holds the
+    observation *before* action t.
+    """
+    obs = env.reset(task, seed, instruction_kind, split, render=render)
+    expert = ScriptedExpert(env)
+    limit = max_steps or env.episode.max_steps
+    acts, states, tcps, imgs = [], [], [], {"agentview": [], "wrist": []}
+    success, after = False, 0
+    for _ in range(limit):
+        a = expert.act(obs)
+        states.append(obs["state"])
+        tcps.append(obs["tcp_pos"])
+        for k in imgs:
+            if k in obs:
+                imgs[k].append(obs[k])
+        acts.append(a.astype(np.float32))
+        obs = env.step(a, render=render)
+        if env.success():
+            success = True
+        if success and expert.done:
+            after += 1
+            if after >= extra_steps:
+                break
+    cam = env.camera("agentview")
+    uv, vis = tcp_track(np.array(tcps), cam)
+    win, present = trace_windows(uv, vis, window)
+    out = {"instruction": env.instruction, "actions": np.array(acts), "states": np.array(states),
+           "tcp": np.array(tcps), "trace": win, "trace_present": present, "success": success,
+           "steps": len(acts), "camera": cam}
+    if imgs["agentview"]:
+        out["images"] = {k: np.array(v) for k, v in imgs.items() if v}
+    return out
