@@ -80,8 +80,12 @@ def image_fields(msg: Any) -> ImageFields:
 
 
 def _buffer(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8:
+        return np.ascontiguousarray(data).reshape(-1)
+    if isinstance(data, np.ndarray):   # values, not raw memory: must be bytes 0..255
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise ValueError(f"data: expected uint8 bytes, got a {data.dtype} array")
+        return data.astype(np.uint8).reshape(-1)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)
     try:   # array.array('B') (what rclpy gives for uint8[]) exposes the buffer protocol

@@ -136,6 +136,10 @@ def test_data_containers_and_message_objects():
     np.testing.assert_array_equal(msg_to_model_rgb(msg), CASES["bgr8"][1])
     np.testing.assert_array_equal(to_model_rgb("bgr8", **dict(f, data=list(f["data"]))), CASES["bgr8"][1])
     np.testing.assert_array_equal(to_model_rgb("bgr8", **dict(f, data=np.frombuffer(f["data"], np.uint8))), CASES["bgr8"][1])
+    as_int64 = np.frombuffer(f["data"], np.uint8).astype(np.int64)          # values, not memory
+    np.testing.assert_array_equal(to_model_rgb("bgr8", **dict(f, data=as_int64)), CASES["bgr8"][1])
+    with pytest.raises(ValueError, match="data"):
+        to_model_rgb("bgr8", **dict(f, data=as_int64.astype(np.float32)))
     with pytest.raises(ValueError, match="Image-like"):
         image_fields(object())
     dm = SimpleNamespace(**depth_to_image_fields(np.full((2, 3), 1.5)).as_kwargs())
