@@ -93,6 +93,9 @@ class FrankaTabletopEnv:
         self._jnt_range = np.array([m.jnt_range[j] for j in jid[:7]])
         self._tcp_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "tcp")
         self._marker_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "tcp_marker")
+        ee = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "end_effector")
+        if ee >= 0:
+            m.site_rgba[ee, 3] = 0.0   # the wheel's own end-effector site would show in the wrist view
         self._cam_ids = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, n) for n in CAMERA_NAMES}
         for i in range(7):
             m.actuator_gainprm[i, 0] = self.cfg.arm_kp[i]

@@ -49,6 +49,7 @@ class ScriptedExpert:
                  carry_step: float = 0.02):
         self.env, self.max_step, self.max_rot, self.gain = env, max_step, max_rot, gain
         self.carry_step = carry_step
+        self.push_step = 0.012       # m per step while in contact (0.24 m/s): the cube slides, never flies
         self.reset()
 
     def reset(self) -> None:
@@ -149,7 +150,7 @@ class ScriptedExpert:
             self.push_state = "approach"
             return self._toward(np.r_[p[:2], 0.12], yaw, 1.0)
         tgt = cube - d * (CUBE_HALF + 0.012) + d * min(0.02, dist)
-        return self._toward(np.r_[tgt, GRASP_Z], yaw, 1.0)
+        return self._toward(np.r_[tgt, GRASP_Z], yaw, 1.0, self.push_step)
 
     def act(self, obs: dict | None = None) -> np.ndarray:
         """The next 7-D ee_delta action (``obs`` unused: the expert reads the simulator state)."""
@@ -179,7 +180,7 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
     expert = ScriptedExpert(env)
     limit = max_steps or env.episode.max_steps
     acts, states, tcps, imgs = [], [], [], {"agentview": [], "wrist": []}
-    success, after = False, 0
+    success, after, streak = False, 0, 0
     for _ in range(limit):
         a = expert.act(obs)
         states.append(obs["state"])
@@ -189,12 +190,13 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
                 imgs[k].append(obs[k])
         acts.append(a.astype(np.float32))
         obs = env.step(a, render=render)
-        if env.success():
-            success = True
+        ok = env.success()
+        success |= ok
+        streak = streak + 1 if ok else 0
         if success and expert.done:
             after += 1
-            if after >= extra_steps:
-                break
+        if after >= extra_steps or streak >= 20:
+            break
     cam = env.camera("agentview")
     uv, vis = tcp_track(np.array(tcps), cam)
     win, present = trace_windows(uv, vis, window)

@@ -42,6 +42,7 @@ PARK_X = -3.0                                  # unused objects wait here, out o
 HAND_IN_LINK7_POS = (0.0, 0.0, 0.107)
 HAND_IN_LINK7_QUAT = (0.92388, 0.0, 0.0, -0.382683)
 TCP_OFFSET = 0.1034
+LABEL_YAW = 1.5707963    # label squares turned so glyphs read upright in the agent view
 PAD_OFFSET = 0.003    # pad centre from the finger frame along the finger's closing axis
 
 
@@ -176,7 +177,7 @@ def build_scene_xml(cfg: SceneConfig | None = None) -> str:
             f'<geom name="plate{i}" type="box" size="{PLATE_HALF} {PLATE_HALF} {PLATE_HALF_H}" rgba="0 0 1 1" '
             f'friction="1 0.01 0.001"/>'
             f'<geom name="plate{i}_label" type="box" pos="0 0 {PLATE_HALF_H + 0.0005}" '
-            f'size="{0.6 * PLATE_HALF} {0.6 * PLATE_HALF} 0.0005" material="mat_label_1" contype="0" '
+            f'size="{0.6 * PLATE_HALF} {0.6 * PLATE_HALF} 0.0005" euler="0 0 {LABEL_YAW}" material="mat_label_1" contype="0" '
             f'conaffinity="0"/></body>')
     for i in range(cfg.num_bowls):
         h, t, wh = BOWL_INNER_HALF, BOWL_WALL_T, BOWL_WALL_H
@@ -192,7 +193,7 @@ def build_scene_xml(cfg: SceneConfig | None = None) -> str:
             f'<geom name="region{i}" type="box" size="{REGION_HALF} {REGION_HALF} 0.0004" pos="0 0 0.0004" '
             f'rgba="0 1 0 1" contype="0" conaffinity="0"/>'
             f'<geom name="region{i}_label" type="box" pos="{REGION_HALF * 0.55} {REGION_HALF * 0.55} 0.001" '
-            f'size="{0.35 * REGION_HALF} {0.35 * REGION_HALF} 0.0002" material="mat_label_1" contype="0" '
+            f'size="{0.35 * REGION_HALF} {0.35 * REGION_HALF} 0.0002" euler="0 0 {LABEL_YAW}" material="mat_label_1" contype="0" '
             f'conaffinity="0"/></body>')
 
     ae = " ".join(f"{v:.5f}" for v in cfg.agent_eye)
