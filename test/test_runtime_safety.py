@@ -152,6 +152,9 @@ def test_self_collision_rejected(checker):
     qs_back = [q0 - k * step for k in range(9)]              # unfolding instead passes
     ok = checker.check_chunk(chunk(joint_path_chunk(checker.kin, qs_back)), q0, 0.0, now_ns=NOW)
     assert ok.status is SafetyStatus.OK, ok.summary()
+    dense = BuiltinSafetyChecker(SafetyConfig(collision_substeps=3))   # interpolated states: same verdict, never later
+    rd = dense.check_chunk(chunk(joint_path_chunk(checker.kin, qs)), q0, 0.0, now_ns=NOW)
+    assert rd.rejecting_kinds == [K.SELF_COLLISION] and rd.first_bad_step <= r.first_bad_step
     # the same configurations as joint targets
     jc = chunk(np.array(qs[1:]), action_space=ACTION_SPACE_JOINT_POSITION)
     rj = checker.check_chunk(jc, q0, 0.0, now_ns=NOW)

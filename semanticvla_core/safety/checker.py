@@ -174,6 +174,7 @@ class SafetyConfig:
     table_half_extent_m: float = 2.0      # the table collision box spans +-this in x and y around the base
     env_boxes: list[EnvBox] = field(default_factory=list)
     check_self_collision: bool = True     # SRDF-filtered link pairs
+    collision_substeps: int = 0           # extra joint-interpolated states checked inside each step (0: waypoints only)
     # --- IK and output
     ik: IKConfig = field(default_factory=IKConfig)
     hold_time_s: float = 0.1              # time_from_start of the single hold point
@@ -297,7 +298,7 @@ class SafetyChecker(abc.ABC):
 
         # ---- limits and collisions
         reasons += self._joint_limits(Q)
-        reasons += self.collisions(Q, G)
+        reasons += self._collisions_along(q_cur, g_cur, Q, G)
         scale, dyn = self._dynamics(q_cur, Q, dt, dq)
         reasons += dyn
 
@@ -356,6 +357,23 @@ class SafetyChecker(abc.ABC):
                 if -age > cfg.max_future_s:
                     return [Violation(ViolationKind.STALE, f"chunk is stamped {-age:.3f} s in the future (max {cfg.max_future_s} s)")]
         return []
+
+    def _collisions_along(self, q_cur: np.ndarray, g_cur: float, Q: np.ndarray, G: np.ndarray) -> list[Violation]:
+        """Collisions at the waypoints and, with ``collision_substeps`` > 0, at joint-space interpolations
+        inside each step (step i = the motion from waypoint i-1, or q_current, to waypoint i)."""
+        n = max(int(self.config.collision_substeps), 0)
+        if n == 0:
+            return self.collisions(Q, G)
+        prev_q = np.vstack([q_cur[None], Q[:-1]])
+        prev_g = np.concatenate([[g_cur], G[:-1]])
+        fr = np.arange(1, n + 2) / (n + 1)                    # (n + 1) states per step, the last = the waypoint
+        dense_q = (prev_q[:, None] + fr[None, :, None] * (Q - prev_q)[:, None]).reshape(-1, 7)
+        dense_g = (prev_g[:, None] + fr[None, :] * (G - prev_g)[:, None]).reshape(-1)
+        out = []
+        for v in self.collisions(dense_q, dense_g):
+            step = None if v.step is None else v.step // (n + 1)
+            out.append(Violation(v.kind, v.message, step, v.rejecting))
+        return out
 
     def _table_tcp(self, P: np.ndarray) -> list[Violation]:
         lim = self.config.table_z + self.config.tcp_table_margin_m
