@@ -1,0 +1,97 @@
+"""controller (System 1): flow-matching decoder on the latest Trace (+ fresh joint state) -> ActionChunk at the
+control rate, independently of the planner; chunks are blended by the core's ChunkExecutor.
+
+Subscribes  /semanticvla/trace (Trace), /joint_states (sensor_msgs/JointState)
+Publishes   /semanticvla/action_chunk (ActionChunk): every tick, the blended actions from now on, stamped now
+Holds (publishes nothing; the safety filter's watchdog holds the arm) when the Trace or the state is stale,
+or a Trace is malformed; the reason is logged.
+"""
+from __future__ import annotations
+
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+
+from semanticvla_core.control import ChunkExecutor, ExecutorConfig
+from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS, state_from_joints
+
+from .messages import chunk_to_msg, trace_from_msg
+from .msg import ActionChunk, Trace
+from .node_utils import guarded, now_ns, run_node
+from .params import declare
+from .policy_loading import load_policy
+from .ros_conversions import joint_state_arrays
+
+
+class ControllerNode(Node):
+    def __init__(self):
+        super().__init__("controller")
+        self.p = declare(self, "controller")
+        self.policy, self.load_error = load_policy(self.p.checkpoint, self.p.device, self.p.dtype, self.get_logger())
+        self.executor_ = ChunkExecutor(ExecutorConfig(mode=self.p.blend_mode, ensemble_k=self.p.ensemble_decay))
+        self.trace = None
+        self.trace_rx_ns = 0
+        self.trace_new = False
+        self.q = self.fingers = None
+        self.state_rx_ns = 0
+        self.ticks_since_decode = 0
+        self._kin = None
+        self.pub = self.create_publisher(ActionChunk, "/semanticvla/action_chunk", 5)
+        self.create_subscription(Trace, "/semanticvla/trace", self.on_trace, 1)
+        self.create_subscription(JointState, "/joint_states", self.on_joint_state, 20)
+        self.create_timer(1.0 / self.p.control_rate_hz, self.tick)
+        self._last_hold_log = 0
+
+    @guarded()
+    def on_trace(self, msg: Trace) -> None:
+        tp = trace_from_msg(msg)          # ValueError (logged by guarded) on a malformed Trace
+        self.trace, self.trace_rx_ns, self.trace_new = tp, now_ns(self), True
+
+    @guarded()
+    def on_joint_state(self, msg: JointState) -> None:
+        self.q = joint_state_arrays(msg, ARM_JOINTS)
+        self.fingers = joint_state_arrays(msg, FINGER_JOINTS)
+        self.state_rx_ns = now_ns(self)
+
+    def _hold(self, why: str) -> None:
+        t = now_ns(self)
+        if t - self._last_hold_log > 2e9:
+            self._last_hold_log = t
+            self.get_logger().warning(f"holding: {why}")
+
+    @guarded()
+    def tick(self) -> None:
+        t = now_ns(self)
+        if self.policy is None:
+            return self._hold(self.load_error)
+        if self.trace is None:
+            return self._hold("no Trace received yet")
+        if (t - self.trace_rx_ns) * 1e-9 > self.p.trace_timeout_s:
+            return self._hold(f"Trace is {(t - self.trace_rx_ns) * 1e-9:.2f} s old (trace_timeout_s {self.p.trace_timeout_s})")
+        if self.q is None or (t - self.state_rx_ns) * 1e-9 > self.p.state_timeout_s:
+            return self._hold("no fresh joint state")
+        self.ticks_since_decode += 1
+        if self.trace_new or self.ticks_since_decode >= self.p.decode_every_steps or self.executor_.num_chunks == 0:
+            if self._kin is None:
+                from semanticvla_core.safety.kinematics import PandaKinematics
+                self._kin = PandaKinematics()
+            state = state_from_joints(self.q, self.fingers, self._kin)
+            chunk = self.policy.decode_actions(self.trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed)
+            chunk.stamp_ns = t
+            bad = self.executor_.add_chunk(chunk, t)
+            if bad is not None:
+                raise ValueError(f"decoded chunk refused: {bad}")
+            self.trace_new, self.ticks_since_decode = False, 0
+        out = self.executor_.upcoming(t)
+        if out is None:
+            return self._hold(self.executor_.last_reason or "no action covers now")
+        out.plan_id = self.trace.plan_id
+        out.frame_id = "panda_link0"
+        self.pub.publish(chunk_to_msg(out))
+
+
+def main(args=None):
+    run_node(ControllerNode, args)
+
+
+if __name__ == "__main__":
+    main()

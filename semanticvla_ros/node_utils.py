@@ -1,0 +1,75 @@
+"""What every node shares: a main() that spins and shuts down cleanly, and callbacks that never kill a node."""
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import time
+import traceback
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+
+def guarded(on_error=None):
+    """Decorate a callback so that an exception is logged (with its reason) instead of killing the node.
+
+    ``on_error(self, exc)`` is called afterwards (e.g. to hold the arm). Logs are throttled per callback.
+    """
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a node must survive any bad input
+                now = time.monotonic()
+                key = f"_guard_last_{fn.__name__}"
+                if now - getattr(self, key, 0.0) > 1.0:
+                    setattr(self, key, now)
+                    self.get_logger().error(f"{fn.__name__}: {type(e).__name__}: {e}")
+                    if not isinstance(e, ValueError):
+                        self.get_logger().debug(traceback.format_exc())
+                if on_error is not None:
+                    try:
+                        on_error(self, e)
+                    except Exception as e2:  # noqa: BLE001
+                        self.get_logger().error(f"{fn.__name__}: error handler failed: {e2}")
+                return None
+        return wrapper
+    return deco
+
+
+def now_ns(node) -> int:
+    return node.get_clock().now().nanoseconds
+
+
+def run_node(factory, args=None) -> None:
+    """rclpy.init, build the node, spin a single-threaded executor (multi-threaded executors showed 100+ ms
+    p99 latency on 2 cores), and shut down on SIGINT/SIGTERM without a traceback."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+
+    def _stop(*_):
+        rclpy.try_shutdown()
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        node = factory()
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        ex.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001
+                pass
+        rclpy.try_shutdown()

@@ -1,0 +1,126 @@
+"""sim: the MuJoCo Panda tabletop behind the topics a real Franka setup uses.
+
+Publishes   /camera/{agentview,wrist}/image_raw (rgb8), /camera/{..}/camera_info, /camera/{..}/pose
+            (PoseStamped of the optical frame in panda_link0, what a calibration gives on a real robot),
+            /joint_states (7 arm joints in Franka/URDF convention + 2 finger joints, after every physics step),
+            /semanticvla/instruction (std_msgs/String, transient local: the episode's instruction)
+Subscribes  <trajectory_topic> (trajectory_msgs/JointTrajectory, as a joint trajectory controller does),
+            <gripper_topic> (std_msgs/Float64, 0 open .. 1 closed)
+Services    ~/reset (std_srvs/Trigger): next episode (seed + 1); message = its instruction
+            ~/success (std_srvs/Trigger): success = the task's success predicate now
+Without a trajectory the arm holds its last target. Malformed trajectories are refused with a logged reason.
+"""
+from __future__ import annotations
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS
+from semanticvla_core.sim.env import CAMERA_NAMES, FrankaTabletopEnv, SimConfig
+from semanticvla_core.trajectory import TrajectoryFollower
+
+from .messages import ns_to_stamp, stamp_to_ns
+from .node_utils import guarded, now_ns, run_node
+from .params import declare
+from .ros_conversions import camera_to_info, joint_state_msg, matrix_to_pose, rgb_image_msg
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__("sim")
+        self.p = declare(self, "sim")
+        self.env = FrankaTabletopEnv(SimConfig(control_hz=self.p.physics_rate_hz, image_size=self.p.image_size,
+                                               wrist_image_size=self.p.image_size))
+        self.seed = int(self.p.seed)
+        self.follower = TrajectoryFollower()
+        self.gripper = 0.0
+        self.steps = 0
+        self.pub_js = self.create_publisher(JointState, "/joint_states", 20)
+        self.pub_img = {n: self.create_publisher(Image, f"/camera/{n}/image_raw", 2) for n in CAMERA_NAMES}
+        self.pub_info = {n: self.create_publisher(CameraInfo, f"/camera/{n}/camera_info", 2) for n in CAMERA_NAMES}
+        self.pub_pose = {n: self.create_publisher(PoseStamped, f"/camera/{n}/pose", 2) for n in CAMERA_NAMES}
+        self.pub_instr = self.create_publisher(String, "/semanticvla/instruction", LATCHED)
+        self.create_subscription(JointTrajectory, self.p.trajectory_topic, self.on_trajectory, 5)
+        self.create_subscription(Float64, self.p.gripper_topic, self.on_gripper, 5)
+        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.create_service(Trigger, "~/success", self.on_success)
+        self.reset_episode()
+        self.create_timer(1.0 / self.p.physics_rate_hz, self.physics_tick)
+        self.create_timer(1.0 / self.p.camera_rate_hz, self.camera_tick)
+
+    def reset_episode(self) -> None:
+        self.env.reset(self.p.task, self.seed, instruction=self.p.instruction or None, render=False)
+        self.follower.hold(self.env.joint_positions())
+        self.gripper, self.steps = 0.0, 0
+        self.pub_instr.publish(String(data=self.env.instruction))
+        self.get_logger().info(f"episode: task {self.p.task}, seed {self.seed}: {self.env.instruction!r}")
+
+    # ------------------------------------------------------------------ inputs
+    @guarded()
+    def on_trajectory(self, msg: JointTrajectory) -> None:
+        self.follower.set_trajectory(list(msg.joint_names), [list(p.positions) for p in msg.points],
+                                     [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
+                                     stamp_to_ns(msg.header.stamp) or now_ns(self), ARM_JOINTS)
+
+    @guarded()
+    def on_gripper(self, msg: Float64) -> None:
+        if not np.isfinite(msg.data):
+            raise ValueError(f"gripper command {msg.data} is not finite; ignored")
+        self.gripper = float(np.clip(msg.data, 0.0, 1.0))
+
+    def on_reset(self, request, response):
+        self.seed += 1
+        try:
+            self.reset_episode()
+            response.success, response.message = True, self.env.instruction
+        except Exception as e:  # noqa: BLE001
+            response.success, response.message = False, f"reset failed: {e}"
+        return response
+
+    def on_success(self, request, response):
+        response.success = bool(self.env.success())
+        response.message = f"task {self.p.task} seed {self.seed} step {self.steps}: " + \
+            ("success" if response.success else "not yet")
+        return response
+
+    # ------------------------------------------------------------------ simulation
+    @guarded()
+    def physics_tick(self) -> None:
+        t = now_ns(self)
+        q_target = self.follower.target(t + int(1e9 / self.p.physics_rate_hz))
+        self.env.step_joint_targets(q_target, self.gripper)
+        self.steps += 1
+        self.pub_js.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS,
+                                            list(self.env.joint_positions()) + list(self.env.finger_positions()), t))
+
+    @guarded()
+    def camera_tick(self) -> None:
+        t = now_ns(self)
+        for n in CAMERA_NAMES:
+            cam = self.env.camera(n)
+            frame = f"{n}_optical_frame"
+            self.pub_img[n].publish(rgb_image_msg(self.env.render(n), t, frame))
+            self.pub_info[n].publish(camera_to_info(cam, t, frame))
+            pose = PoseStamped()
+            pose.header.stamp, pose.header.frame_id = ns_to_stamp(t), "panda_link0"
+            matrix_to_pose(cam.T_world_cam, pose.pose)
+            self.pub_pose[n].publish(pose)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def main(args=None):
+    run_node(SimNode, args)
+
+
+if __name__ == "__main__":
+    main()
