@@ -56,13 +56,14 @@ class ScriptedLiberoPolicy:
         dkey = f"{self.dest}_pos"
         d = obs[dkey] if dkey in obs else np.asarray(env.sim.data.body_xpos[env.sim.model.body_name2id(self.dest + "_main")])
         if self.grasp_z is None:
-            self.grasp_z = o[2] + 0.01
+            self.z0 = float(o[2])               # the object's resting height (lift targets stay fixed)
+            self.grasp_z = self.z0 + 0.01
         plan = [
             (np.r_[o[:2], o[2] + 0.12], -1, 0.015, 0),
             (np.r_[o[:2], self.grasp_z], -1, 0.01, 0),
             (np.r_[o[:2], self.grasp_z], 1, 1.0, 12),
-            (np.r_[eef[:2], o[2] + 0.25], 1, 0.03, 0),
-            (np.r_[d[:2], o[2] + 0.25], 1, 0.02, 0),
+            (np.r_[eef[:2], self.z0 + 0.25], 1, 0.03, 0),
+            (np.r_[d[:2], self.z0 + 0.25], 1, 0.02, 0),
             (np.r_[d[:2], d[2] + 0.15], 1, 0.02, 0),
             (np.r_[d[:2], d[2] + 0.15], -1, 1.0, 8),
             (np.r_[d[:2], d[2] + 0.3], -1, 0.02, 0),
