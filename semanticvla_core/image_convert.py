@@ -153,6 +153,20 @@ def resize_rgb(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
+def resize_depth(depth: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a depth image (H, W) float metres with nearest-neighbour sampling (no mixing of depths across
+    edges; NaN = no reading stays NaN)."""
+    import cv2
+
+    w, h = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if w <= 0 or h <= 0:
+        raise ValueError(f"size: must be positive, got {size!r}")
+    d = np.asarray(depth, dtype=np.float32)
+    if d.shape[1] == w and d.shape[0] == h:
+        return d.copy()
+    return cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 def to_model_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: int | bool, data: Any,
                  size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Image fields -> uint8 (H, W, 3) RGB, resized to ``size`` when given (the model's input size)."""

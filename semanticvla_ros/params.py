@@ -64,6 +64,8 @@ PARAMS: dict[str, list[Param]] = {
         Param("table_margin", 0.01, "TCP targets must stay this far above the table [m] (fingertips reach ~1 cm below the TCP)"),
         Param("env_boxes_json", "[]", 'Extra collision boxes, JSON: [{"name": "camera", "center": [x, y, z], "size": [sx, sy, sz]}]'),
         Param("watchdog_rate_hz", 10.0, "Rate of the watchdog that holds position on silence"),
+        Param("hold_recapture_rad", 0.02, "While holding, if the measured joints are further than this from the held "
+                                          "position, hold the measured position instead (never jump back)"),
     ],
     "trace_overlay": [
         Param("camera_name", "agentview", "Camera whose image is annotated"),

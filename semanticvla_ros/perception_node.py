@@ -2,16 +2,19 @@
 
 Subscribes  /camera/{name}/image_raw (sensor_msgs/Image, any common encoding), /camera/{name}/camera_info,
             /joint_states
+            /camera/{name}/depth/image_raw (optional: 16UC1 mm, mono16 or 32FC1 m)
 Publishes   /semanticvla/observation/{name} (sensor_msgs/Image rgb8, image_size^2, all with the main frame's stamp)
             /semanticvla/observation/joint_states (sensor_msgs/JointState, same stamp)
             /semanticvla/observation/camera_info/{name} (CameraInfo scaled to the model image)
+            /semanticvla/observation/{name}/depth (32FC1 metres, image_size^2, NaN = no reading; passed through)
 Malformed, stale or unsynchronized frames are dropped with a logged reason (throttled) and counted.
 """
 from __future__ import annotations
 
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
-from semanticvla_core.image_convert import msg_to_model_rgb, rgb_to_image_fields
+from semanticvla_core.image_convert import (depth_to_image_fields, msg_to_depth_m, msg_to_model_rgb, resize_depth,
+                                            rgb_to_image_fields)
 from semanticvla_core.observation import ObservationSync
 from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS
 
@@ -32,12 +35,16 @@ class PerceptionNode(Node):
         self.pub_img = {n: self.create_publisher(Image, f"/semanticvla/observation/{n}", 5) for n in self.p.camera_names}
         self.pub_info = {n: self.create_publisher(CameraInfo, f"/semanticvla/observation/camera_info/{n}", 5)
                          for n in self.p.camera_names}
+        self.pub_depth = {n: self.create_publisher(Image, f"/semanticvla/observation/{n}/depth", 2)
+                          for n in self.p.camera_names}
         self.pub_js = self.create_publisher(JointState, "/semanticvla/observation/joint_states", 5)
         for n in self.p.camera_names:
             self.create_subscription(Image, self.p.image_topic_format.format(name=n),
                                      lambda m, n=n: self.on_image(n, m), 5)
             self.create_subscription(CameraInfo, self.p.camera_info_topic_format.format(name=n),
                                      lambda m, n=n: self.infos.__setitem__(n, m), 5)
+            self.create_subscription(Image, self.p.image_topic_format.format(name=n).replace("/image_raw", "/depth/image_raw"),
+                                     lambda m, n=n: self.on_depth(n, m), 2)
         self.create_subscription(JointState, self.p.joint_states_topic, self.on_joint_state, 20)
         self.create_timer(1.0 / self.p.publish_rate_hz, self.tick)
         self._last_warn = 0
@@ -60,6 +67,12 @@ class PerceptionNode(Node):
             self._warn(f"malformed image on camera {name}: {e}")
             return
         self._warn(self.sync.add_image(name, stamp, rgb, now_ns(self), msg.header.frame_id))
+
+    @guarded()
+    def on_depth(self, name: str, msg: Image) -> None:
+        depth = resize_depth(msg_to_depth_m(msg), self.p.image_size)   # ValueError on malformed data (logged)
+        self.pub_depth[name].publish(fill_image(Image(), depth_to_image_fields(depth), stamp_to_ns(msg.header.stamp),
+                                                msg.header.frame_id))
 
     @guarded()
     def on_joint_state(self, msg: JointState) -> None:

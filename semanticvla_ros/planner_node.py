@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
@@ -21,9 +20,6 @@ from .msg import Trace
 from .node_utils import guarded, now_ns, run_node
 from .params import declare
 from .policy_loading import load_policy
-
-INSTRUCTION_QOS = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
 
 class PlannerNode(Node):
     def __init__(self):
@@ -37,7 +33,7 @@ class PlannerNode(Node):
         self.plan_id = 0
         self.pub = self.create_publisher(Trace, "/semanticvla/trace", 5)
         self.create_subscription(Image, f"/semanticvla/observation/{self.p.camera}", self.on_obs, 1)
-        self.create_subscription(String, "/semanticvla/instruction", self.on_instruction, INSTRUCTION_QOS)
+        self.create_subscription(String, "/semanticvla/instruction", self.on_instruction, 5)
         self.create_timer(1.0 / self.p.max_rate_hz, self.tick)
 
     def on_obs(self, msg: Image) -> None:

@@ -115,7 +115,8 @@ class SafetyNode(Node):
         if log:
             self.get_logger().warning(f"hold: {text}")
         if self.q is not None:
-            if self.hold_q is None:
+            # hold where holding began; but never command a jump back to it if the arm is elsewhere now
+            if self.hold_q is None or max(abs(a - b) for a, b in zip(self.hold_q, self.q)) > self.p.hold_recapture_rad:
                 self.hold_q = list(self.q)
             self._publish_trajectory([self.hold_q], [[0.0] * 7], [self.checker.config.hold_time_s], t)
         self._diag("hold", text, t)

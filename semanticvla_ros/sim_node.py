@@ -3,7 +3,7 @@
 Publishes   /camera/{agentview,wrist}/image_raw (rgb8), /camera/{..}/camera_info, /camera/{..}/pose
             (PoseStamped of the optical frame in panda_link0, what a calibration gives on a real robot),
             /joint_states (7 arm joints in Franka/URDF convention + 2 finger joints, after every physics step),
-            /semanticvla/instruction (std_msgs/String, transient local: the episode's instruction)
+            /semanticvla/instruction (std_msgs/String: the episode's instruction, on reset and every second)
 Subscribes  <trajectory_topic> (trajectory_msgs/JointTrajectory, as a joint trajectory controller does),
             <gripper_topic> (std_msgs/Float64, 0 open .. 1 closed)
 Services    ~/reset (std_srvs/Trigger): next episode (seed + 1); message = its instruction
@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
@@ -29,9 +28,6 @@ from .messages import ns_to_stamp, stamp_to_ns
 from .node_utils import guarded, now_ns, run_node
 from .params import declare
 from .ros_conversions import camera_to_info, joint_state_msg, matrix_to_pose, rgb_image_msg
-
-LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
 
 class SimNode(Node):
     def __init__(self):
@@ -47,7 +43,7 @@ class SimNode(Node):
         self.pub_img = {n: self.create_publisher(Image, f"/camera/{n}/image_raw", 2) for n in CAMERA_NAMES}
         self.pub_info = {n: self.create_publisher(CameraInfo, f"/camera/{n}/camera_info", 2) for n in CAMERA_NAMES}
         self.pub_pose = {n: self.create_publisher(PoseStamped, f"/camera/{n}/pose", 2) for n in CAMERA_NAMES}
-        self.pub_instr = self.create_publisher(String, "/semanticvla/instruction", LATCHED)
+        self.pub_instr = self.create_publisher(String, "/semanticvla/instruction", 5)
         self.create_subscription(JointTrajectory, self.p.trajectory_topic, self.on_trajectory, 5)
         self.create_subscription(Float64, self.p.gripper_topic, self.on_gripper, 5)
         self.create_service(Trigger, "~/reset", self.on_reset)
@@ -55,6 +51,7 @@ class SimNode(Node):
         self.reset_episode()
         self.create_timer(1.0 / self.p.physics_rate_hz, self.physics_tick)
         self.create_timer(1.0 / self.p.camera_rate_hz, self.camera_tick)
+        self.create_timer(1.0, lambda: self.pub_instr.publish(String(data=self.env.instruction)))
 
     def reset_episode(self) -> None:
         self.env.reset(self.p.task, self.seed, instruction=self.p.instruction or None, render=False)

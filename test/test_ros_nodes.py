@@ -1,0 +1,342 @@
+"""Each node on its own, as a separate process, with real messages over DDS on loopback."""
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from diagnostic_msgs.msg import DiagnosticArray
+from visualization_msgs.msg import MarkerArray
+
+from ros_testing import Harness, tiny_checkpoint, wait_for_output
+from semanticvla_core.actions import ACTION_SPACE_JOINT_POSITION
+from semanticvla_core.camera import PinholeCamera, look_at, normalized_to_pixels
+from semanticvla_core.image_convert import array_to_image_fields, depth_to_image_fields, rgb_to_image_fields
+from semanticvla_core.interfaces import ActionChunkData, TracePlan
+from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS
+from semanticvla_core.safety.kinematics import READY_Q, PandaKinematics
+from semanticvla_ros.messages import chunk_to_msg, ns_to_stamp, stamp_to_ns, trace_from_msg, trace_to_msg
+from semanticvla_ros.msg import ActionChunk, Trace
+from semanticvla_ros.ros_conversions import camera_to_info, fill_image, joint_state_msg, matrix_to_pose
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    outs = harness.close()
+    assert all(p.poll() is not None for p in harness.procs), "a node process survived shutdown"
+    for p in harness.procs:
+        assert "Traceback" not in outs[p.pid], outs[p.pid]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def _js(h, q=READY_Q, fingers=(0.04, 0.04)):
+    return joint_state_msg(ARM_JOINTS + FINGER_JOINTS, list(q) + list(fingers), h.now_ns())
+
+
+# ------------------------------------------------------------------------------------------ perception
+def _pattern():
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, :32] = (250, 10, 10)      # left: red
+    img[:, 32:] = (10, 10, 250)      # right: blue
+    return img
+
+
+def _encode(rgb, enc):
+    if enc == "rgb8":
+        return rgb_to_image_fields(rgb, "rgb8")
+    if enc == "bgr8":
+        return array_to_image_fields(rgb[..., ::-1].copy(), "bgr8")
+    if enc == "rgba8":
+        return array_to_image_fields(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]), "rgba8")
+    if enc == "bgra8":
+        return array_to_image_fields(np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)]), "bgra8")
+    if enc == "mono8":
+        return array_to_image_fields(rgb[..., 0].copy(), "mono8")
+    raise AssertionError(enc)
+
+
+def test_perception_converts_every_encoding_and_drops_bad_frames(h):
+    node = h.start("perception", {"image_size": 32, "max_age_s": 2.0})
+    obs = {n: h.record(Image, f"/semanticvla/observation/{n}") for n in ("agentview", "wrist")}
+    js_out = h.record(JointState, "/semanticvla/observation/joint_states")
+    depth_out = h.record(Image, "/semanticvla/observation/agentview/depth")
+    pubs = {n: h.publisher(Image, f"/camera/{n}/image_raw") for n in ("agentview", "wrist")}
+    pub_js = h.publisher(JointState, "/joint_states")
+    pub_depth = h.publisher(Image, "/camera/agentview/depth/image_raw")
+    assert wait_for_output(node, "perception: cameras", 60), node._seen
+
+    def send(enc, fields_for=None):
+        t = h.now_ns()
+        for n, p in pubs.items():
+            f = fields_for(n) if fields_for else _encode(_pattern(), enc)
+            p.publish(fill_image(Image(), f, t, f"{n}_optical_frame"))
+        js = _js(h)
+        js.header.stamp = ns_to_stamp(t)
+        pub_js.publish(js)
+        return t
+
+    # discovery: keep sending until the first observation arrives
+    assert h.spin_until(lambda: (send("rgb8"), h.spin_for(0.15), bool(obs["agentview"]))[-1], 30)
+    for enc in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
+        t = send(enc)
+        assert h.spin_until(lambda: any(stamp_to_ns(m.header.stamp) == t for _, m in obs["agentview"]), 10), enc
+        m = next(m for _, m in obs["agentview"] if stamp_to_ns(m.header.stamp) == t)
+        assert (m.encoding, m.height, m.width) == ("rgb8", 32, 32)
+        img = np.frombuffer(bytes(m.data), np.uint8).reshape(32, 32, 3).astype(int)
+        left, right = img[16, 4], img[16, 28]
+        if enc == "mono8":
+            assert abs(left[0] - 250) <= 3 and abs(right[0] - 10) <= 3 and left[0] == left[1] == left[2], enc
+        else:
+            assert np.all(np.abs(left - (250, 10, 10)) <= 3) and np.all(np.abs(right - (10, 10, 250)) <= 3), (enc, left, right)
+        assert h.spin_until(lambda: any(stamp_to_ns(j.header.stamp) == t for _, j in js_out), 5)
+
+    # depth: 16UC1 millimetres and 32FC1 metres both come out as 32FC1 metres (0 = no reading -> NaN)
+    for enc, raw, expect in (("16UC1", np.full((48, 64), 1234, np.uint16), 1.234),
+                             ("32FC1", np.full((48, 64), 0.75, np.float32), 0.75)):
+        raw[0, 0] = 0
+        n0 = len(depth_out)
+        pub_depth.publish(fill_image(Image(), array_to_image_fields(raw, enc), h.now_ns(), "agentview_optical_frame"))
+        assert h.spin_until(lambda: len(depth_out) > n0, 10), enc
+        d = np.frombuffer(bytes(depth_out[-1][1].data), np.float32).reshape(32, 32)
+        assert depth_out[-1][1].encoding == "32FC1" and np.isclose(d[16, 16], expect, atol=1e-4) and np.isnan(d[0, 0])
+
+    # malformed (data too short) and stale frames produce no observation, and the node stays up
+    def short(n):
+        f = _encode(_pattern(), "rgb8")
+        f.data = f.data[:-10]
+        return f
+    t_bad = send(None, short)
+    t_old = h.now_ns() - int(5e9)
+    for n, p in pubs.items():
+        p.publish(fill_image(Image(), _encode(_pattern(), "rgb8"), t_old, ""))
+    h.spin_for(1.0)
+    stamps = {stamp_to_ns(m.header.stamp) for _, m in obs["agentview"]}
+    assert t_bad not in stamps and t_old not in stamps
+    assert node.poll() is None
+    assert wait_for_output(node, "dropped:", 5)
+
+
+# ------------------------------------------------------------------------------------------ planner
+def test_planner_answers_an_observation_with_a_trace(h, ckpt):
+    node = h.start("planner", {"checkpoint": str(ckpt), "instruction": "put the red cube on the plate"})
+    traces = h.record(Trace, "/semanticvla/trace")
+    pub = h.publisher(Image, "/semanticvla/observation/agentview")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    sent = []
+
+    def send():
+        t = h.now_ns()
+        sent.append(t)
+        pub.publish(fill_image(Image(), rgb_to_image_fields(rgb), t, "agentview_optical_frame"))
+    assert h.spin_until(lambda: (send(), h.spin_for(0.3), bool(traces))[-1], 60), node._seen
+    tp = trace_from_msg(traces[-1][1])
+    assert tp.stamp_ns in sent and tp.frame_id == "agentview_optical_frame"
+    assert tp.anchors.shape == (4, 2) and tp.latent_ids.shape == (4,) and tp.latent_hidden.shape[0] == 4
+    assert tp.visual_features.ndim == 2 and tp.instruction == "put the red cube on the plate"
+    assert (tp.image_width, tp.image_height) == (64, 64) and tp.planning_latency_s > 0 and tp.plan_id >= 1
+    # a new instruction on the topic is used by the next plan
+    h.publisher(String, "/semanticvla/instruction").publish(String(data="stack the blue block"))
+    assert h.spin_until(lambda: (send(), h.spin_for(0.3),
+                                 trace_from_msg(traces[-1][1]).instruction == "stack the blue block")[-1], 30)
+
+
+# ------------------------------------------------------------------------------------------ controller
+def _plan_msg(ckpt, h, plan_id=7):
+    from semanticvla_core.policy import SemanticVLAPolicy
+    pol = SemanticVLAPolicy.from_pretrained(ckpt)
+    tp = pol.plan_trace((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8), "pick it", plan_id=plan_id)
+    tp.stamp_ns = h.now_ns()
+    return tp
+
+
+def test_controller_turns_a_trace_into_chunks_at_its_rate(h, ckpt):
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 1.0, "control_rate_hz": 20.0})
+    chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
+    pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    tp = _plan_msg(ckpt, h)
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h)))
+    h.node.create_timer(0.5, lambda: pub_t.publish(trace_to_msg(tp)) if h.now_ns() < t_stop else None)
+    t_stop = h.now_ns() + int(30e9)
+    assert h.spin_until(lambda: len(chunks) > 3, 30), node._seen
+    n0, t0 = len(chunks), chunks[-1][0]
+    h.spin_for(3.0)
+    rate = (len(chunks) - n0) / (chunks[-1][0] - t0)
+    assert rate > 12.0, f"control rate {rate:.1f} Hz (configured 20 Hz)"
+    m = chunks[-1][1]
+    # the blended remainder from now on: re-decoded every 4 ticks, so 4..8 rows of the H = 8 chunk
+    assert 4 <= m.horizon <= 8 and (m.action_dim, m.plan_id, m.action_space) == (7, 7, "ee_delta_xyz_rotvec_gripper")
+    assert abs(stamp_to_ns(m.header.stamp) - h.now_ns()) < 0.5e9
+    acts = np.frombuffer(bytes(np.asarray(m.actions, np.float32)), np.float32)
+    assert np.all(np.isfinite(acts))
+    # planner goes silent: after trace_timeout_s the controller stops publishing (the arm holds)
+    t_stop = h.now_ns()
+    h.spin_for(1.6)
+    n1 = len(chunks)
+    h.spin_for(1.0)
+    assert len(chunks) == n1, "controller kept publishing on a stale Trace"
+    assert wait_for_output(node, "holding: Trace is", 5)
+
+
+# ------------------------------------------------------------------------------------------ safety filter
+@pytest.fixture
+def safety(h):
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0})
+    traj = h.record(JointTrajectory, "/panda_arm_controller/joint_trajectory")
+    diag = h.record(DiagnosticArray, "/semanticvla/safety/status")
+    pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
+    state = {"q": READY_Q.copy()}
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h, state["q"])))
+    assert wait_for_output(node, "safety filter: backend", 60), node._seen
+    h.spin_until(lambda: bool(diag), 20)   # watchdog diagnostics flow: the node sees the harness
+
+    def send(actions, action_space="ee_delta_xyz_rotvec_gripper", stamp=None, raw=None):
+        msg = raw or chunk_to_msg(ActionChunkData(np.asarray(actions, np.float32), 0.05, action_space,
+                                                  stamp_ns=stamp if stamp is not None else h.now_ns()))
+        n_t, n_d = len(traj), len(diag)
+        pub_c.publish(msg)
+        assert h.spin_until(lambda: len(traj) > n_t and any(
+            "semanticvla" in s.name and not s.message.startswith("hold: STALE: no ActionChunk")
+            for _, d in diag[n_d:] for s in d.status), 10)
+        d = [s for _, d in diag[n_d:] for s in d.status][-1]
+        return traj[-1][1], d.message
+    return send, state, node
+
+
+def test_safety_passes_a_valid_chunk(safety):
+    send, state, _ = safety
+    acts = np.zeros((8, 7)); acts[:, 0] = 0.002
+    tr, msg = send(acts)
+    assert msg.startswith("ok") and len(tr.points) == 8 and tr.joint_names == ARM_JOINTS
+    kin = PandaKinematics()
+    p_end = kin.fk(np.array(tr.points[-1].positions))[0]
+    assert np.allclose(p_end - kin.fk(READY_Q)[0], [0.016, 0, 0], atol=2e-3)
+
+
+def _is_hold(tr, q):
+    return len(tr.points) == 1 and np.allclose(tr.points[0].positions, q, atol=1e-9)
+
+
+def test_safety_rejects_joint_limit(safety):
+    send, state, _ = safety
+    q = READY_Q.copy()
+    rows = []
+    for k in range(1, 9):
+        qk = q.copy(); qk[6] = 2.75 + 0.03 * k        # joint 7 driven past its 2.8973 rad limit
+        rows.append(qk)
+    tr, msg = send(np.array(rows), ACTION_SPACE_JOINT_POSITION)
+    assert msg.startswith("hold") and "JOINT_LIMIT" in msg and _is_hold(tr, READY_Q), msg
+
+
+def test_safety_rejects_driving_into_the_table(safety, h):
+    send, state, _ = safety
+    kin = PandaKinematics()
+    p0, R0 = kin.fk(READY_Q)
+    state["q"] = kin.ik(p0 - [0, 0, p0[2] - 0.06], R0, READY_Q).q      # TCP 6 cm above the table
+    h.spin_for(0.3)
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.01                          # 8 cm down
+    tr, msg = send(acts)
+    assert msg.startswith("hold") and "TABLE_COLLISION" in msg and _is_hold(tr, state["q"]), msg
+
+
+def test_safety_rejects_self_collision(safety, h):
+    send, state, _ = safety
+    q0 = np.array([-0.122, -1.713, 0.823, -3.022, -0.192, 1.607, -0.049])   # elbow folded (see runtime tests)
+    state["q"] = q0
+    h.spin_for(0.3)
+    rows = [q0 + k * np.array([0, 0, 0, 0, 0, -0.03, 0]) for k in range(1, 9)]
+    tr, msg = send(np.array(rows), ACTION_SPACE_JOINT_POSITION)
+    assert msg.startswith("hold") and "SELF_COLLISION" in msg and _is_hold(tr, q0), msg
+
+
+def test_safety_rejects_nan_and_stale(safety, h):
+    send, state, node = safety
+    m = chunk_to_msg(ActionChunkData(np.zeros((8, 7), np.float32), stamp_ns=h.now_ns()))
+    m.actions[10] = float("nan")
+    tr, msg = send(None, raw=m)
+    assert msg.startswith("hold") and "NAN" in msg and _is_hold(tr, READY_Q), msg
+    tr, msg = send(np.zeros((8, 7)), stamp=h.now_ns() - int(2e9))
+    assert msg.startswith("hold") and "STALE" in msg and _is_hold(tr, READY_Q), msg
+    assert node.poll() is None
+
+
+# ------------------------------------------------------------------------------------------ overlay
+def test_overlay_draws_where_the_trace_is(h):
+    node = h.start("trace_overlay", {})
+    out = h.record(Image, "/semanticvla/trace_overlay/image")
+    markers = h.record(MarkerArray, "/semanticvla/trace_markers")
+    pub_img, pub_info = h.publisher(Image, "/camera/agentview/image_raw"), h.publisher(CameraInfo, "/camera/agentview/camera_info")
+    pub_pose, pub_t = h.publisher(PoseStamped, "/camera/agentview/pose"), h.publisher(Trace, "/semanticvla/trace")
+    cam = PinholeCamera.from_fovy(128, 128, 60.0, look_at([1.2, 0.0, 0.8], [0.5, 0.0, 0.0]))
+    anchors = np.array([[0.2, 0.3], [0.5, 0.3], [0.8, 0.6], [0.5, 0.85]], np.float32)
+    tp = TracePlan(anchors=anchors, latent_ids=np.array([1, 2, 3, 4]), latent_hidden=np.zeros((4, 8)),
+                   visual_features=np.zeros((1, 8)), image_width=128, image_height=128, instruction="test")
+    black = np.zeros((128, 128, 3), np.uint8)
+
+    def send():
+        t = h.now_ns()
+        pose = PoseStamped()
+        pose.header.frame_id = "panda_link0"
+        matrix_to_pose(cam.T_world_cam, pose.pose)
+        pub_info.publish(camera_to_info(cam, t, "agentview_optical_frame"))
+        pub_pose.publish(pose)
+        tp.stamp_ns = t
+        pub_t.publish(trace_to_msg(tp))
+        pub_img.publish(fill_image(Image(), rgb_to_image_fields(black), t, "agentview_optical_frame"))
+    assert h.spin_until(lambda: (send(), h.spin_for(0.2), bool(markers) and len(out) > 1)[-1], 40), node._seen
+    img = np.frombuffer(bytes(out[-1][1].data), np.uint8).reshape(128, 128, 3)
+    for u, v in anchors:
+        x, y = np.rint(normalized_to_pixels(np.array([u, v]), 128, 128)).astype(int)
+        assert img[y - 2:y + 3, x - 2:x + 3].max() > 150, (u, v)
+    mid = normalized_to_pixels((anchors[0] + anchors[1]) / 2, 128, 128).astype(int)
+    assert img[mid[1] - 1:mid[1] + 2, mid[0] - 1:mid[0] + 2].max() > 150          # the polyline between them
+    assert img[70:80, 5:15].max() == 0                                              # far from the trace: untouched
+    line = next(m for m in markers[-1][1].markers if m.type == m.LINE_STRIP)
+    P = np.array([[p.x, p.y, p.z] for p in line.points])
+    assert P.shape == (4, 3) and np.allclose(P[:, 2], 0.0, atol=1e-6)
+    uv, vis = cam.project_normalized(P)
+    assert np.allclose(uv, anchors, atol=1e-4) and vis.all()
+
+
+# ------------------------------------------------------------------------------------------ sim
+def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
+    node = h.start("sim", {"image_size": 48, "camera_rate_hz": 5.0})
+    js = h.record(JointState, "/joint_states")
+    imgs = {n: h.record(Image, f"/camera/{n}/image_raw") for n in ("agentview", "wrist")}
+    instr = h.record(String, "/semanticvla/instruction")
+    pub = h.publisher(JointTrajectory, "/panda_arm_controller/joint_trajectory")
+    assert h.spin_until(lambda: len(js) > 5 and all(imgs.values()) and bool(instr), 90), node._seen
+    m = imgs["agentview"][-1][1]
+    assert (m.encoding, m.height, m.width) == ("rgb8", 48, 48)
+    assert list(js[-1][1].name) == ARM_JOINTS + FINGER_JOINTS and instr[-1][1].data
+    q0 = np.array(js[-1][1].position[:7])
+    # malformed trajectories are refused (node stays up, arm keeps its target)
+    bad = JointTrajectory(joint_names=["a", "b"], points=[JointTrajectoryPoint(positions=[1.0, 2.0])])
+    pub.publish(bad)
+    h.spin_for(0.5)
+    assert node.poll() is None and np.allclose(js[-1][1].position[:7], q0, atol=0.02)
+    # a valid one moves joint 1 by +0.2 rad within a second
+    goal = q0.copy(); goal[0] += 0.2
+    tr = JointTrajectory(joint_names=ARM_JOINTS)
+    tr.header.stamp = ns_to_stamp(h.now_ns())
+    pt = JointTrajectoryPoint(positions=[float(x) for x in goal])
+    pt.time_from_start.sec = 1
+    tr.points = [pt]
+    pub.publish(tr)
+    h.spin_for(2.0)
+    assert abs(js[-1][1].position[0] - goal[0]) < 0.02, (js[-1][1].position[0], goal[0])
+    # services
+    for srv, check in (("/sim/success", lambda r: r.success is False and "not yet" in r.message),
+                       ("/sim/reset", lambda r: r.success and len(r.message) > 5)):
+        cli = h.node.create_client(Trigger, srv)
+        assert cli.wait_for_service(timeout_sec=10.0)
+        fut = cli.call_async(Trigger.Request())
+        assert h.spin_until(fut.done, 20) and check(fut.result()), srv
