@@ -20,7 +20,8 @@ and the VLM's hidden size: ``decoder_config(vlm_hidden)`` resolves them; the swi
 
 Presets (``get_config(name, **overrides)``):
 
-* ``tiny``: 64 px, two 64-wide 2-layer towers, Qwen2 128x2 LM, trained BPE tokenizer; what tests use
+* ``tiny``: 64 px, two 64-wide 2-layer towers (+ learned image-token positions), Qwen2 128x2 LM,
+  trained BPE tokenizer; what tests use
   (well under a second per training step on 2 CPU cores).
 * ``base``: a workstation GPU: 224 px, DINOv2-S + SigLIP-B-shaped towers (patch 14, fused), a
   Qwen2-0.5B-shaped LM, trained BPE tokenizer. Random init unless paths are given.
@@ -143,7 +144,7 @@ class SemanticVLAConfig:
 # presets
 # ---------------------------------------------------------------------------------------------------
 def _tiny() -> dict:
-    return dict(preset="tiny")
+    return dict(preset="tiny", vlm=VLMConfig(image_position_embedding=True))
 
 
 def _base() -> dict:

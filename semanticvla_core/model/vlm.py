@@ -64,6 +64,9 @@ class VLMConfig:
     projector_hidden: hidden width of the MLP projector (0 = 4 x fused vision width).
     visual_pool: E_v grid side (M = visual_pool**2 pooled visual tokens for the decoder).
     max_prompt_tokens: instructions are truncated to this many prompt tokens.
+    image_position_embedding: add a learned embedding per image-token position after the projector
+        (prismatic backbone only). Off for pretrained towers, whose features already say where a patch
+        is; on for towers trained from scratch (tiny), where it makes spatial grounding learnable in few steps.
     sentence_encoder_path: not implemented in this version (must stay None).
     """
 
@@ -81,6 +84,7 @@ class VLMConfig:
     projector_hidden: int = 0
     visual_pool: int = 2
     max_prompt_tokens: int = 48
+    image_position_embedding: bool = False
     sentence_encoder_path: str | None = None
 
     def __post_init__(self):
@@ -210,6 +214,8 @@ class PrismaticBackbone(nn.Module):
         hid = cfg.projector_hidden or 4 * vis
         self.projector = nn.Sequential(nn.Linear(vis, hid), nn.GELU(), nn.Linear(hid, self.hidden_size), nn.GELU(),
                                        nn.Linear(self.hidden_size, self.hidden_size))
+        self.image_pos = nn.Parameter(torch.randn(self.num_image_tokens, self.hidden_size) * 0.02) \
+            if cfg.image_position_embedding else None
 
     def resolved_config(self, cfg: VLMConfig) -> VLMConfig:
         """``cfg`` with every part's full HF config and no pretrained paths: rebuilds this architecture
@@ -236,7 +242,8 @@ class PrismaticBackbone(nn.Module):
         return torch.cat(feats, dim=-1)
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision_features(pixel_values))
+        x = self.projector(self.vision_features(pixel_values))
+        return x if self.image_pos is None else x + self.image_pos.to(x.dtype)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)

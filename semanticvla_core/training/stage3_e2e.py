@@ -1,0 +1,187 @@
+"""Stage 3: end-to-end fine-tuning. LoRA on the causal LM (peft), the ``<ACT_k>`` embedding rows
+trainable (peft ``trainable_token_indices``), the flow-matching decoder trained from scratch; vision
+towers, projector, the rest of the LM and the latent tokenizer frozen.
+
+    L = lambda_vlm * L_VLM + L_flow        (lambda_vlm small: weak regularisation of the VLM)
+
+e_tau comes from the ground-truth anchors through the frozen trace encoder (anchors resampled to W
+points: the same path ``plan`` uses on predicted anchors), E_a from the teacher-forced VLM pass (action
+gradients reach the LM through LoRA), E_v from the frozen visual tokens.
+
+``train_e2e(cfg, dataset, eval_dataset, norm_stats)`` starts from a stage-2 policy (``init_from``) or a
+fresh one, runs ``common.train_loop`` as phase ``<output_dir>/e2e`` (resumable: the resumable
+checkpoint holds the LoRA-injected weights; progress bar, loss.png, TensorBoard, torchrun DDP), then
+MERGES LoRA into the base weights and saves the final policy to ``<output_dir>/policy`` in the
+``SemanticVLAPolicy.save_pretrained`` format (config.json records ``"lora": "merged"``), with
+``norm_stats.json`` (given, or the dataset's ``stats`` attribute) and ``stage3_report.json``.
+
+Samples: the stage-3 keys of shared_formats (VLM keys + ``actions`` (H,D) normalized, ``actions_pad``
+(H,), optional ``state`` (S,) normalized).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..model.config import SemanticVLAConfig, get_config
+from ..model.flow_decoder import FlowMatchingDecoder
+from ..policy import SemanticVLAPolicy
+from .common import TrainConfig, barrier, seed_everything, setup_distributed, train_loop
+from .stage2_vlm import build_policy
+
+REPORT_NAME = "stage3_report.json"
+POLICY_DIR = "policy"
+
+
+@dataclass
+class Stage3Config:
+    """Stage 3 settings.
+
+    init_from: a stage-2 policy directory (None: build ``model`` fresh, with ``latent_tokenizer_dir``).
+    lambda_vlm: weight of L_VLM; lora_*: peft LoRA on the LM's attention and MLP projections;
+    train_act_tokens: also train the <ACT_k> embedding rows; state_dim: proprio size fed to the decoder
+    (None = from the dataset's first sample, 0 = no state); eval_*: held-out evaluation.
+    """
+
+    init_from: str | None = None
+    model: SemanticVLAConfig = field(default_factory=lambda: get_config("tiny"))
+    latent_tokenizer_dir: str | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage3"))
+    lambda_vlm: float = 0.1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    train_act_tokens: bool = True
+    state_dim: int | None = None
+    eval_batch_size: int = 32
+    eval_samples: int = 256
+
+    def __post_init__(self) -> None:
+        if self.lambda_vlm < 0:
+            raise ValueError(f"Stage3Config.lambda_vlm must be >= 0, got {self.lambda_vlm}")
+        if self.lora_r < 1:
+            raise ValueError(f"Stage3Config.lora_r must be >= 1, got {self.lora_r}")
+
+
+def stage3_config(name: str = "tiny", output_dir: str = "runs/stage3", init_from: str | None = None,
+                  **model_overrides) -> Stage3Config:
+    """Presets: ``tiny`` (CPU minutes), ``base`` / ``paper`` (GPU)."""
+    model = get_config(name, **model_overrides)
+    if name == "tiny":
+        train = TrainConfig(output_dir=output_dir, steps=600, batch_size=16, lr=1e-3, warmup_steps=30, log_every=10,
+                            save_every=200, num_workers=0)
+        return Stage3Config(init_from=init_from, model=model, train=train, lora_r=8, lora_alpha=16)
+    train = TrainConfig(output_dir=output_dir, steps=30000, batch_size=16, lr=1e-4, warmup_steps=500,
+                        save_every=1000, amp="bf16")
+    return Stage3Config(init_from=init_from, model=model, train=train)
+
+
+def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int) -> list[torch.nn.Parameter]:
+    """Rebuild the decoder from scratch (with ``state_dim``), apply LoRA, set requires_grad.
+    Returns the trainable parameters: LoRA A/B, the <ACT_k> token rows, the whole flow decoder."""
+    policy.config.state_dim = int(state_dim)
+    policy.config.decoder.state_dim = int(state_dim)
+    policy.decoder = FlowMatchingDecoder(policy.config.decoder_config(policy.vlm.hidden_size)).to(policy.device)
+    policy.apply_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                      train_act_tokens=cfg.train_act_tokens)
+    policy.decoder.requires_grad_(True)
+    return [p for p in policy.parameters() if p.requires_grad]
+
+
+def trainable_parameter_report(policy: SemanticVLAPolicy) -> dict[str, int]:
+    """Trainable parameter counts by kind: lora, act_tokens, decoder, other (must be 0 in stage 3)."""
+    out = {"lora": 0, "act_tokens": 0, "decoder": 0, "other": 0}
+    for n, p in policy.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "lora_" in n:
+            out["lora"] += p.numel()
+        elif "trainable_tokens" in n:
+            out["act_tokens"] += p.numel()
+        elif n.startswith("decoder."):
+            out["decoder"] += p.numel()
+        else:
+            out["other"] += p.numel()
+    return out
+
+
+@torch.no_grad()
+def evaluate_policy(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int = 32, max_samples: int = 256,
+                    num_flow_steps: int | None = None) -> dict[str, float]:
+    """Held-out closed-form metrics of ``plan``: ``action_mse`` (normalized units, padded steps excluded),
+    ``anchor_err``, ``parse_rate``, ``latent_acc``."""
+    was = policy.training
+    policy.eval()
+    se, cnt, errs, oks, lacc = 0.0, 0.0, [], [], []
+    sub = torch.utils.data.Subset(dataset, list(range(min(len(dataset), max_samples))))
+    for b in DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=0):
+        state = b.get("state")
+        if state is not None and policy.norm_stats is not None and policy.norm_stats.state is not None:
+            state = policy.norm_stats.state.unnormalize(state.numpy())    # plan() takes robot units
+        plan = policy.plan(b["image"], list(b["instruction"]), state=None if state is None else np.asarray(state),
+                           num_flow_steps=num_flow_steps)
+        valid = ~b["actions_pad"].numpy()
+        err = ((plan.actions_normalized - b["actions"].numpy()) ** 2).mean(-1)
+        se += float((err * valid).sum())
+        cnt += float(valid.sum())
+        if policy.config.use_trace:
+            errs.append(np.linalg.norm(plan.anchors - b["anchors"].numpy(), axis=-1).mean(-1))
+        if policy.config.use_latent:
+            lacc.append((plan.latent_ids == b["latent_ids"].numpy()).mean(-1))
+        oks += plan.parse_ok
+    policy.train(was)
+    res = {"action_mse": se / max(cnt, 1.0), "parse_rate": float(np.mean(oks))}
+    if errs:
+        res["anchor_err"] = float(np.concatenate(errs).mean())
+    if lacc:
+        res["latent_acc"] = float(np.concatenate(lacc).mean())
+    return res
+
+
+def _e2e_step(lambda_vlm: float):
+    def step(net, batch):
+        return net(batch, lambda_vlm=lambda_vlm)
+    return step
+
+
+def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None = None, norm_stats=None,
+              policy: SemanticVLAPolicy | None = None) -> Path:
+    """Run stage 3 (module docstring); returns ``<output_dir>/policy``. Works unchanged under torchrun."""
+    info = setup_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    if policy is None:
+        policy = SemanticVLAPolicy.from_pretrained(cfg.init_from) if cfg.init_from else \
+            build_policy(cfg.model, cfg.latent_tokenizer_dir)
+    stats = norm_stats if norm_stats is not None else getattr(dataset, "stats", None)
+    if stats is not None:
+        policy.norm_stats = stats
+    state_dim = cfg.state_dim
+    if state_dim is None:
+        first = dataset[0]
+        state_dim = int(first["state"].shape[-1]) if "state" in first else 0
+    seed_everything(cfg.train.seed + 1)               # same decoder init on every rank
+    params = prepare_stage3(policy, cfg, state_dim)
+    counts = trainable_parameter_report(policy)
+    if counts["other"]:
+        raise ValueError(f"stage 3: unexpected trainable parameters outside LoRA/ACT rows/decoder: {counts}")
+    res = train_loop(policy, dataset, _e2e_step(cfg.lambda_vlm), cfg.train, name="e2e", info=info, params=params)
+    policy.merge_lora()
+    policy.requires_grad_(False)
+    policy.eval()
+    out = Path(cfg.train.output_dir) / POLICY_DIR
+    if info.is_main:
+        policy.save_pretrained(out)
+        report = {"train_last_metrics": res.last_metrics, "steps": res.step, "trainable_parameters": counts,
+                  "lora": "merged", "config": dataclasses.asdict(cfg)}
+        if eval_dataset is not None and len(eval_dataset):
+            report["eval"] = evaluate_policy(policy, eval_dataset, cfg.eval_batch_size, cfg.eval_samples)
+            print("stage 3 held-out:", json.dumps(report["eval"]))
+        (out / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str))
+    barrier()
+    return out
