@@ -1,4 +1,5 @@
-"""Stage 1 as 2 CPU processes (gloo) through torchrun: both ranks must end with identical weights.
+"""Training infrastructure (semanticvla_core.training.common): resumable safetensors checkpoints, and
+stage 1 as 2 CPU processes (gloo) through torchrun, after which both ranks must hold identical weights.
 
 The test launches this same file with ``python -m torch.distributed.run --standalone --nproc_per_node 2``;
 in that mode (``__main__``) every rank trains a few steps of stage A and stage B on *different* data
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -38,6 +40,84 @@ def _worker(out: str) -> None:
     train_tokenizer(cfg, ds, model=model)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{info.rank}.safetensors")
     cleanup_distributed()
+
+
+class _Regress(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def forward(self, x, y):
+        return {"loss": (self.net(x) - y).pow(2).mean()}
+
+
+def _regress_data(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True).sin())
+
+
+def test_optimizer_checkpoint_round_trip(tmp_path):
+    from semanticvla_core.training.common import TrainConfig, load_checkpoint, make_optimizer, save_checkpoint
+    torch.manual_seed(0)
+    cfg = TrainConfig(lr=1e-2)
+    a = _Regress()
+    opt = make_optimizer(a.parameters(), cfg)
+    x, y = _regress_data().tensors
+    for _ in range(3):
+        opt.zero_grad()
+        a(x, y)["loss"].backward()
+        opt.step()
+    save_checkpoint(tmp_path / "ck", a, opt, step=3, extra={"note": "x"})
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                                    "trainer_state.json"]
+    torch.manual_seed(1)
+    b = _Regress()
+    opt_b = make_optimizer(b.parameters(), cfg)
+    step, extra = load_checkpoint(tmp_path / "ck", b, opt_b)
+    assert step == 3 and extra == {"note": "x"}
+    # one more identical step on both gives identical parameters (moments and step counts restored)
+    for m, o in ((a, opt), (b, opt_b)):
+        o.zero_grad()
+        m(x, y)["loss"].backward()
+        o.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_train_loop_resumes_after_interruption(tmp_path):
+    import json
+    from semanticvla_core.training.common import TrainConfig, train_loop
+    cfg = TrainConfig(output_dir=str(tmp_path), steps=6, batch_size=8, lr=1e-2, warmup_steps=1, log_every=1,
+                      save_every=2, num_workers=0, progress=False)
+
+    def crashing(net, batch):
+        if crashing.calls == 5:
+            raise KeyboardInterrupt("simulated crash")
+        crashing.calls += 1
+        return net(*batch)
+    crashing.calls = 0
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(_Regress(), _regress_data(), crashing, cfg, name="phase")
+    state = json.loads((tmp_path / "phase" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and not (tmp_path / "phase" / "done.json").exists()
+    res = train_loop(_Regress(), _regress_data(), lambda net, b: net(*b), cfg, name="phase")
+    assert res.step == 6
+    steps = [json.loads(l)["step"] for l in (tmp_path / "phase" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]              # history kept up to the checkpoint, then continued
+    opt_state = json.loads((tmp_path / "phase" / "checkpoint" / "trainer_state.json").read_text())
+    from safetensors.torch import load_file as lf
+    adam_steps = lf(tmp_path / "phase" / "checkpoint" / "optimizer.safetensors")["state/0/step"]
+    assert int(adam_steps) == 6 and opt_state["step"] == 6     # optimizer state continued, not restarted
+    for f in ("loss.png", "done.json"):
+        assert (tmp_path / "phase" / f).is_file()
+    assert list((tmp_path / "phase" / "tb").glob("events.*"))
+    # a finished phase is not retrained: it reloads its weights
+    again = train_loop(_Regress(), _regress_data(), crashing, cfg, name="phase")
+    assert again.step == 6
+    for pa, pb in zip(again.model.parameters(), res.model.parameters()):
+        assert torch.equal(pa, pb)
 
 
 def test_stage1_ddp_two_cpu_processes(tmp_path):

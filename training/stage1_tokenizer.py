@@ -17,6 +17,25 @@ import torch
 from torch.utils.data import Subset
 
 
+def split_by_episode(full, eval_fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Held-out split by whole episodes (a seeded random ``eval_fraction`` of them, at least one when
+    there are two or more), so evaluation measures new episodes rather than neighbouring frames.
+    Falls back to a random sample split if the dataset does not expose ``samples`` (episode, t)."""
+    g = torch.Generator().manual_seed(seed)
+    episodes = getattr(full, "samples", None)
+    if episodes is not None and len(episodes):
+        ep = torch.as_tensor(episodes)[:, 0]
+        uniq = ep.unique()
+        n_eval = int(len(uniq) * eval_fraction) if len(uniq) < 2 else max(1, int(len(uniq) * eval_fraction))
+        held = set(uniq[torch.randperm(len(uniq), generator=g)[:n_eval]].tolist())
+        is_eval = torch.tensor([int(e) in held for e in ep])
+        return (Subset(full, torch.nonzero(~is_eval).flatten().tolist()),
+                Subset(full, torch.nonzero(is_eval).flatten().tolist()))
+    perm = torch.randperm(len(full), generator=g).tolist()
+    n_eval = int(len(full) * eval_fraction)
+    return Subset(full, perm[n_eval:]), Subset(full, perm[:n_eval])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -35,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--amp", choices=["none", "bf16"], default=None)
-    p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the samples")
+    p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the episodes")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -77,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: semanticvla_core.data.pipelines.TokenizerDataset is not available ({e})", file=sys.stderr)
             return 2
         full = TokenizerDataset(args.dataset, image_size=m.image_size, window=m.window, horizon=m.frame_horizon)
-        # Held-out split: a fixed random subset of samples (seeded). Neighbouring frames of one episode
-        # are similar, so this measures fit more than generalisation to new episodes.
-        g = torch.Generator().manual_seed(t.seed)
-        perm = torch.randperm(len(full), generator=g).tolist()
-        n_eval = int(len(full) * args.eval_fraction)
-        train_ds, eval_ds = Subset(full, perm[n_eval:]), Subset(full, perm[:n_eval])
+        train_ds, eval_ds = split_by_episode(full, args.eval_fraction, t.seed)
 
     path = train_tokenizer(cfg, train_ds, eval_ds)
     from semanticvla_core.training.common import cleanup_distributed

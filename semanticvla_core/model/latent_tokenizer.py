@@ -12,7 +12,7 @@ Stage B (visual grounding), trace encoder and trace codebook frozen:
     patches of both frames (``fusion_layers`` pre-LN blocks) -> the K query outputs -> latent VQ
     (codebook of ``latent_codebook_size``: ids are the ``<ACT_k>`` tokens) -> two decoders:
     a latent trace decoder (K codes -> W points) and a visual decoder that predicts o_{t+H} from the
-    patch features of o_t plus the K latent codes.
+    patch features of o_t plus the K latent codes (as a residual on o_t: ``predict_visual``).
     L_B = L_vq(latent) + L1(trace recon from latents) + MSE(visual recon).
     L_LAT = L_vq + L_trace_recon + L_visual_recon (``stage="joint"`` trains both at once).
 
@@ -130,7 +130,7 @@ def tokenizer_config(name: str, **overrides) -> LatentTokenizerConfig:
     presets = {
         "tiny": dict(image_size=64, trace_hidden=64, trace_code_dim=16, trace_codebook_size=64,
                      latent_code_dim=16, fusion_dim=64, fusion_layers=1, fusion_heads=2,
-                     visual_decoder_layers=1, vision_hidden=64, vision_layers=2, vision_heads=2,
+                     visual_decoder_layers=2, vision_hidden=64, vision_layers=2, vision_heads=2,
                      vision_patch_size=8),
         "base": dict(),
         "paper": dict(fusion_dim=512, fusion_layers=4, fusion_heads=8, visual_decoder_layers=4,
@@ -295,7 +295,7 @@ class LatentTokenizer(nn.Module):
         self.latent_trace_decoder = MLPTraceDecoder(c.num_latent_tokens, c.latent_code_dim, c.trace_hidden, c.window)
         target_dim = self.vision_dim if c.resolved_visual_target == "features" else 3 * self.patch_size ** 2
         self.vis_in = nn.Linear(self.vision_dim, d)
-        self.vis_latent_in = nn.Linear(c.latent_code_dim, d)
+        self.vis_latent_in = nn.Linear(c.num_latent_tokens * c.latent_code_dim, d)
         self.vis_pos = nn.Parameter(torch.randn(self.num_patches, d) * 0.02)
         self.vis_blocks = nn.ModuleList(Block(d, c.fusion_heads, cross=False) for _ in range(c.visual_decoder_layers))
         self.vis_norm = nn.LayerNorm(d)
@@ -356,6 +356,20 @@ class LatentTokenizer(nn.Module):
         z = self.trace_encoder(trace.float())
         return self.trace_vq(z, update=False).quantized if quantize else z
 
+    def encode_anchors(self, anchors: torch.Tensor, quantize: bool = False) -> torch.Tensor:
+        """e_tau from N VLM anchors (B, N, 2): resampled uniformly in time to W points (linear
+        interpolation, first and last kept; the same as ``traces.resample_trace(..., mode="time")``),
+        then ``encode_trace``."""
+        if anchors.ndim != 3 or anchors.shape[-1] != 2 or anchors.shape[1] < 1:
+            raise ValueError(f"anchors must have shape (B, N, 2), got {tuple(anchors.shape)}")
+        a = anchors.float()
+        if a.shape[1] == 1:
+            dense = a.expand(-1, self.config.window, -1)
+        else:
+            dense = F.interpolate(a.transpose(1, 2), size=self.config.window, mode="linear",
+                                  align_corners=True).transpose(1, 2)
+        return self.encode_trace(dense.contiguous(), quantize=quantize)
+
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, P, vision_dim) DINOv2 patch tokens (CLS dropped)."""
         S = self.config.image_size
@@ -376,12 +390,25 @@ class LatentTokenizer(nn.Module):
             x = blk(x, mem)
         return self.latent_out(self.fusion_norm(x[:, :K]))
 
+    def visual_target(self, image: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """What the visual decoder reconstructs for a frame: (B, P, vision_dim) layer-normalised patch
+        features (no gradient into the tower) or (B, P, 3*p*p) RGB patches."""
+        if self.config.resolved_visual_target == "features":
+            return F.layer_norm(feats.detach(), (self.vision_dim,))
+        return self._patchify(image.float())
+
+    def predict_visual(self, image_t: torch.Tensor, feats_t: torch.Tensor, latent_code: torch.Tensor) -> torch.Tensor:
+        """Visual decoder: the target of o_{t+H} predicted as the target of o_t plus a residual computed
+        from o_t's patch features and the K latent codes (the residual form keeps the static scene out
+        of the loss, so the decoder has to use the latents to lower it)."""
+        return self.visual_target(image_t, feats_t) + self._visual_decode(feats_t, latent_code)
+
     def _visual_decode(self, feats_t: torch.Tensor, latent_code: torch.Tensor) -> torch.Tensor:
-        K = latent_code.shape[1]
-        x = torch.cat([self.vis_latent_in(latent_code), self.vis_in(feats_t) + self.vis_pos], 1)
+        # every patch token gets the (flattened) latent codes added, then self-attention over patches
+        x = self.vis_in(feats_t) + self.vis_pos + self.vis_latent_in(latent_code.flatten(1))[:, None]
         for blk in self.vis_blocks:
             x = blk(x)
-        return self.vis_out(self.vis_norm(x[:, K:]))
+        return self.vis_out(self.vis_norm(x))
 
     def _patchify(self, images: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
@@ -452,12 +479,7 @@ class LatentTokenizer(nn.Module):
             f_t, f_tH = feats[:B], feats[B:]
             lq = self.latent_vq(self._latents(trace_code, f_t, f_tH))
             rec, err = trace_loss(self.latent_trace_decoder(lq.quantized))
-            pred = self._visual_decode(f_t, lq.quantized)
-            if c.resolved_visual_target == "features":
-                target = F.layer_norm(f_tH.detach(), (self.vision_dim,))
-            else:
-                target = self._patchify(image_tH.float())
-            vis = F.mse_loss(pred, target)
+            vis = F.mse_loss(self.predict_visual(image_t, f_t, lq.quantized), self.visual_target(image_tH, f_tH))
             out.update(latent_vq_loss=lq.loss, latent_trace_recon_loss=rec, latent_trace_err=err,
                        visual_recon_loss=vis, latent_perplexity=lq.perplexity, latent_codes_used=lq.codes_used)
             loss = loss + c.vq_weight * lq.loss + c.trace_recon_weight * rec + c.visual_recon_weight * vis

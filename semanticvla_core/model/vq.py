@@ -7,7 +7,7 @@
 - Loss: the commitment term ``beta * ||z - sg(q)||^2`` only; the codebook itself is not trained by
   gradient but as an exponential moving average of the vectors assigned to each code
   (van den Oord et al. 2017, appendix; Razavi et al. 2019).
-- Collapse guards: on the first training batch the codebook is initialised by k-means on that batch
+- Collapse guards: on the first training batch the codebook is initialised by k-means(++) on that batch
   (no code starts far from the data), and a code that no vector chose for ``revive_after``
   consecutive training steps is moved onto a randomly chosen vector of the current batch.
 - Reporting: every forward returns the batch perplexity ``exp(H(p))`` and the number of codes used
@@ -53,16 +53,23 @@ def codebook_usage(ids: torch.Tensor, num_codes: int) -> tuple[float, int]:
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain Lloyd k-means on (N, d) float32; returns (k, d) centres.
+    """Lloyd k-means with k-means++ seeding on (N, d) float32; returns (k, d) centres.
 
-    Centres start at random data points (with replacement and a little noise if N < k); an empty
+    With fewer points than centres (N < k) the points are repeated with a little noise; an empty
     cluster is re-seeded at a random data point.
     """
     n = x.shape[0]
-    idx = torch.randperm(n, generator=generator)[:k] if n >= k else torch.randint(0, n, (k,), generator=generator)
-    centres = x[idx.to(x.device)].clone()
     if n < k:
-        centres += 1e-3 * x.std().clamp_min(1e-6) * torch.randn(centres.shape, generator=generator).to(x.device)
+        idx = torch.randint(0, n, (k,), generator=generator).to(x.device)
+        noise = torch.randn((k, x.shape[1]), generator=generator).to(x.device)
+        return x[idx] + 1e-3 * x.std().clamp_min(1e-6) * noise
+    centres = x[torch.randint(0, n, (1,), generator=generator).to(x.device)]
+    d2 = torch.cdist(x, centres).squeeze(1) ** 2
+    for _ in range(1, k):                                   # k-means++: sample proportional to D^2
+        probs = d2.cpu() / d2.sum().cpu() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n)
+        nxt = x[torch.multinomial(probs, 1, generator=generator).to(x.device)]
+        centres = torch.cat([centres, nxt])
+        d2 = torch.minimum(d2, torch.cdist(x, nxt).squeeze(1) ** 2)
     for _ in range(iters):
         assign = torch.cdist(x, centres).argmin(dim=1)
         sums = torch.zeros_like(centres).index_add_(0, assign, x)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..model.latent_tokenizer import LatentTokenizer, LatentTokenizerConfig, tokenizer_config
@@ -57,7 +58,7 @@ def stage1_config(name: str, output_dir: str = "runs/stage1", **model_overrides)
     if name == "tiny":
         train = TrainConfig(output_dir=output_dir, batch_size=32, lr=1e-3, warmup_steps=20, log_every=10,
                             save_every=200)
-        return Stage1Config(tokenizer_config("tiny", **model_overrides), train, stage_a_steps=400, stage_b_steps=400)
+        return Stage1Config(tokenizer_config("tiny", **model_overrides), train, stage_a_steps=1000, stage_b_steps=1500)
     if name in ("base", "paper"):
         train = TrainConfig(output_dir=output_dir, batch_size=64, lr=3e-4, warmup_steps=500, save_every=1000)
         return Stage1Config(tokenizer_config(name, **model_overrides), train, stage_a_steps=20000, stage_b_steps=20000)
@@ -153,11 +154,13 @@ def evaluate_tokenizer(model: LatentTokenizer, dataset: Dataset, batch_size: int
                        device: torch.device | str | None = None) -> dict[str, float]:
     """Held-out metrics (no codebook updates, no collectives): mean Euclidean point error of the stage-A
     trace reconstruction (``trace_err``) and of the trace decoded from the K latent codes
-    (``latent_trace_err``), visual reconstruction MSE, and perplexity / codes in use of both codebooks."""
+    (``latent_trace_err``), visual reconstruction MSE with the sample's own latent codes and with
+    another sample's (the gap shows how much the visual decoder relies on the latents), and
+    perplexity / codes in use of both codebooks."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    errs, lerrs, vis, tids, lids = [], [], [], [], []
+    errs, lerrs, vis, vis_shuf, tids, lids = [], [], [], [], [], []
     for b in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
         present = b["trace_present"].reshape(-1).bool()
         tr, it, ih = (b[k].to(device) for k in ("trace", "image_t", "image_tH"))
@@ -168,6 +171,10 @@ def evaluate_tokenizer(model: LatentTokenizer, dataset: Dataset, batch_size: int
         errs.append((rec - tr).norm(dim=-1).mean(1).cpu()[present])
         lerrs.append((lrec - tr).norm(dim=-1).mean(1).cpu()[present])
         vis.append(float(out["visual_recon_loss"]) * tr.shape[0])
+        if tr.shape[0] > 1:   # the same prediction with another sample's latent codes
+            pred = model.predict_visual(it, model.patch_features(it), enc.latent_code.roll(1, 0))
+            target = model.visual_target(ih, model.patch_features(ih))
+            vis_shuf.append(float(F.mse_loss(pred, target)) * tr.shape[0])
         tids.append(enc.trace_ids.cpu())
         lids.append(enc.latent_ids.cpu())
     model.train(was_training)
@@ -176,7 +183,8 @@ def evaluate_tokenizer(model: LatentTokenizer, dataset: Dataset, batch_size: int
     t_ppl, t_used = codebook_usage(torch.cat(tids), c.trace_codebook_size)
     l_ppl, l_used = codebook_usage(torch.cat(lids), c.latent_codebook_size)
     return {"trace_err": float(torch.cat(errs).mean()), "latent_trace_err": float(torch.cat(lerrs).mean()),
-            "visual_recon_mse": sum(vis) / max(1, n), "trace_perplexity": t_ppl, "trace_codes_used": t_used,
+            "visual_recon_mse": sum(vis) / max(1, n), "visual_recon_mse_shuffled_latents": sum(vis_shuf) / max(1, n),
+            "trace_perplexity": t_ppl, "trace_codes_used": t_used,
             "latent_perplexity": l_ppl, "latent_codes_used": l_used, "num_samples": n}
 
 
