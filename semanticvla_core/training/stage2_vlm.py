@@ -159,6 +159,37 @@ def synthetic_dataset_for(config: SemanticVLAConfig, n: int, seed: int = 0, **kw
 
 
 # ------------------------------------------------------------------------------------------------
+# latent-id labels from a stage-1 tokenizer
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def compute_latent_ids(tokenizer: LatentTokenizer, dataset: Dataset, num_frames: int, batch_size: int = 64,
+                       device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
+    """Label every frame with the tokenizer's latent ids: (num_frames, K) int64, -1 where the dataset has
+    no sample (e.g. o_{t+H} past the episode end). ``dataset`` yields stage-1 samples with a global frame
+    ``index`` (``data.pipelines.TokenizerDataset``)."""
+    from tqdm import tqdm
+
+    tokenizer = tokenizer.to(device).eval()
+    out = np.full((num_frames, tokenizer.config.num_latent_tokens), -1, np.int64)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for b in tqdm(loader, desc="latent ids", disable=not progress):
+        enc = tokenizer.encode(b["trace"].to(device), b["image_t"].to(device), b["image_tH"].to(device))
+        out[b["index"].numpy()] = enc.latent_ids.cpu().numpy()
+    return out
+
+
+def save_latent_ids(path: str | Path, latent_ids: np.ndarray, codebook_version: str) -> Path:
+    """Write ``{"latent_ids": (F, K) int64}`` as safetensors with the codebook version in the metadata."""
+    from safetensors.numpy import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latent_ids": np.ascontiguousarray(latent_ids.astype(np.int64))}, str(p),
+              metadata={"codebook_version": codebook_version})
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
 # evaluation
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Stage 2 CLI: VLM synergistic training (trace text + latent tokens, no actions).
+
+    python training/stage2_vlm.py --synthetic 4000 --config tiny --out runs/stage2_toy
+    python training/stage2_vlm.py --dataset data/panda_demos --latent-tokenizer runs/stage1/tokenizer \
+        --config tiny --out runs/stage2
+    torchrun --nproc_per_node 2 training/stage2_vlm.py --dataset ... --config base --out ...
+
+The library function is ``semanticvla_core.training.stage2_vlm.train_vlm``; this file parses arguments
+and builds the dataset. Re-running with the same ``--out`` resumes. Output: ``<out>/policy``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils.data import Subset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="use N generated toy samples instead")
+    p.add_argument("--config", default="tiny", choices=["tiny", "base", "paper"], help="model preset")
+    p.add_argument("--out", required=True, help="output directory (phase vlm/, final policy/)")
+    p.add_argument("--latent-tokenizer", default=None, help="stage-1 tokenizer directory (<stage1 out>/tokenizer)")
+    p.add_argument("--latent-ids", default=None, help="precomputed (frames, K) latent ids (.safetensors/.npy); "
+                   "default <out>/latent_ids.safetensors, computed with --latent-tokenizer if missing")
+    p.add_argument("--dinov2-path", default=None, help="paper preset: local DINOv2 directory")
+    p.add_argument("--siglip-path", default=None, help="paper preset: local SigLIP directory")
+    p.add_argument("--lm-path", default=None, help="paper preset: local causal LM directory")
+    p.add_argument("--tokenizer-path", default=None, help="paper preset: local tokenizer directory")
+    p.add_argument("--no-trace", action="store_true", help="use_trace=False (latents without explicit trace)")
+    p.add_argument("--backbone", choices=["prismatic", "llava"], default=None)
+    p.add_argument("--freeze-vision", choices=["auto", "yes", "no"], default="auto")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--amp", choices=["none", "bf16"], default=None)
+    p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the samples")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from semanticvla_core.training.stage2_vlm import stage2_config, synthetic_dataset_for, train_vlm
+
+    overrides: dict = {}
+    for key, val in (("dinov2_path", args.dinov2_path), ("siglip_path", args.siglip_path), ("lm_path", args.lm_path),
+                     ("text_tokenizer_path", args.tokenizer_path)):
+        if val:
+            overrides[key] = val
+    if args.no_trace:
+        overrides["use_trace"] = False
+    if args.backbone:
+        overrides["vlm"] = {"backbone": args.backbone}
+    cfg = stage2_config(args.config, output_dir=args.out, latent_tokenizer_dir=args.latent_tokenizer, **overrides)
+    cfg.freeze_vision = {"auto": None, "yes": True, "no": False}[args.freeze_vision]
+    t = cfg.train
+    for attr, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                      ("num_workers", args.num_workers), ("save_every", args.save_every), ("seed", args.seed),
+                      ("device", args.device), ("amp", args.amp)):
+        if val is not None:
+            setattr(t, attr, val)
+    t.resume = not args.no_resume
+    t.progress = not args.no_progress
+    m = cfg.model
+    if args.synthetic is not None:
+        n_eval = max(1, int(args.synthetic * args.eval_fraction))
+        train_ds = synthetic_dataset_for(m, args.synthetic, seed=t.seed)
+        eval_ds = synthetic_dataset_for(m, n_eval, seed=t.seed + 1)
+    else:
+        from pathlib import Path
+
+        from semanticvla_core.data.pipelines import TokenizerDataset, VLMDataset
+        if not args.latent_tokenizer:
+            print("error: --latent-tokenizer is required with --dataset (latent ids come from it)", file=sys.stderr)
+            return 2
+        ids_path = Path(args.latent_ids) if args.latent_ids else Path(args.out) / "latent_ids.safetensors"
+        if not ids_path.is_file():   # label every frame once with the stage-1 tokenizer (rank 0), then reuse
+            from semanticvla_core.model.latent_tokenizer import LatentTokenizer
+            from semanticvla_core.training.common import barrier, setup_distributed
+            from semanticvla_core.training.stage2_vlm import compute_latent_ids, save_latent_ids
+            info = setup_distributed(t.device)
+            if info.is_main:
+                tok = LatentTokenizer.from_pretrained(args.latent_tokenizer, with_decoders=False)
+                lc = tok.config
+                tds = TokenizerDataset(args.dataset, image_size=lc.image_size, window=lc.window,
+                                       horizon=lc.frame_horizon)
+                ids = compute_latent_ids(tok, tds, tds.ds.num_frames, device=info.device)
+                save_latent_ids(ids_path, ids, tok.codebook_version)
+            barrier()
+        full = VLMDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
+                          latent_ids=str(ids_path))
+        g = torch.Generator().manual_seed(t.seed)
+        perm = torch.randperm(len(full), generator=g).tolist()
+        n_eval = int(len(full) * args.eval_fraction)
+        train_ds, eval_ds = Subset(full, perm[n_eval:]), Subset(full, perm[:n_eval])
+    path = train_vlm(cfg, train_ds, eval_ds)
+    from semanticvla_core.training.common import cleanup_distributed
+    cleanup_distributed()
+    print(f"policy (stage 2) saved to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Stage 3 CLI: end-to-end fine-tuning (LoRA on the LM + <ACT_k> rows, flow decoder from scratch).
+
+    python training/stage3_e2e.py --synthetic 4000 --init-from runs/stage2_toy/policy --out runs/stage3_toy
+    python training/stage3_e2e.py --dataset data/panda_demos --init-from runs/stage2/policy --out runs/stage3
+    torchrun --nproc_per_node 2 training/stage3_e2e.py --dataset ... --init-from ... --out ...
+
+The library function is ``semanticvla_core.training.stage3_e2e.train_e2e``. Re-running with the same
+``--out`` resumes. Output: ``<out>/policy`` (LoRA merged) with norm_stats.json from the dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils.data import Subset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="use N generated toy samples instead")
+    p.add_argument("--init-from", default=None, help="stage-2 policy directory (default: a fresh --config model)")
+    p.add_argument("--config", default="tiny", choices=["tiny", "base", "paper"], help="preset (schedule; model "
+                   "too when --init-from is not given)")
+    p.add_argument("--out", required=True, help="output directory (phase e2e/, final policy/)")
+    p.add_argument("--latent-tokenizer", default=None, help="stage-1 tokenizer (only without --init-from)")
+    p.add_argument("--latent-ids", default=None, help="(frames, K) latent ids of --dataset (.safetensors/.npy), "
+                   "e.g. <stage2 out>/latent_ids.safetensors")
+    p.add_argument("--lambda-vlm", type=float, default=None, help="weight of L_VLM (default 0.1)")
+    p.add_argument("--lora-r", type=int, default=None)
+    p.add_argument("--lora-alpha", type=int, default=None)
+    p.add_argument("--state-dim", type=int, default=None, help="proprio size (default: from the data)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--amp", choices=["none", "bf16"], default=None)
+    p.add_argument("--eval-fraction", type=float, default=0.05)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from semanticvla_core.model.config import SemanticVLAConfig
+    from semanticvla_core.training.stage2_vlm import synthetic_dataset_for
+    from semanticvla_core.training.stage3_e2e import stage3_config, train_e2e
+
+    cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from)
+    cfg.latent_tokenizer_dir = args.latent_tokenizer
+    for attr, val in (("lambda_vlm", args.lambda_vlm), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
+                      ("state_dim", args.state_dim)):
+        if val is not None:
+            setattr(cfg, attr, val)
+    t = cfg.train
+    for attr, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                      ("num_workers", args.num_workers), ("save_every", args.save_every), ("seed", args.seed),
+                      ("device", args.device), ("amp", args.amp)):
+        if val is not None:
+            setattr(t, attr, val)
+    t.resume = not args.no_resume
+    t.progress = not args.no_progress
+    m = cfg.model
+    if args.init_from:
+        import json
+        from pathlib import Path
+        m = SemanticVLAConfig.from_dict(json.loads((Path(args.init_from) / "config.json").read_text())["config"])
+    stats = None
+    if args.synthetic is not None:
+        n_eval = max(1, int(args.synthetic * args.eval_fraction))
+        train_ds = synthetic_dataset_for(m, args.synthetic, seed=t.seed)
+        eval_ds = synthetic_dataset_for(m, n_eval, seed=t.seed + 1)
+    else:
+        from semanticvla_core.data.pipelines import ActionDataset
+        if not args.latent_ids:
+            print("error: --latent-ids is required with --dataset (stage 2 writes <stage2 out>/latent_ids.safetensors)",
+                  file=sys.stderr)
+            return 2
+        full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
+                             latent_ids=args.latent_ids, horizon=m.horizon)
+        stats = getattr(full, "stats", None)
+        g = torch.Generator().manual_seed(t.seed)
+        perm = torch.randperm(len(full), generator=g).tolist()
+        n_eval = int(len(full) * args.eval_fraction)
+        train_ds, eval_ds = Subset(full, perm[n_eval:]), Subset(full, perm[:n_eval])
+    path = train_e2e(cfg, train_ds, eval_ds, norm_stats=stats)
+    from semanticvla_core.training.common import cleanup_distributed
+    cleanup_distributed()
+    print(f"policy (stage 3, LoRA merged) saved to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
