@@ -351,6 +351,31 @@ class SemanticVLM(nn.Module):
             raise ValueError(f"images: expected (B, 3, {size}, {size}) floats in [0, 1], got {tuple(images.shape)}")
 
     # ---- training forward -----------------------------------------------------------------------
+    def build_text_batch(self, instructions: list[str], anchors=None, latent_ids=None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded text part of a training batch: ids (B, L), segment (B, L) (SEGMENT_PROMPT = 0 for
+        prompt and padding, SEGMENT_TRACE / SEGMENT_LATENT for target tokens: the only positions with a
+        loss) and attention mask (B, L). The image tokens precede these in the sequence."""
+        B = len(instructions)
+        anchors = None if anchors is None else torch.as_tensor(anchors).detach().cpu().numpy()
+        latent_ids = None if latent_ids is None else torch.as_tensor(latent_ids).detach().cpu().numpy()
+        rows, segs = [], []
+        for b in range(B):
+            tgt, sg = self.grammar.encode_target(anchors[b] if self.use_trace else None,
+                                                 latent_ids[b] if self.use_latent else None)
+            pr = self.prompt_ids(instructions[b])
+            rows.append(pr + tgt)
+            segs.append([0] * len(pr) + sg)
+        L = max(len(r) for r in rows)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        seg = torch.zeros((B, L), dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for b, (r, sg) in enumerate(zip(rows, segs)):
+            ids[b, :len(r)] = torch.tensor(r)
+            seg[b, :len(sg)] = torch.tensor(sg)
+            mask[b, :len(r)] = 1
+        return ids, seg, mask
+
     def forward(self, images: torch.Tensor, instructions: list[str], anchors=None, latent_ids=None) -> VLMOutput:
         """Teacher-forced forward on [image][prompt][target]; losses on target tokens only.
 
@@ -365,27 +390,12 @@ class SemanticVLM(nn.Module):
             raise ValueError("anchors: required when use_trace is True")
         if self.use_latent and latent_ids is None:
             raise ValueError("latent_ids: required when use_latent is True")
-        anchors = None if anchors is None else torch.as_tensor(anchors).detach().cpu().numpy()
-        latent_ids = None if latent_ids is None else torch.as_tensor(latent_ids).detach().cpu().numpy()
         dev = images.device
         img = self.backbone.embed_images(images)
         P = img.shape[1]
-        rows, segs = [], []
-        for b in range(B):
-            tgt, seg = self.grammar.encode_target(anchors[b] if self.use_trace else None,
-                                                  latent_ids[b] if self.use_latent else None)
-            pr = self.prompt_ids(instructions[b])
-            rows.append(pr + tgt)
-            segs.append([0] * len(pr) + seg)
-        L = max(len(r) for r in rows)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        seg = torch.zeros((B, L), dtype=torch.long)
-        mask = torch.zeros((B, P + L), dtype=torch.long)
-        for b, (r, s) in enumerate(zip(rows, segs)):
-            ids[b, :len(r)] = torch.tensor(r)
-            seg[b, :len(s)] = torch.tensor(s)
-            mask[b, :P + len(r)] = 1
-        ids, seg, mask = ids.to(dev), seg.to(dev), mask.to(dev)
+        ids, seg, text_mask = self.build_text_batch(instructions, anchors, latent_ids)
+        ids, seg = ids.to(dev), seg.to(dev)
+        mask = torch.cat([torch.ones((B, P), dtype=torch.long), text_mask], 1).to(dev)
         emb = torch.cat([img, self.backbone.embed_tokens(ids).to(img.dtype)], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden, _ = self.backbone.forward_embeds(emb, mask, pos, use_cache=False)
