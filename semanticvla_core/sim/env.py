@@ -57,7 +57,7 @@ class SimConfig:
     arm_kp: tuple = (6000.0, 6000.0, 6000.0, 6000.0, 1500.0, 1500.0, 1500.0)
     arm_damping: tuple = (100.0, 100.0, 100.0, 100.0, 15.0, 15.0, 15.0)
     finger_kp: float = 1000.0             # finger servo gain (wheel: 500); grip force ~ kp * 0.025 m per finger
-    finger_damping: float = 20.0          # finger joint damping (wheel: 100, which closes in ~0.5 s)
+    finger_damping: float = 80.0          # finger joint damping: closes in ~0.15 s without slamming into the cube
     finger_armature: float = 0.05         # kg (wheel: 5, which with any stiff servo makes the fingers ring)
     finger_friction: float = 2.0          # sliding friction of the finger pads (wheel: 1.0)
     arm_force_limit: float = 300.0        # N m; above the real 87/12 N m so damping does not cap speed at 0.9 rad/s
@@ -109,10 +109,14 @@ class FrankaTabletopEnv:
         m.dof_armature[self._finger_dadr] = self.cfg.finger_armature
         finger_bodies = {self.body_id("panda_leftfinger"), self.body_id("panda_rightfinger")}
         for g in range(m.ngeom):   # stiffer, grippier pads: the wheel's soft pads let cubes creep and pivot
+            if m.geom_bodyid[g] in finger_bodies and m.geom_type[g] == mujoco.mjtGeom.mjGEOM_CAPSULE:
+                # the wheel's crossed capsules are slanted: an off-centre cube gets pushed further off
+                # along the pad (a ratchet); the flat pads added by scene.py take over their contacts
+                m.geom_contype[g] = m.geom_conaffinity[g] = 0
             if m.geom_bodyid[g] in finger_bodies and m.geom_contype[g]:
                 m.geom_friction[g, 0] = self.cfg.finger_friction
                 m.geom_solimp[g, :3] = (0.95, 0.99, 0.001)
-                m.geom_solref[g] = (0.004, 1.0)
+                m.geom_solref[g] = (0.01, 1.0)
         self._light0 = (m.light_pos[0].copy(), m.light_diffuse[0].copy())
         self._renderers: dict = {}
         self.task = None

@@ -20,6 +20,8 @@ from .scene import BOWL_WALL_H, CUBE_HALF, PLATE_HALF_H, REGION_HALF
 GRASP_Z = CUBE_HALF + 0.027       # TCP height when grasping a cube on the table (finger pads reach 4.9 cm below)
 HOVER_Z = 0.16
 CARRY_Z = 0.18
+PUSH_YAW_OFFSET = 0.0         # hand y (finger axis) along the push: the outer face of one finger pushes
+PUSH_Z = CUBE_HALF + 0.027     # TCP height when pushing: pad bottoms ~1 cm above the table, below the cube top
 
 
 def yaw_matrix(yaw: float) -> np.ndarray:
@@ -40,6 +42,7 @@ class Waypoint:
     gripper: float
     tol: float = 0.008
     hold: int = 0        # extra steps to stay once reached (gripper motions)
+    compensate: bool = False   # shift the target by the held cube's offset in the hand (privileged)
 
 
 class ScriptedExpert:
@@ -70,12 +73,12 @@ class ScriptedExpert:
             dest_xy, place_z, place_yaw = ep.dests[ep.dest].pos[:2], 2 * PLATE_HALF_H + GRASP_Z + 0.006, yaw
         cxy = cp[:2]
         return [
-            Waypoint(np.r_[cxy, HOVER_Z], yaw, 0.0, tol=0.012),
+            Waypoint(np.r_[cxy, HOVER_Z], yaw, 0.0, tol=0.005),
             Waypoint(np.r_[cxy, GRASP_Z], yaw, 0.0, tol=0.006),
             Waypoint(np.r_[cxy, GRASP_Z], yaw, 1.0, tol=0.01, hold=4),
             Waypoint(np.r_[cxy, CARRY_Z], yaw, 1.0, tol=0.02),
-            Waypoint(np.r_[dest_xy, CARRY_Z], place_yaw, 1.0, tol=0.012),
-            Waypoint(np.r_[dest_xy, place_z], place_yaw, 1.0, tol=0.006),
+            Waypoint(np.r_[dest_xy, CARRY_Z], place_yaw, 1.0, tol=0.012, compensate=True),
+            Waypoint(np.r_[dest_xy, place_z], place_yaw, 1.0, tol=0.006, compensate=True),
             Waypoint(np.r_[dest_xy, place_z], place_yaw, 0.0, tol=0.02, hold=3),
             Waypoint(np.r_[dest_xy, CARRY_Z], place_yaw, 0.0, tol=0.02),
         ]
@@ -106,6 +109,12 @@ class ScriptedExpert:
             wp = self.plan[-1]
             return self._toward(wp.pos, wp.yaw, wp.gripper)
         wp = self.plan[self.phase]
+        if wp.compensate:
+            ep = self.env.episode
+            cube = self.env.body_pose(ep.cubes[ep.target].body)[0]
+            tcp = self.env.tcp_pose()[0]
+            off = np.clip(tcp[:2] - cube[:2], -0.04, 0.04)
+            wp = Waypoint(np.r_[wp.pos[:2] + off, wp.pos[2]], wp.yaw, wp.gripper, wp.tol, wp.hold)
         if self._reached(wp):
             fingers_moving = abs(self.env.data.qvel[self.env._finger_dadr]).max() > 0.005
             if self.held >= wp.hold and not (wp.hold and fingers_moving):
@@ -129,7 +138,7 @@ class ScriptedExpert:
             return self._toward(np.r_[p[:2], 0.16], self._push_yaw if hasattr(self, "_push_yaw") else 0.0, 1.0)
         d = to_goal / dist
         yaw = float(np.arctan2(d[1], d[0]))
-        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2      # hand x along +-d: both fingers touch the cube
+        yaw = (yaw + PUSH_YAW_OFFSET + np.pi / 2) % np.pi - np.pi / 2
         self._push_yaw = yaw
         behind = cube - d * (CUBE_HALF + 0.035)
         # where is the TCP relative to the push line?
@@ -141,7 +150,7 @@ class ScriptedExpert:
                 return self._toward(np.r_[behind, 0.12], yaw, 1.0)
             self.push_state = "lower"
         if self.push_state == "lower":
-            tgt = np.r_[behind, GRASP_Z]
+            tgt = np.r_[behind, PUSH_Z]
             if np.linalg.norm(p - tgt) > 0.008:
                 return self._toward(tgt, yaw, 1.0)
             self.push_state = "push"
@@ -150,7 +159,7 @@ class ScriptedExpert:
             self.push_state = "approach"
             return self._toward(np.r_[p[:2], 0.12], yaw, 1.0)
         tgt = cube - d * (CUBE_HALF + 0.012) + d * min(0.02, dist)
-        return self._toward(np.r_[tgt, GRASP_Z], yaw, 1.0, self.push_step)
+        return self._toward(np.r_[tgt, PUSH_Z], yaw, 1.0, self.push_step)
 
     def act(self, obs: dict | None = None) -> np.ndarray:
         """The next 7-D ee_delta action (``obs`` unused: the expert reads the simulator state)."""

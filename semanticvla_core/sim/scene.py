@@ -170,7 +170,7 @@ def build_scene_xml(cfg: SceneConfig | None = None) -> str:
         bodies.append(
             f'<body name="cube{i}" pos="{PARK_X} {i * 0.2} {CUBE_HALF}"><freejoint name="cube{i}_joint"/>'
             f'<geom name="cube{i}" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" rgba="1 0 0 1" '
-            f'mass="0.08" friction="1.2 0.01 0.001" condim="4"/></body>')
+            f'mass="0.08" friction="0.5 0.01 0.001" condim="4"/></body>')
     for i in range(cfg.num_plates):
         bodies.append(
             f'<body name="plate{i}" mocap="true" pos="{PARK_X} {2 + i * 0.3} {PLATE_HALF_H}">'
@@ -199,7 +199,7 @@ def build_scene_xml(cfg: SceneConfig | None = None) -> str:
     ae = " ".join(f"{v:.5f}" for v in cfg.agent_eye)
     return f"""<mujoco model="semanticvla_tabletop">
   <compiler angle="radian" meshdir="{assets / 'meshes'}"/>
-  <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="10"/>
+  <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="1"/>
   <size nuser_actuator="5"/>
   <visual>
     <quality offsamples="0" shadowsize="0"/>
@@ -214,7 +214,7 @@ def build_scene_xml(cfg: SceneConfig | None = None) -> str:
   <worldbody>
     <light name="key" pos="0.8 0.4 1.8" dir="-0.4 -0.2 -1" directional="true" castshadow="false"
            diffuse="0.55 0.55 0.55" specular="0.1 0.1 0.1"/>
-    <geom name="table" type="plane" size="3 3 0.05" material="mat_table" contype="1" conaffinity="1"/>
+    <geom name="table" type="plane" size="3 3 0.05" material="mat_table" contype="1" conaffinity="1" friction="0.5 0.005 0.0001"/>
     <camera name="agentview" mode="fixed" pos="{ae}" xyaxes="{_mj_xyaxes(T_agent)}" fovy="{cfg.agent_fovy}"/>
     {chain}
     {"".join(bodies)}
