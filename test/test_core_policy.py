@@ -1,0 +1,209 @@
+"""SemanticVLAPolicy: checkpoints (identical plans after reload, no pickle, codebook check), the split
+planner/controller API, switches, LoRA trainable parameters, timings, dtype."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core_model_fixtures import CODEBOOK, text_tokenizer, tiny_config
+from semanticvla_core.interfaces import ActionChunkData, TracePlan
+from semanticvla_core.normalize import DatasetStats, NormStats
+from semanticvla_core.policy import SemanticVLAPolicy
+
+torch.set_num_threads(1)
+INSTR = ["pick up the red block", "open the drawer"]
+
+
+def _policy(seed=0, stats=True, **overrides) -> SemanticVLAPolicy:
+    torch.manual_seed(seed)
+    cfg = tiny_config(state_dim=3, **overrides)
+    rng = np.random.default_rng(seed)
+    st = DatasetStats(action=NormStats.compute(rng.normal(0, 0.02, (200, 7))),
+                      state=NormStats.compute(rng.normal(0, 1, (200, 3)))) if stats else None
+    p = SemanticVLAPolicy(cfg, text_tokenizer=text_tokenizer(), norm_stats=st).eval()
+    with torch.no_grad():   # the decoder's output layer starts at zero (velocity 0): give it weights so the
+        for lin in (p.decoder.action_out, p.decoder.ada_out[1]):   # conditions visibly reach the chunk
+            lin.weight.normal_(0, 0.2)
+    return p
+
+
+def _images(n=2, seed=0, size=80):
+    return (np.random.default_rng(seed).random((n, size, size, 3)) * 255).astype(np.uint8)
+
+
+def test_save_load_reproduces_identical_plans_without_pickle(tmp_path):
+    p = _policy()
+    imgs, state = _images(), np.array([0.1, -0.2, 0.3])
+    a = p.plan(imgs, INSTR, state=state)
+    p.save_pretrained(tmp_path / "ckpt")
+    files = sorted(f.relative_to(tmp_path / "ckpt").as_posix() for f in (tmp_path / "ckpt").rglob("*") if f.is_file())
+    assert {"config.json", "model.safetensors", "norm_stats.json", "latent_tokenizer/model.safetensors",
+            "latent_tokenizer/config.json"} <= set(files)
+    assert any(f.startswith("tokenizer/") for f in files)
+    for f in files:
+        assert Path(f).suffix in (".json", ".safetensors", ".jinja", ".txt"), f
+        assert not (tmp_path / "ckpt" / f).read_bytes()[:2] == b"\x80\x04", f"pickle data in {f}"
+    q = SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt")
+    b = q.plan(imgs, INSTR, state=state)
+    assert a.texts == b.texts
+    np.testing.assert_array_equal(a.anchors, b.anchors)
+    np.testing.assert_array_equal(a.latent_ids, b.latent_ids)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.latent_hidden, b.latent_hidden)
+    assert q.codebook_version == p.codebook_version
+    # a different seed gives a different chunk (the noise matters), the same seed the same chunk
+    assert not np.allclose(q.plan(imgs, INSTR, state=state, seed=1).actions, b.actions)
+
+
+def test_codebook_version_mismatch_is_refused(tmp_path):
+    p = _policy()
+    p.save_pretrained(tmp_path / "ckpt")
+    cfg = tmp_path / "ckpt" / "config.json"
+    meta = json.loads(cfg.read_text())
+    meta["codebook_version"] = "lat-0000000000000000"
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="codebook version"):
+        SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="not a policy checkpoint"):
+        SemanticVLAPolicy.from_pretrained(tmp_path / "nothing")
+
+
+def test_plan_outputs_timings_and_units():
+    p = _policy()
+    plan = p.plan(_images(), INSTR, state=np.zeros(3))
+    B, H, D = 2, p.config.horizon, p.config.action_dim
+    assert plan.actions.shape == (B, H, D) and plan.anchors.shape == (B, 4, 2) and plan.latent_ids.shape == (B, 4)
+    assert all(plan.parse_ok) and len(plan.texts) == B
+    assert plan.latent_hidden.shape == (B, 4, p.vlm.hidden_size)
+    assert plan.visual_features.shape[0] == B
+    for k in ("vision", "prefill", "decode", "decode_per_token", "latent_hidden", "flow", "total"):
+        assert k in plan.timings and plan.timings[k] >= 0, k
+    assert plan.timings["total"] >= plan.timings["flow"] + plan.timings["prefill"]
+    # robot units = the norm stats' unnormalization of what the decoder produced
+    np.testing.assert_allclose(plan.actions, p.norm_stats.action.unnormalize(plan.actions_normalized), rtol=1e-5,
+                               atol=1e-7)
+    assert np.abs(plan.actions).max() < np.abs(plan.actions_normalized).max()   # stats scale ~0.02
+    assert plan.image_size == (80, 80)
+    tp = plan.trace_plan(1)
+    assert isinstance(tp, TracePlan) and tp.instruction == INSTR[1]
+
+
+def test_split_api_matches_plan():
+    p = _policy()
+    imgs, state = _images(), np.array([0.5, 0.0, -0.5])
+    plan = p.plan(imgs, INSTR, state=state)
+    tps = p.plan_trace(imgs, INSTR)
+    assert isinstance(tps, list) and len(tps) == 2
+    for b, tp in enumerate(tps):
+        assert tp.raw_text == plan.texts[b] and tp.parse_ok
+        chunk = p.decode_actions(tp, state=state)
+        assert isinstance(chunk, ActionChunkData) and chunk.dt == p.config.control_dt
+        np.testing.assert_allclose(chunk.actions, plan.actions[b], rtol=1e-5, atol=1e-6)
+    single = p.plan_trace(imgs[0], INSTR[0])
+    assert isinstance(single, TracePlan)
+
+
+def _decode_with_anchors(p, tp, anchors):
+    tp2 = TracePlan(**{**tp.__dict__, "anchors": np.asarray(anchors, np.float32)})
+    return p.decode_actions(tp2).actions
+
+
+def test_switches_change_what_they_claim():
+    imgs = _images(1)[0]
+    full = _policy()
+    assert set(full.decoder.cond_proj) == {"e_tau", "e_a", "e_v", "state"}
+    tp = full.plan_trace(imgs, INSTR[0])
+    other = np.array([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.9, 0.9]])
+    assert not np.allclose(_decode_with_anchors(full, tp, tp.anchors), _decode_with_anchors(full, tp, other))
+
+    no_e_tau = _policy(trace_to_decoder=False)
+    assert "e_tau" not in no_e_tau.decoder.cond_proj
+    tp = no_e_tau.plan_trace(imgs, INSTR[0])
+    np.testing.assert_array_equal(_decode_with_anchors(no_e_tau, tp, tp.anchors),
+                                  _decode_with_anchors(no_e_tau, tp, other))
+    assert tp.raw_text.startswith("[[")          # the VLM still writes the trace
+
+    no_latent = _policy(use_latent=False)
+    assert "e_a" not in no_latent.decoder.cond_proj
+    plan = no_latent.plan(imgs, INSTR[0])
+    assert "<ACT_" not in plan.texts[0] and plan.latent_ids.shape == (1, 0) and all(plan.parse_ok)
+    assert no_latent.plan_trace(imgs, INSTR[0]).latent_hidden.shape == (0, no_latent.vlm.hidden_size)
+
+    no_trace = _policy(use_trace=False)
+    assert "e_tau" not in no_trace.decoder.cond_proj
+    plan = no_trace.plan(imgs, INSTR[0])
+    assert plan.texts[0].startswith("<ACT_") and plan.latent_ids.shape == (1, 4)
+
+
+def test_lora_trains_only_the_intended_parameters():
+    p = _policy()
+    r = 4
+    p.apply_lora(r=r, alpha=8)
+    p.decoder.requires_grad_(True)
+    lm = p.config.vlm.lm_config
+    h, inter = lm["hidden_size"], lm["intermediate_size"]
+    kv = h // lm["num_attention_heads"] * lm["num_key_value_heads"]
+    per_layer = r * ((h + h) + (h + kv) + (h + kv) + (h + h) + 2 * (h + inter) + (inter + h))
+    expected_lora = lm["num_hidden_layers"] * per_layer
+    from semanticvla_core.training.stage3_e2e import trainable_parameter_report
+    counts = trainable_parameter_report(p)
+    assert counts == {"lora": expected_lora, "act_tokens": CODEBOOK * h,
+                      "decoder": sum(x.numel() for x in p.decoder.parameters()), "other": 0}
+    lora_names = [n for n, x in p.named_parameters() if x.requires_grad and "lora_" in n]
+    assert lora_names and all(".towers." not in n and "projector" not in n for n in lora_names)
+
+    before = {k: v.clone() for k, v in p.state_dict().items()}
+    emb_before = p.vlm.backbone.lm.get_input_embeddings()
+    opt = torch.optim.AdamW([x for x in p.parameters() if x.requires_grad], lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    batch = dict(image=torch.rand(2, 3, 64, 64, generator=g), instruction=INSTR, anchors=torch.rand(2, 4, 2, generator=g),
+                 latent_ids=torch.randint(0, CODEBOOK, (2, 4), generator=g), actions=torch.randn(2, 8, 7, generator=g),
+                 actions_pad=torch.zeros(2, 8, dtype=torch.bool), state=torch.randn(2, 3, generator=g))
+    p.train()
+    for _ in range(3):
+        loss = p(batch, lambda_vlm=0.5)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p.eval()
+    after = p.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing trained"
+    for k in changed:
+        assert "lora_" in k or "trainable_tokens" in k or k.startswith("decoder."), f"{k} changed"
+    with torch.no_grad():
+        logits_lora = p.vlm(batch["image"], INSTR, batch["anchors"], batch["latent_ids"]).loss
+    base_key = [k for k in before if k.endswith("embed_tokens.token_adapter.base_layer.weight")][0]
+    p.merge_lora()
+    assert not any("lora_" in n or "trainable_tokens" in n for n, _ in p.named_parameters())
+    with torch.no_grad():
+        logits_merged = p.vlm(batch["image"], INSTR, batch["anchors"], batch["latent_ids"]).loss
+    torch.testing.assert_close(logits_lora, logits_merged, rtol=1e-4, atol=1e-4)
+    emb = p.vlm.backbone.lm.get_input_embeddings().weight
+    act = torch.tensor(p.vlm.grammar.act_ids)
+    other = torch.ones(emb.shape[0], dtype=torch.bool)
+    other[act] = False
+    assert torch.equal(emb[other], before[base_key][other])              # old vocabulary rows untouched
+    assert not torch.allclose(emb[act], before[base_key][act])            # the <ACT_k> rows trained
+    del emb_before
+
+
+def test_cpu_bfloat16_runtime():
+    p = _policy().to_runtime("cpu", torch.bfloat16)
+    assert next(p.vlm.parameters()).dtype == torch.bfloat16 and p.decoder.pos.dtype == torch.float32
+    plan = p.plan(_images(1), INSTR[0], state=np.zeros(3))
+    assert all(plan.parse_ok) and np.isfinite(plan.actions).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    p = _policy()
+    with pytest.raises(ValueError, match="instruction"):
+        p.plan(_images(2), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="state"):
+        p.plan(_images(1), "a", state=np.zeros(5))
+    with pytest.raises(ValueError, match="images"):
+        p.plan(np.zeros((4, 4), np.uint8), "a")
