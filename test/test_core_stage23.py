@@ -1,0 +1,85 @@
+"""Stages 2 and 3 as library functions: a few steps on synthetic data, resume from their own
+checkpoints, loss curves (PNG + TensorBoard), and final checkpoints in the policy format."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from semanticvla_core.policy import SemanticVLAPolicy
+from semanticvla_core.training.stage2_vlm import stage2_config, synthetic_dataset_for, train_vlm
+from semanticvla_core.training.stage3_e2e import stage3_config, train_e2e
+
+torch.set_num_threads(1)
+
+
+def _small(train, steps):
+    train.steps, train.batch_size, train.log_every, train.save_every = steps, 4, 1, 2
+    train.warmup_steps, train.progress, train.num_workers = 1, False, 0
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_stage2_then_stage3_run_resume_and_write_curves(tmp_path):
+    # ---- stage 2: 4 steps, then resumed to 6 ---------------------------------------------------
+    cfg2 = stage2_config("tiny", output_dir=str(tmp_path / "s2"))
+    _small(cfg2.train, 4)
+    data = synthetic_dataset_for(cfg2.model, 32, seed=0)
+    held = synthetic_dataset_for(cfg2.model, 4, seed=1)
+    out2 = train_vlm(cfg2, data, held)
+    phase = tmp_path / "s2" / "vlm"
+    assert (phase / "loss.png").stat().st_size > 1000
+    assert any((phase / "tb").iterdir())
+    assert json.loads((phase / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+    first = _rows(phase / "metrics.jsonl")
+    assert [r["step"] for r in first] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss_trace"]) and np.isfinite(r["loss_latent"]) for r in first)
+    report = json.loads((out2 / "stage2_report.json").read_text())
+    assert report["eval"]["parse_rate"] == 1.0
+
+    cfg2.train.steps = 6
+    out2 = train_vlm(cfg2, data, held)
+    rows = _rows(phase / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]      # continued at 5, did not restart at 1
+    assert rows[:4] == first
+    assert json.loads((phase / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
+    stage2_policy = SemanticVLAPolicy.from_pretrained(out2)
+
+    # ---- stage 3 from the stage-2 policy: LoRA + decoder, 2 steps then resumed to 4 ---------------
+    cfg3 = stage3_config("tiny", output_dir=str(tmp_path / "s3"), init_from=str(out2))
+    _small(cfg3.train, 2)
+    data3 = synthetic_dataset_for(stage2_policy.config, 32, seed=0)
+    out3 = train_e2e(cfg3, data3, held)
+    phase3 = tmp_path / "s3" / "e2e"
+    with safe_open(str(phase3 / "checkpoint" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in k for k in keys)                       # resumable state holds the adapter
+    cfg3.train.steps = 4
+    out3 = train_e2e(cfg3, data3, held)
+    rows = _rows(phase3 / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss_flow"]) and np.isfinite(r["loss_vlm"]) for r in rows)
+    assert (phase3 / "loss.png").stat().st_size > 1000
+    report = json.loads((out3 / "stage3_report.json").read_text())
+    assert report["lora"] == "merged" and report["trainable_parameters"]["other"] == 0
+    assert report["trainable_parameters"]["lora"] > 0 and report["trainable_parameters"]["act_tokens"] > 0
+    assert {"action_mse", "anchor_err", "parse_rate"} <= set(report["eval"])
+
+    # final checkpoint: the policy format, LoRA merged, decoder trained, vision towers untouched
+    with safe_open(str(out3 / "model.safetensors"), "pt") as f:
+        final = {k: f.get_tensor(k) for k in f.keys()}
+    assert not any("lora" in k or "trainable_tokens" in k for k in final)
+    with safe_open(str(out2 / "model.safetensors"), "pt") as f:
+        s2 = {k: f.get_tensor(k) for k in f.keys()}
+    tower = [k for k in final if ".towers." in k]
+    assert tower and all(torch.equal(final[k], s2[k]) for k in tower)
+    lm_w = [k for k in final if "lm.model.layers.0.self_attn.q_proj.weight" in k][0]
+    assert not torch.equal(final[lm_w], s2[lm_w])                 # merged LoRA changed the LM
+    policy = SemanticVLAPolicy.from_pretrained(out3)
+    sample = data3[0]
+    plan = policy.plan(sample["image"], sample["instruction"])
+    assert plan.actions.shape == (1, 8, 7) and all(plan.parse_ok)
