@@ -42,6 +42,7 @@ class ScriptedLiberoPolicy:
         self.dest = dest.replace("_contain_region", "").replace("_top_side", "")
         self.pos_scale, self.phase, self.count = pos_scale, 0, 0
         self.grasp_z = None
+        self.stall, self.last_z = 0, 1e9
 
     def _move(self, eef, target, grip, gain=1.0):
         d = (np.asarray(target) - eef) / self.pos_scale * gain
@@ -71,6 +72,16 @@ class ScriptedLiberoPolicy:
         if self.phase >= len(plan):
             return np.r_[np.zeros(6), -1.0]
         target, grip, tol, hold = plan[self.phase]
+        if self.phase == 1:   # descend only while centred over the object (OSC drifts sideways when moving fast)
+            xy_err = np.linalg.norm(np.asarray(o[:2]) - eef[:2])
+            target = np.r_[o[:2], max(self.grasp_z, eef[2] - (0.03 if xy_err < 0.006 else 0.0))]
+            a, _ = self._move(eef, target, grip, gain=2.0)
+            err = np.linalg.norm(np.r_[o[:2], self.grasp_z] - eef)
+            self.stall = self.stall + 1 if abs(eef[2] - self.last_z) < 0.001 and xy_err < 0.006 else 0
+            self.last_z = float(eef[2])
+            if err < tol or self.stall > 5:   # reached, or resting on the object: grasp here
+                self.phase, self.count = self.phase + 1, 0
+            return a
         a, err = self._move(eef, target, grip)
         if err < tol or hold:
             self.count += 1

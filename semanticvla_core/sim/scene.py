@@ -134,7 +134,7 @@ def _panda_chain_xml(assets: Path) -> tuple[str, str, str]:
     for side, sign in (("left", 1.0), ("right", -1.0)):
         m = re.search(rf'<body gravcomp="1" name="panda_{side}finger"[^>]*>', chain)
         pad = (f'<geom name="panda_{side}_pad" type="box" pos="0 {sign * PAD_OFFSET} 0.06" '
-               f'size="0.0095 0.004 0.028" rgba="0.2 0.2 0.2 1" group="3"/>')
+               f'size="0.0095 0.004 0.028" rgba="0.25 0.25 0.25 1" group="0"/>')
         chain = chain[:m.end()] + pad + chain[m.end():]
     body_start = chain.index("<body")
     body_end = chain.rindex("</mujocoinclude>")
