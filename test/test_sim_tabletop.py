@@ -142,3 +142,44 @@ def test_collected_dataset_loads_and_traces_overlay_gripper(tmp_path):
     patch = np.asarray(f["observation.images.agentview"])[max(0, y - 5):y + 6, max(0, x - 5):x + 6].astype(int)
     grey = (patch.min(axis=-1) > 150) & (np.ptp(patch, axis=-1) < 40)
     assert grey.any(), f"no gripper pixels around the trace point {x, y}"
+
+
+class _ExpertPlanPolicy:
+    """A plan()-interface policy (privileged): one-row chunks from the expert, anchors = the projected TCP target."""
+
+    needs_env = True
+
+    def __init__(self, env):
+        self.env, self.inner = env, ExpertPolicy(env)
+
+    def plan(self, images, instruction, state=None):
+        assert images.ndim == 4 and images.shape[-1] == 3 and state.shape == (1, 15)
+        from types import SimpleNamespace
+        acts = np.array([self.inner({}, instruction)])
+        p, _ = self.env.tcp_pose()
+        pts = p + np.cumsum(np.repeat(acts[:, :3], 4, axis=0), axis=0)
+        uv, _ = self.env.camera("agentview").project_normalized(pts)
+        return SimpleNamespace(actions=acts[None].astype(np.float32), anchors=np.clip(uv, 0, 1)[None])
+
+
+def test_plan_interface_policy_with_videos_and_custom_instructions(tmp_path):
+    import av
+
+    from semanticvla_core.sim.evaluation import load_custom_instructions
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps({"pick_place_plate": ["shift the {obj_color} cube to the plate marked {dest_label}"]}))
+    cfg = EvalConfig(tasks=("pick_place_plate",), kinds=("direct",), episodes=1, seed=5, image_size=96,
+                     video_dir=str(tmp_path / "videos"), videos_per_task=1,
+                     custom_instructions=load_custom_instructions(custom))
+    rep = evaluate(_ExpertPlanPolicy, cfg, progress=False, out_json=tmp_path / "report.json")
+    assert rep["success_per_task"]["pick_place_plate"] == {"direct": 1.0, "custom": 1.0}
+    custom_ep = [e for e in rep["episodes"] if e["kind"] == "custom"][0]
+    assert custom_ep["instruction"].startswith("shift the ") and "{" not in custom_ep["instruction"]
+    assert json.loads((tmp_path / "report.json").read_text())["num_episodes"] == 2
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 2
+    with av.open(str(videos[0])) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) > 10 and frames[0].shape == (96, 96, 3)
+    import cv2
+    cv2.imwrite(str(tmp_path / "video_frame.png"), cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2BGR))
