@@ -183,3 +183,27 @@ def test_plan_interface_policy_with_videos_and_custom_instructions(tmp_path):
     assert len(frames) > 10 and frames[0].shape == (96, 96, 3)
     import cv2
     cv2.imwrite(str(tmp_path / "video_frame.png"), cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2BGR))
+
+
+def test_joint_target_path_and_rendering_are_deterministic():
+    from semanticvla_core.sim.env import R_DOWN
+    e = FrankaTabletopEnv(SimConfig(image_size=64, wrist_image_size=64, render=True))
+    try:
+        o1 = e.reset("stack", 4)
+        o2 = e.reset("stack", 4)
+        np.testing.assert_array_equal(o1["agentview"], o2["agentview"])
+        np.testing.assert_array_equal(o1["wrist"], o2["wrist"])
+        # the ROS sim node's path: joint targets from IK, stepped until the TCP is there
+        goal = np.array([0.55, -0.1, 0.2])
+        q = e.solve_ik(goal, R_DOWN, iters=100)
+        for _ in range(20):
+            e.step_joint_targets(q, 1.0)
+        np.testing.assert_allclose(e.joint_positions(), q, atol=5e-3)
+        assert np.linalg.norm(e.tcp_pose()[0] - goal) < 5e-3
+        assert e.finger_positions().max() < 0.005          # gripper command 1 = closed
+        with pytest.raises(ValueError, match="q_target"):
+            e.step_joint_targets(np.zeros(6), 0.0)
+        with pytest.raises(ValueError, match="NaN"):
+            e.step(np.full(7, np.nan))
+    finally:
+        e.close()
