@@ -85,6 +85,26 @@ def test_optimizer_checkpoint_round_trip(tmp_path):
         assert torch.equal(pa, pb)
 
 
+def test_trainable_only_checkpoint(tmp_path):
+    from semanticvla_core.training.common import TrainConfig, load_checkpoint, make_optimizer, save_checkpoint
+    torch.manual_seed(0)
+    a = _Regress()
+    a.net[0].requires_grad_(False)                        # a frozen "backbone"
+    opt = make_optimizer([{"params": a.net[2].parameters(), "lr_scale": 0.5}], TrainConfig(lr=0.1))
+    assert all(g["lr"] == 0.05 for g in opt.param_groups)
+    save_checkpoint(tmp_path / "ck", a, opt, 1, trainable_only=True)
+    assert set(load_file(tmp_path / "ck" / "model.safetensors")) == {"net.2.weight", "net.2.bias"}
+    b = _Regress()
+    b.net[0].load_state_dict(a.net[0].state_dict())
+    b.net[0].requires_grad_(False)
+    load_checkpoint(tmp_path / "ck", b, make_optimizer(b.net[2].parameters(), TrainConfig()))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    c = _Regress()                                         # trainable weights missing from the file -> error
+    with pytest.raises(ValueError, match="missing"):
+        load_checkpoint(tmp_path / "ck", c)
+
+
 def test_train_loop_resumes_after_interruption(tmp_path):
     import json
     from semanticvla_core.training.common import TrainConfig, train_loop

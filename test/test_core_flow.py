@@ -142,7 +142,7 @@ def test_flow_decoder_learns_conditional_mapping():
     m = FlowMatchingDecoder(cfg)
     e_a, actions = _toy_task(4096, seed=0)
     opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.0)
-    steps = 600
+    steps = 400
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     m.train()
     for step in range(steps):

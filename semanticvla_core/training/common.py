@@ -9,8 +9,10 @@ API (stages 1-3 call these; nothing here knows about a particular model):
                         params=None, collate_fn=None, eval_fn=None)
         # step_fn(net, batch) -> {"loss": tensor, other scalars...}; ``net`` is the DDP wrapper when
         # world_size > 1 (call ``net(...)`` so gradients are synchronised), else the model itself.
-        # params: what to optimise (default: parameters with requires_grad). Only those are given to
-        # DDP, so freezing by requires_grad before the call is how a stage trains part of a model.
+        # params: what to optimise (default: parameters with requires_grad), or groups
+        # [{"params": [...], "lr_scale": 0.1}, ...]. DDP registers exactly the parameters with
+        # requires_grad, so freeze by requires_grad before the call to train part of a model, and make
+        # sure every trainable parameter gets a gradient each step (else DDP raises).
         # -> TrainResult(model, step, out_dir, history, last_metrics)
     cleanup_distributed()
 
@@ -68,6 +70,7 @@ class TrainConfig:
     device: str = "auto"             # "auto" (cuda:<local_rank> if available else cpu), "cpu", "cuda"
     amp: str = "none"                # "none" | "bf16" (autocast; CUDA)
     progress: bool = True            # tqdm bar on rank 0
+    checkpoint_trainable_only: bool = False  # resumable checkpoints hold only requires_grad params + buffers
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -144,15 +147,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on >= 2-D tensors only."""
-    params = [p for p in params if p.requires_grad]
-    if not params:
+def make_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on >= 2-D tensors only.
+
+    ``params``: parameters, or groups ``{"params": [...], "lr_scale": 0.1}`` (e.g. LoRA vs. a decoder
+    trained from scratch); each group's lr follows the schedule times its ``lr_scale`` (default 1).
+    Parameters without requires_grad are dropped.
+    """
+    params = list(params)
+    groups_in = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = []
+    for g in groups_in:
+        ps = [p for p in g["params"] if p.requires_grad]
+        scale = float(g.get("lr_scale", 1.0))
+        for sub, wd in (([p for p in ps if p.ndim >= 2], cfg.weight_decay), ([p for p in ps if p.ndim < 2], 0.0)):
+            if sub:
+                groups.append({"params": sub, "weight_decay": wd, "lr_scale": scale, "lr": cfg.lr * scale})
+    if not groups:
         raise ValueError("make_optimizer: no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,16 +255,29 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> d
     return {"state": state, "param_groups": groups}
 
 
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State-dict entries of parameters with requires_grad, plus every buffer."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    step: int, extra: dict | None = None) -> Path:
-    """Atomically write ``model.safetensors``, ``optimizer.safetensors``, ``trainer_state.json``."""
+                    step: int, extra: dict | None = None, trainable_only: bool = False) -> Path:
+    """Atomically write ``model.safetensors``, ``optimizer.safetensors``, ``trainer_state.json``.
+
+    trainable_only: store only parameters with requires_grad (+ buffers), e.g. LoRA and a new decoder
+    on a frozen 7B backbone; loading then expects the frozen weights to be in the model already.
+    """
     d = Path(directory)
     tmp = d.with_name(d.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    state = {"step": int(step), "extra": _jsonable(extra or {})}
+    if trainable_only:
+        save_file(_trainable_state(model), str(tmp / "model.safetensors"))
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+    state = {"step": int(step), "extra": _jsonable(extra or {}), "trainable_only": bool(trainable_only)}
     if optimizer is not None:
         tensors, meta = optimizer_state_to_flat(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -274,11 +300,17 @@ def load_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: t
     d = Path(directory)
     if not (d / "trainer_state.json").is_file():
         raise ValueError(f"{d}: no trainer_state.json, not a training checkpoint")
-    missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False, device=str(device))
+    state = json.loads((d / "trainer_state.json").read_text())
+    if state.get("trainable_only"):
+        sd = load_file(str(d / "model.safetensors"), device=str(device))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        missing = [k for k in missing if k not in frozen]       # frozen weights are not in the file
+    else:
+        missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False, device=str(device))
     if missing or unexpected:
         raise ValueError(f"{d}/model.safetensors does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
-    state = json.loads((d / "trainer_state.json").read_text())
     if optimizer is not None:
         if "optimizer" not in state:
             raise ValueError(f"{d}: checkpoint has no optimizer state")
@@ -379,7 +411,7 @@ StepFn = Callable[[nn.Module, Any], dict]
 
 
 def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainConfig, *, name: str,
-               info: DistInfo | None = None, params: Iterable[nn.Parameter] | None = None,
+               info: DistInfo | None = None, params: Iterable[nn.Parameter] | Iterable[dict] | None = None,
                collate_fn: Callable | None = None,
                eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` optimizer steps (see the module docstring).
@@ -394,8 +426,8 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     model.to(info.device)
-    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
+    optimizer = make_optimizer(model.parameters() if params is None else params, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     done = out_dir / DONE_FILE
     if cfg.resume and done.is_file() and ckpt_dir.is_dir():
@@ -431,7 +463,8 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
 
     def _save(s):
         if info.is_main:
-            save_checkpoint(ckpt_dir, model, optimizer, s, {"name": name, "config": asdict(cfg)})
+            save_checkpoint(ckpt_dir, model, optimizer, s, {"name": name, "config": asdict(cfg)},
+                            trainable_only=cfg.checkpoint_trainable_only)
             logger.plot(name)
         barrier()
 
@@ -448,7 +481,7 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
         batch = to_device(next(batches), info.device)
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         with autocast:
             out = step_fn(net, batch)
         loss = out["loss"]
