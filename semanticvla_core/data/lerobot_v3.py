@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -759,6 +760,24 @@ class _VideoReader:
             pass
 
 
+_LIVE_READERS: "weakref.WeakSet[LeRobotV3Dataset]" = weakref.WeakSet()
+_FORK_ORPHANS: list = []
+
+
+def _orphan_decoders_after_fork() -> None:
+    """In a forked child (e.g. a DataLoader worker) the parent's open decoders must neither be used (shared
+    file offsets) nor freed (FFmpeg's thread pools do not exist in the child: freeing them deadlocks). They
+    are parked here, never touched again, and each reader opens fresh ones."""
+    for ds in list(_LIVE_READERS):
+        if ds._decoders:
+            _FORK_ORPHANS.append(ds._decoders)
+            ds._decoders = OrderedDict()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_orphan_decoders_after_fork)
+
+
 class LeRobotV3Dataset:
     """Random-access reader of a LeRobot v3.0 dataset.
 
@@ -781,6 +800,7 @@ class LeRobotV3Dataset:
         self.decoder_cache_size, self.data_cache_size = int(decoder_cache_size), int(data_cache_size)
         self._decoders: OrderedDict = OrderedDict()
         self._data: OrderedDict = OrderedDict()
+        _LIVE_READERS.add(self)
         self.video_keys = self.meta.video_keys
         self.data_keys = [k for k, ft in self.meta.features.items() if ft.get("dtype") not in ("video", "image")]
         eps = self.meta.episodes
@@ -1005,6 +1025,10 @@ class LeRobotV3Dataset:
         s["_decoders"] = OrderedDict()
         s["_data"] = OrderedDict()
         return s
+
+    def __setstate__(self, s):
+        self.__dict__.update(s)
+        _LIVE_READERS.add(self)
 
     def close(self) -> None:
         for d in self._decoders.values():

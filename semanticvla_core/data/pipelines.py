@@ -1,0 +1,296 @@
+"""Training samples for the three stages, from a LeRobot v3 dataset with TraceX columns.
+
+Every dataset below is a ``torch.utils.data.Dataset`` of dicts (see ``shared formats``); S = ``image_size``,
+W = ``window`` (trace points per frame), N = ``num_anchors``, K = latent tokens per step, H = ``horizon``,
+D = action dim, S_dim = state dim.
+
+* ``TokenizerDataset`` (stage 1: semantic latent action tokenizer)
+    ``image_t`` float32 (3, S, S) in [0, 1], ``image_tH`` float32 (3, S, S) (frame t+H of the same episode),
+    ``trace`` float32 (W, 2) in [0, 1], ``trace_present`` bool 0-d tensor, ``index`` int64 0-d (global frame).
+    Samples: every frame t with t + H inside its episode.
+* ``VLMDataset`` (stage 2: VLM synergistic training)
+    ``image`` float32 (3, S, S), optional ``wrist_image`` float32 (3, S, S), ``instruction`` str,
+    ``anchors`` float32 (N, 2) (= ``resample_trace(trace, N)``), ``trace`` float32 (W, 2),
+    ``latent_ids`` int64 (K,) (only if latent ids are given), ``index`` int64 0-d.
+    Samples: frames whose trace is present (``only_present``) and whose latent ids are all >= 0.
+* ``ActionDataset`` (stage 3: end-to-end) = the VLM keys +
+    ``actions`` float32 (H, D) NORMALIZED (``NormStats``), ``actions_pad`` bool (H,) (True where the chunk ran
+    past the episode end, or hit a non-finite action, and was padded by repeating the last valid action),
+    ``state`` float32 (S_dim,) NORMALIZED, and ``image_tH`` float32 (3, S, S) if ``with_image_tH``.
+
+Images are resized (``cv2.INTER_AREA``, aspect ratio not kept) to S x S; models do their own mean/std
+normalization. Normalization statistics are computed once (robust quantiles, ``normalize.NormStats``), saved
+as ``<root>/meta/semanticvla_stats.json`` and reused; pass ``stats=`` (e.g. from a checkpoint) to override.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
+from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
+from semanticvla_core.normalize import DatasetStats, NormStats
+from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, resample_trace
+
+AGENT_CAMERA = "observation.images.agentview"
+WRIST_CAMERA = "observation.images.wrist"
+STATS_FILE = "meta/semanticvla_stats.json"
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_HORIZON = 8
+
+
+def default_num_workers() -> int:
+    """Loader workers: one core stays with the training process (1 worker on a 2-core machine), at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def to_chw_float(img: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, size, size) in [0, 1]."""
+    if img.shape[0] != size or img.shape[1] != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def load_latent_ids(latent_ids, num_frames: int) -> np.ndarray:
+    """(num_frames, K) int64 per global frame index (-1 = none) from an array, ``.npy`` or ``.safetensors``
+    (tensor ``latent_ids``)."""
+    if isinstance(latent_ids, (str, Path)):
+        p = Path(latent_ids)
+        if not p.is_file():
+            raise ValueError(f"{p}: latent ids file not found")
+        if p.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+            d = load_file(str(p))
+            if "latent_ids" not in d:
+                raise ValueError(f"{p}: no tensor 'latent_ids' (have {list(d)})")
+            arr = d["latent_ids"]
+        elif p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            raise ValueError(f"{p}: latent ids must be .npy or .safetensors")
+    else:
+        arr = np.asarray(latent_ids)
+    if arr.ndim != 2 or arr.shape[0] != num_frames or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"latent ids must be an integer array ({num_frames}, K), got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def compute_dataset_stats(ds: LeRobotV3Dataset, action_key: str = "action", state_key: str | None = "observation.state",
+                          q_low: float = 0.01, q_high: float = 0.99, min_range: float = 1e-3) -> DatasetStats:
+    """Robust per-dimension action/state statistics over all frames (non-finite rows ignored)."""
+    keys = [k for k in (action_key, state_key) if k and k in ds.features]
+    cols = {k: [] for k in keys}
+    for e in range(ds.num_episodes):
+        c = ds.get_columns(e, keys)
+        for k in keys:
+            cols[k].append(np.asarray(c[k], np.float64).reshape(len(c[k]), -1))
+    get = lambda k: NormStats.compute(np.concatenate(cols[k]), q_low, q_high, min_range) if k in cols else None  # noqa: E731
+    return DatasetStats(action=get(action_key), state=get(state_key) if state_key else None,
+                        extra={"dataset": str(ds.root), "action_key": action_key, "state_key": state_key,
+                               "num_frames": int(ds.num_frames)})
+
+
+def load_or_compute_stats(ds: LeRobotV3Dataset, action_key: str = "action",
+                          state_key: str | None = "observation.state", recompute: bool = False) -> DatasetStats:
+    """``<root>/meta/semanticvla_stats.json`` if it matches (keys, frame count), else compute and save it."""
+    path = ds.root / STATS_FILE
+    if path.is_file() and not recompute:
+        st = DatasetStats.load(path)
+        ex = st.extra
+        if ex.get("action_key") == action_key and ex.get("state_key") == state_key \
+                and ex.get("num_frames") == ds.num_frames:
+            return st
+    st = compute_dataset_stats(ds, action_key, state_key)
+    st.save(path)
+    return st
+
+
+class _StageDataset(Dataset):
+    def __init__(self, root, image_size: int, window: int, camera: str, nan_policy: str = "skip",
+                 reader: LeRobotV3Dataset | None = None):
+        self.ds = reader if reader is not None else LeRobotV3Dataset(root, nan_policy=nan_policy)
+        self.root = self.ds.root
+        self.image_size, self.window, self.camera = int(image_size), int(window), camera
+        if camera not in self.ds.video_keys:
+            raise ValueError(f"{self.root}: no camera {camera!r} (have {self.ds.video_keys})")
+        if not has_traces(self.ds.features):
+            raise ValueError(f"{self.root}: no TraceX columns; run training/annotate_traces.py first")
+        self._valid = np.zeros(self.ds.num_frames, bool)
+        self._valid[self.ds.indices] = True  # frames not skipped for non-finite actions
+
+    def _trace(self, cols: dict, i: int) -> tuple[np.ndarray, bool]:
+        win = np.stack([cols[TRACE_X][i], cols[TRACE_Y][i]], -1).astype(np.float32)
+        if win.shape[0] != self.window:
+            win = resample_trace(win, self.window)
+        return win, bool(np.asarray(cols[TRACE_PRESENT][i]).reshape(-1)[0])
+
+    def _image(self, key: str, e: int, i: int) -> torch.Tensor:
+        return to_chw_float(self.ds.get_video_frame(key, e, i), self.image_size)
+
+    def reset_readers(self) -> None:
+        """Make sure this process opens its own decoders (the reader parks decoders inherited through fork;
+        see ``lerobot_v3._orphan_decoders_after_fork``). Called in each DataLoader worker by ``make_loader``."""
+        from semanticvla_core.data.lerobot_v3 import _orphan_decoders_after_fork
+        _orphan_decoders_after_fork()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class TokenizerDataset(_StageDataset):
+    """Stage-1 samples (o_t, o_{t+H}, trace window); see the module docstring for shapes."""
+
+    def __init__(self, root, image_size: int = DEFAULT_IMAGE_SIZE, window: int = DEFAULT_WINDOW,
+                 horizon: int = DEFAULT_HORIZON, camera: str = AGENT_CAMERA, only_present: bool = False, **kw):
+        super().__init__(root, image_size, window, camera, **kw)
+        self.horizon = int(horizon)
+        samples = []
+        for e in range(self.ds.num_episodes):
+            r = self.ds.episode(e)
+            pres = np.asarray(self.ds.get_columns(e, [TRACE_PRESENT])[TRACE_PRESENT]).reshape(-1).astype(bool)
+            for t in range(len(r) - self.horizon):
+                if self._valid[r.start + t] and (pres[t] or not only_present):
+                    samples.append((e, t))
+        self.samples = np.array(samples, np.int64).reshape(-1, 2)
+
+    def __getitem__(self, k: int) -> dict:
+        e, t = (int(v) for v in self.samples[k])
+        cols = self.ds.get_columns(e, [TRACE_X, TRACE_Y, TRACE_PRESENT])
+        win, present = self._trace(cols, t)
+        return {"image_t": self._image(self.camera, e, t), "image_tH": self._image(self.camera, e, t + self.horizon),
+                "trace": torch.from_numpy(win), "trace_present": torch.tensor(present),
+                "index": torch.tensor(self.ds.episode(e).start + t)}
+
+
+class VLMDataset(_StageDataset):
+    """Stage-2 samples (image, instruction, anchors, latent ids, trace); see the module docstring."""
+
+    def __init__(self, root, image_size: int = DEFAULT_IMAGE_SIZE, window: int = DEFAULT_WINDOW,
+                 num_anchors: int = DEFAULT_NUM_ANCHORS, latent_ids=None, camera: str = AGENT_CAMERA,
+                 wrist_camera: str | None = WRIST_CAMERA, only_present: bool = True, **kw):
+        super().__init__(root, image_size, window, camera, **kw)
+        self.num_anchors = int(num_anchors)
+        self.wrist_camera = wrist_camera if wrist_camera in self.ds.video_keys else None
+        self.latent_ids = None if latent_ids is None else load_latent_ids(latent_ids, self.ds.num_frames)
+        self.samples = self._select(only_present)
+
+    def _select(self, only_present: bool, horizon_needed: int = 0) -> np.ndarray:
+        samples = []
+        for e in range(self.ds.num_episodes):
+            r = self.ds.episode(e)
+            pres = np.asarray(self.ds.get_columns(e, [TRACE_PRESENT])[TRACE_PRESENT]).reshape(-1).astype(bool)
+            for t in range(len(r) - horizon_needed):
+                g = r.start + t
+                if not self._valid[g] or (only_present and not pres[t]):
+                    continue
+                if self.latent_ids is not None and np.any(self.latent_ids[g] < 0):
+                    continue
+                samples.append((e, t))
+        return np.array(samples, np.int64).reshape(-1, 2)
+
+    def _vlm_sample(self, e: int, t: int) -> dict:
+        cols = self.ds.get_columns(e, [TRACE_X, TRACE_Y, TRACE_PRESENT])
+        win, present = self._trace(cols, t)
+        g = self.ds.episode(e).start + t
+        out = {"image": self._image(self.camera, e, t), "instruction": self.ds.task(e),
+               "anchors": torch.from_numpy(resample_trace(win, self.num_anchors)), "trace": torch.from_numpy(win),
+               "trace_present": torch.tensor(present), "index": torch.tensor(g)}
+        if self.wrist_camera:
+            out["wrist_image"] = self._image(self.wrist_camera, e, t)
+        if self.latent_ids is not None:
+            out["latent_ids"] = torch.from_numpy(self.latent_ids[g].copy())
+        return out
+
+    def __getitem__(self, k: int) -> dict:
+        e, t = (int(v) for v in self.samples[k])
+        return self._vlm_sample(e, t)
+
+
+class ActionDataset(VLMDataset):
+    """Stage-3 samples: VLM keys + normalized action chunk (H, D), ``actions_pad`` (H,), normalized state."""
+
+    def __init__(self, root, image_size: int = DEFAULT_IMAGE_SIZE, window: int = DEFAULT_WINDOW,
+                 num_anchors: int = DEFAULT_NUM_ANCHORS, latent_ids=None, horizon: int = DEFAULT_HORIZON,
+                 stats: DatasetStats | None = None, camera: str = AGENT_CAMERA,
+                 wrist_camera: str | None = WRIST_CAMERA, action_key: str = "action",
+                 state_key: str | None = "observation.state", with_image_tH: bool = False,
+                 only_present: bool = True, recompute_stats: bool = False, **kw):
+        super().__init__(root, image_size, window, num_anchors, latent_ids, camera, wrist_camera, only_present, **kw)
+        if action_key not in self.ds.features:
+            raise ValueError(f"{self.root}: no action column {action_key!r}")
+        if state_key is not None and state_key not in self.ds.features:
+            raise ValueError(f"{self.root}: no state column {state_key!r} (pass state_key=None to go without)")
+        self.horizon, self.action_key, self.state_key = int(horizon), action_key, state_key
+        self.with_image_tH = bool(with_image_tH)
+        self.stats = stats if stats is not None else load_or_compute_stats(self.ds, action_key, state_key,
+                                                                           recompute_stats)
+        if self.stats.action is None or (state_key is not None and self.stats.state is None):
+            raise ValueError("ActionDataset: stats lack action or state statistics")
+        if self.with_image_tH:  # o_{t+H} must exist
+            self.samples = self._select(only_present, self.horizon)
+
+    def __getitem__(self, k: int) -> dict:
+        e, t = (int(v) for v in self.samples[k])
+        out = self._vlm_sample(e, t)
+        keys = [self.action_key] + ([self.state_key] if self.state_key else [])
+        cols = self.ds.get_columns(e, keys)
+        acts = np.asarray(cols[self.action_key], np.float64).reshape(self.ds.episode_length(e), -1)
+        T = len(acts)
+        idx = t + np.arange(self.horizon)
+        pad = idx >= T
+        chunk = acts[np.minimum(idx, T - 1)].copy()
+        bad = ~np.all(np.isfinite(chunk), axis=1)
+        if bad.any():  # a non-finite future action ends the usable chunk
+            first = int(np.argmax(bad))
+            pad[first:] = True
+        last = chunk[0] if not pad[0] else acts[t]
+        for j in range(self.horizon):
+            if pad[j]:
+                chunk[j] = last
+            else:
+                last = chunk[j]
+        out["actions"] = torch.from_numpy(self.stats.action.normalize(chunk).astype(np.float32))
+        out["actions_pad"] = torch.from_numpy(pad)
+        if self.state_key:
+            st = np.asarray(cols[self.state_key][t], np.float64).reshape(-1)
+            out["state"] = torch.from_numpy(self.stats.state.normalize(st).astype(np.float32))
+        if self.with_image_tH:
+            out["image_tH"] = self._image(self.camera, e, t + self.horizon)
+        return out
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)
+    info = torch.utils.data.get_worker_info()
+    np.random.seed((info.seed if info else worker_id) % (2 ** 32))
+    ds = info.dataset if info else None
+    while ds is not None and not hasattr(ds, "reset_readers") and hasattr(ds, "dataset"):
+        ds = ds.dataset  # Subset / wrappers
+    if ds is not None and hasattr(ds, "reset_readers"):
+        ds.reset_readers()  # never share file offsets of open decoders with the parent after fork
+
+
+def make_loader(dataset: Dataset, batch_size: int = 8, num_workers: int | None = None, shuffle: bool = True,
+                drop_last: bool = True, seed: int = 0, prefetch_factor: int = 4,
+                multiprocessing_context: str | None = "forkserver", **kw) -> DataLoader:
+    """A DataLoader with sensible defaults for this project: ``default_num_workers()`` workers (1 on 2 cores),
+    persistent workers, per-worker single-threaded torch and fresh decoders, seeded shuffling. Strings
+    (``instruction``) collate into lists.
+
+    Workers start through ``forkserver`` by default: a plain ``fork`` of a process that has used FFmpeg's
+    thread pools (any decoded or encoded video) can deadlock in the child. Scripts that use workers need the
+    usual ``if __name__ == "__main__":`` guard.
+    """
+    nw = default_num_workers() if num_workers is None else int(num_workers)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    extra = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init,
+                 multiprocessing_context=multiprocessing_context) if nw > 0 else {}
+    extra.update(kw)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=nw, drop_last=drop_last,
+                      generator=g, **extra)
