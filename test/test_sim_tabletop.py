@@ -10,7 +10,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("mujoco")
 
 from semanticvla_core.sim import instructions as ins  # noqa: E402
-from semanticvla_core.sim.env import FrankaTabletopEnv, SimConfig  # noqa: E402
+from semanticvla_core.sim.env import MJ_JOINT_OFFSET, FrankaTabletopEnv, SimConfig  # noqa: E402
 from semanticvla_core.sim.evaluation import EvalConfig, ExpertPolicy, RandomPolicy, evaluate  # noqa: E402
 from semanticvla_core.sim.expert import rollout_expert  # noqa: E402
 from semanticvla_core.sim.tasks import TASK_FAMILIES, get_task  # noqa: E402
@@ -207,3 +207,24 @@ def test_joint_target_path_and_rendering_are_deterministic():
             e.step(np.full(7, np.nan))
     finally:
         e.close()
+
+
+def test_sim_kinematics_match_urdf():
+    """The simulator's joints are in the Franka/URDF convention: Pinocchio's FK of the URDF (what the safety
+    filter checks) puts the TCP where MuJoCo does, and the state vector is the same function of both."""
+    from semanticvla_core.robot_state import state_from_joints
+    from semanticvla_core.safety.kinematics import PandaKinematics
+
+    kin = PandaKinematics()
+    e = FrankaTabletopEnv(SimConfig(render=False))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        q = np.clip(e.joint_positions() + rng.normal(0, 0.3, 7), kin.lower + 0.05, kin.upper - 0.05)
+        e.data.qpos[e._arm_qadr] = q + MJ_JOINT_OFFSET
+        e.mj.mj_forward(e.model, e.data)
+        np.testing.assert_allclose(e.joint_positions(), q, atol=1e-12)
+        p_mj, R_mj = e.tcp_pose()
+        p_pin, R_pin = kin.fk(q)
+        assert np.linalg.norm(p_mj - p_pin) < 3e-3, (p_mj, p_pin)
+        assert np.abs(R_mj - R_pin).max() < 1e-2
+        np.testing.assert_allclose(e.state(), state_from_joints(q, e.finger_positions(), kin), atol=1e-2)

@@ -19,16 +19,19 @@ import numpy as np
 
 from ..actions import apply_ee_delta, matrix_to_rotvec, rotvec_to_matrix
 from ..camera import PinholeCamera
+from ..robot_state import R_DOWN, STATE_NAMES, state_vector
 from .scene import ARM_JOINTS, FINGER_JOINTS, SceneConfig, build_scene_xml
 
-R_DOWN = np.diag([1.0, -1.0, -1.0])          # TCP pointing down, fingers along world y
 HOME_Q = np.array([0.0, -0.35, 0.0, -2.3, 0.0, 1.95, 0.785])   # refined by IK at construction
 HOME_TCP = np.array([0.45, 0.0, 0.30])
 FINGER_OPEN = 0.04
-STATE_NAMES = ([f"panda_joint{i}" for i in range(1, 8)] + list(FINGER_JOINTS)
-               + ["tcp_x", "tcp_y", "tcp_z", "tcp_rv_x", "tcp_rv_y", "tcp_rv_z"])
 STATE_DIM = len(STATE_NAMES)
 CAMERA_NAMES = ("agentview", "wrist")
+# The gymnasium-robotics Panda MJCF zeroes joints 6 and 7 differently from Franka's URDF (and the real robot's
+# joint_states): q_mujoco = q_franka + MJ_JOINT_OFFSET. Everything this class exposes or accepts is in the
+# Franka convention, so the safety filter's Pinocchio model (URDF) and the simulator agree on every pose
+# (test_sim_kinematics_match_urdf).
+MJ_JOINT_OFFSET = np.array([0.0, 0.0, 0.0, 0.0, 0.0, -np.pi / 2, -np.pi / 4])
 # MuJoCo cameras look along -z with y up; camera.py's optical frame looks along +z with y down.
 _MJ_TO_OPTICAL = np.diag([1.0, -1.0, -1.0])
 
@@ -129,8 +132,8 @@ class FrankaTabletopEnv:
 
     # ------------------------------------------------------------------ robot state
     def joint_positions(self) -> np.ndarray:
-        """Arm joint positions (7,) in rad."""
-        return self.data.qpos[self._arm_qadr].copy()
+        """Arm joint positions (7,) in rad, Franka/URDF convention (see MJ_JOINT_OFFSET)."""
+        return self.data.qpos[self._arm_qadr] - MJ_JOINT_OFFSET
 
     def finger_positions(self) -> np.ndarray:
         return self.data.qpos[self._finger_qadr].copy()
@@ -141,10 +144,9 @@ class FrankaTabletopEnv:
         return d.site_xpos[self._tcp_site].copy(), d.site_xmat[self._tcp_site].reshape(3, 3).copy()
 
     def state(self) -> np.ndarray:
-        """The 15-D ``observation.state`` (see module docstring)."""
+        """The 15-D ``observation.state`` (``semanticvla_core.robot_state``: one definition for sim and robot)."""
         p, R = self.tcp_pose()
-        return np.concatenate([self.joint_positions(), self.finger_positions(), p,
-                               matrix_to_rotvec(R @ R_DOWN.T)]).astype(np.float32)
+        return state_vector(self.joint_positions(), self.finger_positions(), p, R)
 
     # ------------------------------------------------------------------ cameras
     def camera(self, name: str) -> PinholeCamera:
@@ -191,6 +193,12 @@ class FrankaTabletopEnv:
     # ------------------------------------------------------------------ IK
     def solve_ik(self, pos: np.ndarray, rot: np.ndarray, q0: np.ndarray | None = None,
                  iters: int | None = None) -> np.ndarray:
+        """Joint targets (7,), Franka/URDF convention, putting the TCP at (pos, rot); q0 likewise."""
+        q0_mj = None if q0 is None else np.asarray(q0, dtype=np.float64) + MJ_JOINT_OFFSET
+        return self._solve_ik_mj(pos, rot, q0_mj, iters) - MJ_JOINT_OFFSET
+
+    def _solve_ik_mj(self, pos: np.ndarray, rot: np.ndarray, q0: np.ndarray | None = None,
+                     iters: int | None = None) -> np.ndarray:
         """Damped-least-squares IK for the TCP on MuJoCo's Jacobian; returns joint targets (7,) within limits."""
         mj, m, d = self.mj, self.model, self._ik_data
         d.qpos[:] = self.data.qpos
@@ -219,7 +227,7 @@ class FrankaTabletopEnv:
 
     def _solve_home(self) -> np.ndarray:
         self.home_q = HOME_Q.copy()
-        return self.solve_ik(HOME_TCP, R_DOWN, q0=HOME_Q, iters=200)
+        return self._solve_ik_mj(HOME_TCP, R_DOWN, q0=HOME_Q, iters=200)
 
     # ------------------------------------------------------------------ stepping
     def _apply_ctrl(self, q_target: np.ndarray, gripper: float) -> None:
@@ -228,11 +236,16 @@ class FrankaTabletopEnv:
         self.gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
 
     def step_joint_targets(self, q_target: np.ndarray, gripper: float) -> None:
-        """Advance one control period toward joint targets (7,) (the ROS sim node's JointTrajectory path)."""
+        """Advance one control period toward joint targets (7,) in the Franka/URDF convention (the ROS sim
+        node's JointTrajectory path)."""
         q = np.asarray(q_target, dtype=np.float64)
         if q.shape != (7,) or not np.all(np.isfinite(q)):
             raise ValueError(f"q_target must be 7 finite joint positions, got shape {q.shape}")
-        self._apply_ctrl(np.clip(q, self._jnt_range[:, 0], self._jnt_range[:, 1]), gripper)
+        self._step_internal(q + MJ_JOINT_OFFSET, gripper)
+
+    def _step_internal(self, q_mj: np.ndarray, gripper: float) -> None:
+        """One control period toward joint targets in MuJoCo's own joint convention."""
+        self._apply_ctrl(np.clip(q_mj, self._jnt_range[:, 0], self._jnt_range[:, 1]), gripper)
         self.mj.mj_step(self.model, self.data, nstep=self.substeps)
         self.t += 1
 
@@ -257,7 +270,7 @@ class FrankaTabletopEnv:
         p, R = self.tcp_pose()
         p_t, R_t, g = apply_ee_delta(p, R, a)
         p_t[2] = max(p_t[2], 0.0)   # never ask the IK to go below the table top
-        self.step_joint_targets(self.solve_ik(p_t, R_t), g)
+        self._step_internal(self._solve_ik_mj(p_t, R_t), g)
         return self.observe(render)
 
     def observe(self, render: bool | None = None) -> dict:
@@ -334,7 +347,7 @@ class FrankaTabletopEnv:
         self.mj.mj_forward(self.model, self.data)
         # let objects settle
         for _ in range(4):
-            self.step_joint_targets(self.home_q, 0.0)
+            self._step_internal(self.home_q, 0.0)
         self.t = 0
         self.instruction = instruction if instruction is not None else self.task.instruction(
             self.episode, instruction_kind, split, rng)
