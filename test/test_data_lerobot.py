@@ -53,6 +53,8 @@ def test_round_trip_rollover_random_access(tmp_path, codec):
     assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 5 and info["total_frames"] == sum(lengths)
     assert list(info["features"])[-5:] == ["timestamp", "frame_index", "episode_index", "index", "task_index"]
     assert info["features"][AGENT]["info"]["video.codec"] == codec
+    ep_files = sorted((root / "meta/episodes").rglob("*.parquet"))
+    assert len(ep_files) >= 2  # episode metadata rolls over too (same size limit)
     ep_cols = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").column_names
     for c in ("episode_index", "tasks", "length", "data/chunk_index", "dataset_from_index", "dataset_to_index",
               f"videos/{AGENT}/from_timestamp", f"videos/{WRIST}/to_timestamp", "stats/action/q99",
@@ -148,16 +150,29 @@ def test_bad_inputs_name_file_episode_frame(tmp_path):
     (d / f"videos/{AGENT}/chunk-000/file-000.mp4").unlink()
     with pytest.raises(ValueError, match=rf"{AGENT}/chunk-000/file-000\.mp4: missing video file.*episode 0"):
         LeRobotV3Dataset(d)
+    # truncated video (mp4 index lost): the error comes when a frame is decoded, naming file, camera, episode and frame
+    d = fresh("badvideo")
+    p = d / f"videos/{AGENT}/chunk-000/file-000.mp4"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    ds = LeRobotV3Dataset(d)
+    with pytest.raises(ValueError, match=rf"file-000\.mp4: (cannot open|corrupt|no frame).*\({AGENT}, episode 0, frame 0\)"):
+        for e in range(3):
+            for i in range(ds.episode_length(e)):
+                ds.get_video_frame(AGENT, e, i)
     # mismatched episode length: metadata claims one frame fewer than the data holds
     d = fresh("mismatch")
-    ep_path = d / "meta/episodes/chunk-000/file-000.parquet"
-    t = pq.read_table(ep_path)
-    for col, delta in (("length", [0, -1, 0]), ("dataset_to_index", [0, -1, -1]), ("dataset_from_index", [0, 0, -1])):
-        vals = [v + dv for v, dv in zip(t.column(col).to_pylist(), delta)]
-        t = t.set_column(t.column_names.index(col), col, pa.array(vals, pa.int64()))
-    pq.write_table(t, ep_path)
-    with pytest.raises(ValueError, match=r"file-001\.parquet: episode 1 has 7 rows but meta/episodes says length 6"):
+    deltas = {"length": [0, -1, 0], "dataset_to_index": [0, -1, -1], "dataset_from_index": [0, 0, -1]}
+    for ep_path in (d / "meta/episodes").rglob("*.parquet"):
+        t = pq.read_table(ep_path)
+        eps = t.column("episode_index").to_pylist()
+        for col, delta in deltas.items():
+            vals = [v + delta[e] for v, e in zip(t.column(col).to_pylist(), eps)]
+            t = t.set_column(t.column_names.index(col), col, pa.array(vals, pa.int64()))
+        pq.write_table(t, ep_path)
+    with pytest.raises(ValueError, match=r"file-000\.mp4: episode 1 spans 7\.0 video frames .* has length 6"):
         LeRobotV3Dataset(d)
+    with pytest.raises(ValueError, match=r"file-001\.parquet: episode 1 has 7 rows but meta/episodes says length 6"):
+        LeRobotV3Dataset(d, check=False).get_columns(1)  # the data file disagrees too
     # traces outside [0, 1] in a present frame
     d = fresh("trace")
     p = d / "data/chunk-000/file-002.parquet"

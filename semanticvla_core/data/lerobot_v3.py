@@ -474,7 +474,9 @@ class LeRobotV3Writer:
                 h, w, c = ft["shape"]
                 ft["info"] = {"video.height": h, "video.width": w, "video.codec": self.video_codec,
                               "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": self.fps,
-                              "video.channels": c, "has_audio": False}
+                              "video.channels": c, "video.g": self.gop,
+                              "video.crf": self.crf if self.crf is not None else (23 if self.video_codec == "h264" else 30),
+                              "has_audio": False, "is_depth_map": False}
             feats[k] = ft
         n_eps = len(self.episodes)
         return {"codebase_version": CODEBASE_VERSION, "fps": self.fps, "features": feats,
@@ -498,7 +500,7 @@ class LeRobotV3Writer:
             self._data_writer.close()
         for w in self._video_writers.values():
             w.close()
-        write_episodes_parquet(self.tmp, self.episodes, self.episode_stats)
+        write_episodes_parquet(self.tmp, self.episodes, self.episode_stats, self.data_limit, self.chunks_size)
         write_tasks_parquet(self.tmp / "meta/tasks.parquet", self.tasks)
         _atomic_write_json(self.tmp / "meta/stats.json", aggregate_stats(self.episode_stats))
         if self.cameras:
@@ -563,8 +565,11 @@ def write_tasks_parquet(path: Path, tasks: dict[str, int]) -> None:
     os.replace(tmp, path)
 
 
-def write_episodes_parquet(root: Path, episodes: list[dict], episode_stats: list[dict]) -> None:
-    """``meta/episodes/chunk-000/file-000.parquet``: one row per episode + ``stats/<feature>/<stat>`` columns."""
+def write_episodes_parquet(root: Path, episodes: list[dict], episode_stats: list[dict],
+                           file_size_limit: float = DEFAULT_DATA_FILE_SIZE_MB * 1024 * 1024,
+                           chunks_size: int = DEFAULT_CHUNKS_SIZE) -> None:
+    """``meta/episodes/chunk-XXX/file-YYY.parquet``: one row per episode + ``stats/<feature>/<stat>`` columns;
+    a new file is started once a file's rows exceed ``file_size_limit`` bytes."""
     rows = []
     for rec, st in zip(episodes, episode_stats):
         row = dict(rec)
@@ -578,24 +583,34 @@ def write_episodes_parquet(root: Path, episodes: list[dict], episode_stats: list
         for c in r:
             if c not in cols:
                 cols.append(c)
-    arrays = {}
-    for c in cols:
-        vals = [r.get(c) for r in rows]
-        if c == "tasks":
-            arrays[c] = pa.array(vals, pa.list_(pa.string()))
-        elif c.endswith("_timestamp"):
-            arrays[c] = pa.array(vals, pa.float64())
-        elif c.startswith("stats/"):
-            arrays[c] = pa.array(vals)
-            if pa.types.is_integer(arrays[c].type) or _is_int_list(arrays[c].type):
-                arrays[c] = pa.array(vals)  # counts stay integer lists
-        else:
-            arrays[c] = pa.array(vals, pa.int64())
-    path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table(arrays), str(tmp))
-    os.replace(tmp, path)
+
+    def table(part: list[dict]) -> pa.Table:
+        arrays = {}
+        for c in cols:
+            vals = [r.get(c) for r in part]
+            if c == "tasks":
+                arrays[c] = pa.array(vals, pa.list_(pa.string()))
+            elif c.endswith("_timestamp"):
+                arrays[c] = pa.array(vals, pa.float64())
+            elif c.startswith("stats/"):
+                arrays[c] = pa.array(vals)
+            else:
+                arrays[c] = pa.array(vals, pa.int64())
+        return pa.table(arrays)
+
+    row_bytes = max(1, table(rows[:1]).nbytes)
+    per_file = max(1, int(file_size_limit // row_bytes))
+    pos = (0, 0)
+    for start in range(0, len(rows), per_file):
+        part = rows[start:start + per_file]
+        for r in part:
+            r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = pos
+        path = root / EPISODES_PATH.format(chunk_index=pos[0], file_index=pos[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table(part), str(tmp))
+        os.replace(tmp, path)
+        pos = _chunk_file_next(*pos, chunks_size)
 
 
 def _is_int_list(t: pa.DataType) -> bool:
@@ -737,6 +752,7 @@ class _VideoReader:
             return self._last_img
         if self._it is None or self._last_t is None or t < self._last_t or t - self._last_t > 1.0:
             self._seek(t)
+        import av
         while True:
             try:
                 f = next(self._it)
@@ -744,6 +760,9 @@ class _VideoReader:
                 self._it = None
                 raise ValueError(f"{self.path}: no frame at t={t:.4f}s (video ends at "
                                  f"{self._last_t if self._last_t is not None else 'start'})") from None
+            except av.FFmpegError as e:
+                self._it, self._last_t = None, None
+                raise ValueError(f"{self.path}: corrupt video, decoding failed near t={t:.4f}s ({e})") from e
             ft = float(f.pts * self.tb) if f.pts is not None else float(f.time)
             self._last_t = ft
             if ft >= t - tol:
@@ -899,6 +918,11 @@ class LeRobotV3Dataset:
                 if f"videos/{key}/chunk_index" not in self.meta.episodes[e]:
                     raise ValueError(f"{self.root}/meta/episodes: episode {e} has no video entry for {key}")
                 p = self.video_path(key, e)
+                ep = self.meta.episodes[e]
+                span = (float(ep[f"videos/{key}/to_timestamp"]) - float(ep[f"videos/{key}/from_timestamp"])) * self.fps
+                if abs(span - self._ep_len[e]) > 0.5:
+                    raise ValueError(f"{p}: episode {e} spans {span:.1f} video frames ({key} from/to_timestamp) but "
+                                     f"has length {int(self._ep_len[e])} (mismatched episode length)")
                 if p not in seen:
                     if not p.is_file():
                         raise ValueError(f"{p}: missing video file ({key}, episode {e}, frame 0)")
