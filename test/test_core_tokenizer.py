@@ -124,7 +124,7 @@ def test_tokenizer_learns_held_out_traces(tmp_path):
     """Stage 1 on toy curves: held-out reconstruction must beat what a model ignoring the trace shape can do."""
     cfg = stage1_config("tiny", output_dir=str(tmp_path))
     cfg.train.num_workers, cfg.train.progress, cfg.train.save_every = 0, False, 0
-    cfg.stage_a_steps, cfg.stage_b_steps = 600, 250
+    cfg.stage_a_steps, cfg.stage_b_steps, cfg.stage_b_lr = 600, 250, 2e-3
     train = SyntheticTokenizerDataset(2000, cfg.model.image_size, cfg.model.window, seed=0)
     held = SyntheticTokenizerDataset(256, cfg.model.image_size, cfg.model.window, seed=1)
     path = train_tokenizer(cfg, train, held)
@@ -164,12 +164,25 @@ def test_cli_trains_on_a_lerobot_dataset(tmp_path):
     spec.loader.exec_module(cli)
     rc = cli.main(["--dataset", str(tmp_path / "ds"), "--config", "tiny", "--out", str(tmp_path / "run"),
                    "--steps-a", "2", "--steps-b", "2", "--batch-size", "4", "--num-workers", "0", "--no-progress",
-                   "--eval-fraction", "0.25"])
+                   "--eval-fraction", "0.25", "--label-latents"])
     assert rc == 0
     report = json.loads((tmp_path / "run" / "tokenizer" / "stage1_report.json").read_text())
     assert report["eval"]["num_samples"] == 20 - cli_horizon(report)          # one whole held-out episode
     tok = LatentTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
     assert tok.config.image_size == 64 and tok.codebook_version == report["codebook_version"]
+    # stage-2 labels in the format the data pipeline reads, tagged with the codebook version
+    from safetensors import safe_open
+    from semanticvla_core.data.pipelines import TokenizerDataset, load_latent_ids
+    ids_path = tmp_path / "run" / "tokenizer" / "latent_ids.safetensors"
+    ids = load_latent_ids(ids_path, 80)
+    with safe_open(str(ids_path), "np") as f:
+        assert f.metadata()["codebook_version"] == tok.codebook_version
+    h = tok.config.frame_horizon
+    assert ids.shape == (80, 4) and (ids[:, 0] >= 0).sum() == 4 * (20 - h)
+    ds = TokenizerDataset(tmp_path / "ds", image_size=64, window=12, horizon=h)
+    s = ds[3]
+    enc = tok.encode(s["trace"][None], s["image_t"][None], s["image_tH"][None])
+    assert ids[int(s["index"])].tolist() == enc.latent_ids[0].tolist()
 
 
 def cli_horizon(report):

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--label-latents", action="store_true",
+                   help="afterwards write <out>/tokenizer/latent_ids.safetensors for every frame (stage 2 labels)")
     return p
 
 
@@ -99,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         train_ds, eval_ds = split_by_episode(full, args.eval_fraction, t.seed)
 
     path = train_tokenizer(cfg, train_ds, eval_ds)
-    from semanticvla_core.training.common import cleanup_distributed
+    from semanticvla_core.training.common import cleanup_distributed, setup_distributed
+    if args.label_latents and args.dataset and setup_distributed(t.device).is_main:
+        from semanticvla_core.model.latent_tokenizer import LatentTokenizer
+        from semanticvla_core.training.stage1_tokenizer import label_latent_ids, save_latent_ids
+        tok = LatentTokenizer.from_pretrained(path)
+        ids = label_latent_ids(tok, full, full.ds.num_frames, cfg.eval_batch_size)
+        out = save_latent_ids(path / "latent_ids.safetensors", ids, tok.codebook_version)
+        print(f"latent ids of {(ids[:, 0] >= 0).sum()} / {len(ids)} frames written to {out}")
     cleanup_distributed()
     print(f"tokenizer saved to {path}")
     return 0

@@ -302,6 +302,12 @@ class LatentTokenizer(nn.Module):
         self.vis_out = nn.Linear(d, target_dim)
         self.with_decoders = True
 
+    def train(self, mode: bool = True) -> "LatentTokenizer":
+        super().train(mode)
+        if not self.config.tower_trainable:
+            self.vision.eval()                  # a frozen pretrained tower always runs in eval mode
+        return self
+
     def drop_decoders(self) -> None:
         """Remove the training-only decoders (the deployed tokenizer only encodes)."""
         for name in ("trace_decoder", "latent_trace_decoder", "vis_in", "vis_latent_in", "vis_pos", "vis_blocks",

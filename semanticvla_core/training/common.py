@@ -66,6 +66,7 @@ class TrainConfig:
     save_every: int = 500            # steps between resumable checkpoints (0: only at the end)
     eval_every: int = 0              # steps between eval_fn calls (0: only at the end, if given)
     num_workers: int = 1             # DataLoader workers: 1 overlaps decoding with compute on 2 cores
+    mp_context: str = "forkserver"   # worker start method: fork after FFmpeg use can deadlock
     resume: bool = True              # continue from <output_dir>/<name>/checkpoint if present
     device: str = "auto"             # "auto" (cuda:<local_rank> if available else cpu), "cpu", "cuda"
     amp: str = "none"                # "none" | "bf16" (autocast; CUDA)
@@ -181,9 +182,23 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, info: DistInfo, collate_fn: 
                              f"({cfg.batch_size} x {info.world_size} processes)")
         sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle,
                                      seed=cfg.seed, drop_last=drop_last)
+    workers = dict(persistent_workers=True, worker_init_fn=_worker_init,
+                   multiprocessing_context=cfg.mp_context) if cfg.num_workers > 0 else {}
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      collate_fn=collate_fn, drop_last=drop_last, persistent_workers=cfg.num_workers > 0,
-                      pin_memory=info.device.type == "cuda")
+                      collate_fn=collate_fn, drop_last=drop_last, pin_memory=info.device.type == "cuda", **workers)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Loader worker: one torch thread, its own numpy seed, fresh video readers (``reset_readers``)."""
+    import numpy as np
+    torch.set_num_threads(1)
+    wi = torch.utils.data.get_worker_info()
+    np.random.seed((wi.seed if wi else worker_id) % (2 ** 32))
+    ds = wi.dataset if wi else None
+    while ds is not None and not hasattr(ds, "reset_readers") and hasattr(ds, "dataset"):
+        ds = ds.dataset                                   # Subset and other wrappers
+    if ds is not None and hasattr(ds, "reset_readers"):
+        ds.reset_readers()
 
 
 def infinite_batches(loader: DataLoader, start_epoch: int = 0) -> Iterator[Any]:
