@@ -187,3 +187,30 @@ def test_cli_trains_on_a_lerobot_dataset(tmp_path):
 
 def cli_horizon(report):
     return report["config"]["model"]["frame_horizon"]
+
+
+def test_frozen_pretrained_tower_from_local_path(tmp_path):
+    """vision_pretrained_path: the tower is loaded from disk, frozen, in eval mode, reconstructs features."""
+    from transformers import Dinov2Config, Dinov2Model
+    torch.manual_seed(0)
+    tower = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                                     patch_size=8, image_size=32))
+    tower.save_pretrained(tmp_path / "dino")
+    cfg = tokenizer_config("tiny", image_size=32, vision_pretrained_path=str(tmp_path / "dino"))
+    assert not cfg.tower_trainable and cfg.resolved_visual_target == "features"
+    model = LatentTokenizer(cfg).train()
+    assert not model.vision.training
+    torch.testing.assert_close(model.vision.embeddings.patch_embeddings.projection.weight,
+                               tower.embeddings.patch_embeddings.projection.weight)
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert not any(p is q for p in model.stage_parameters("B") for q in model.vision.parameters())
+    b = _batch(cfg, 4)
+    model.set_stage("B")
+    out = model(b["trace"], b["image_t"], b["image_tH"], stage="B")
+    out["loss"].backward()
+    assert model.vis_out.weight.shape[0] == 32 and model.vis_out.weight.grad is not None   # feature target
+    # the checkpoint is self-contained: loading never touches the original path
+    path = model.save_pretrained(tmp_path / "tok")
+    (tmp_path / "dino" / "model.safetensors").unlink()
+    loaded = LatentTokenizer.from_pretrained(path)
+    assert loaded.codebook_version == model.codebook_version

@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     from semanticvla_core.training.common import cleanup_distributed, setup_distributed
     if args.label_latents and args.dataset and setup_distributed(t.device).is_main:
         from semanticvla_core.model.latent_tokenizer import LatentTokenizer
-        from semanticvla_core.training.stage1_tokenizer import label_latent_ids, save_latent_ids
-        tok = LatentTokenizer.from_pretrained(path)
-        ids = label_latent_ids(tok, full, full.ds.num_frames, cfg.eval_batch_size)
+        from semanticvla_core.training.stage2_vlm import compute_latent_ids, save_latent_ids
+        tok = LatentTokenizer.from_pretrained(path, with_decoders=False)
+        ids = compute_latent_ids(tok, full, full.ds.num_frames, cfg.eval_batch_size, progress=not args.no_progress)
         out = save_latent_ids(path / "latent_ids.safetensors", ids, tok.codebook_version)
         print(f"latent ids of {(ids[:, 0] >= 0).sum()} / {len(ids)} frames written to {out}")
     cleanup_distributed()

@@ -188,32 +188,6 @@ def evaluate_tokenizer(model: LatentTokenizer, dataset: Dataset, batch_size: int
             "latent_perplexity": l_ppl, "latent_codes_used": l_used, "num_samples": n}
 
 
-@torch.no_grad()
-def label_latent_ids(tokenizer: LatentTokenizer, dataset: Dataset, num_frames: int, batch_size: int = 64,
-                     device: torch.device | str | None = None) -> np.ndarray:
-    """<ACT_k> ids of every sample: (num_frames, K) int64 indexed by the samples' global frame ``index``,
-    -1 where the dataset has no sample (e.g. the last H frames of an episode, which have no o_{t+H}).
-    This is the array ``data.pipelines.load_latent_ids`` / ``VLMDataset(latent_ids=...)`` read."""
-    device = device or next(tokenizer.parameters()).device
-    tokenizer.eval()
-    out = np.full((num_frames, tokenizer.config.num_latent_tokens), -1, np.int64)
-    for b in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-        if "index" not in b:
-            raise ValueError("label_latent_ids: samples need an 'index' (global frame index) entry")
-        enc = tokenizer.encode(b["trace"].to(device), b["image_t"].to(device), b["image_tH"].to(device))
-        out[b["index"].reshape(-1).numpy()] = enc.latent_ids.cpu().numpy()
-    return out
-
-
-def save_latent_ids(path: str | Path, ids: np.ndarray, codebook_version: str) -> Path:
-    """Write ids as ``latent_ids`` in a safetensors file whose metadata records the codebook version."""
-    from safetensors.numpy import save_file
-    path = Path(path)
-    save_file({"latent_ids": np.ascontiguousarray(ids, dtype=np.int64)}, str(path),
-              metadata={"codebook_version": codebook_version})
-    return path
-
-
 def _step_fn(stage: str):
     def step(net, batch):
         return net(batch["trace"], batch.get("image_t"), batch.get("image_tH"), batch.get("trace_present"),
