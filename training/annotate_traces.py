@@ -3,8 +3,7 @@
 
 Examples:
   # exact labels in simulation: project the end-effector position through meta/cameras.json
-  python training/annotate_traces.py --dataset data/sim_demos --method projection \
-      --ee-key observation.state --ee-slice 9 12
+  python training/annotate_traces.py --dataset data/sim_demos --method projection   # observation.ee_pos
   # real data: keyframes + Lucas-Kanade tracking, end-effector located on keyframes from a JSON of points
   python training/annotate_traces.py --dataset data/real --method track --tracker lk \
       --keyframe-points keypoints.json --overlay-episodes 4
@@ -35,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--cotracker-checkpoint", default=None, help="local TorchScript file or weights file")
     p.add_argument("--cotracker-repo", default=None, help="local CoTracker repository (hubconf.py)")
     p.add_argument("--keyframe-points", default=None, help='JSON {"<episode>": {"<frame>": [u, v]}}')
+    p.add_argument("--keyframe-every", type=int, default=None, help="extra keyframe every N frames")
     p.add_argument("--overlay-episodes", type=int, default=d.overlay_episodes)
     p.add_argument("--overlay-dir", default=None)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
                          ee_key=a.ee_key, ee_slice=tuple(a.ee_slice), gripper_key=a.gripper_key,
                          gripper_index=a.gripper_index, tracker=a.tracker,
                          cotracker_checkpoint=a.cotracker_checkpoint, cotracker_repo=a.cotracker_repo,
-                         keyframe_points=a.keyframe_points, overlay_episodes=a.overlay_episodes,
+                         keyframe_points=a.keyframe_points, keyframe_every=a.keyframe_every,
+                         overlay_episodes=a.overlay_episodes,
                          overlay_dir=a.overlay_dir, resume=a.resume, max_episodes=a.max_episodes)
     try:
         rep = annotate_dataset(a.dataset, cfg)

@@ -50,6 +50,7 @@ class AnnotateConfig:
     cotracker_checkpoint: str | None = None
     cotracker_repo: str | None = None
     keyframe_points: str | None = None          # JSON {"<episode>": {"<frame>": [u, v]}}; default: projection
+    keyframe_every: int | None = None           # also a keyframe every N frames (bounds tracker drift)
     overlay_episodes: int = 2                   # overlays for this many evenly spaced episodes
     overlay_dir: str | None = None
     resume: bool = True
@@ -122,6 +123,8 @@ def track_episode(ds: LeRobotV3Dataset, e: int, cfg: AnnotateConfig, tracker, ca
         grip = g[:, cfg.gripper_index] if g.shape[1] > cfg.gripper_index else None
     pos = _ee_positions(ds, e, cfg) if cfg.ee_key in ds.features else None
     keys = detect_keyframes(grip, pos, length=T)
+    if cfg.keyframe_every:
+        keys = np.unique(np.concatenate([keys, np.arange(0, T, int(cfg.keyframe_every))]))
     if points is not None:
         ep_pts = points.get(str(e), {})
         known = {int(k): normalized_to_pixels(np.asarray(v, np.float64), W, H) for k, v in ep_pts.items()}

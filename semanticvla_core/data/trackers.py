@@ -51,16 +51,24 @@ class IdentityTracker(PointTracker):
 
 
 class LKTracker(PointTracker):
-    """Pyramidal Lucas-Kanade (OpenCV). ``fb_threshold``: forward-backward error (px) above which a point is
-    marked not visible from then on (it keeps its last good position)."""
+    """Pyramidal Lucas-Kanade (OpenCV) with a local support cloud.
+
+    Each step tracks the point itself plus up to ``max_support`` corners (``cv2.goodFeaturesToTrack``) within
+    ``support_radius`` px of it (default: 6 % of the shorter image side; 0 = the point alone) and moves the
+    point by the median displacement of those that pass the forward-backward check (error < ``fb_threshold``
+    px). The support is re-detected every frame, so a point on a weakly textured spot (the TCP between
+    the fingers) moves with the textured structure around it. A step where nothing passes the check keeps
+    the last position and is marked not visible; tracking continues from there.
+    """
 
     name = "lk"
 
     def __init__(self, win_size: int = 21, max_level: int = 3, iterations: int = 30, eps: float = 0.01,
-                 fb_threshold: float = 2.0):
+                 fb_threshold: float = 1.0, support_radius: float | None = None, max_support: int = 24):
         self.win_size, self.max_level = int(win_size), int(max_level)
         self.criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(iterations), float(eps))
         self.fb_threshold = float(fb_threshold)
+        self.support_radius, self.max_support = support_radius, int(max_support)
 
     def _flow(self, a: np.ndarray, b: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kw = dict(winSize=(self.win_size, self.win_size), maxLevel=self.max_level, criteria=self.criteria)
@@ -71,26 +79,39 @@ class LKTracker(PointTracker):
         ok = (st.reshape(-1) == 1) & (st2.reshape(-1) == 1) & (fb < self.fb_threshold)
         return p1.reshape(-1, 2), ok
 
+    def _step(self, a: np.ndarray, b: np.ndarray, p: np.ndarray, radius: float) -> tuple[np.ndarray, bool]:
+        pts = p[None].astype(np.float32)
+        if radius > 0 and self.max_support > 0:
+            mask = np.zeros(a.shape, np.uint8)
+            cv2.circle(mask, (int(round(float(p[0]))), int(round(float(p[1])))), int(round(radius)), 255, -1)
+            f = cv2.goodFeaturesToTrack(a, maxCorners=self.max_support, qualityLevel=0.01, minDistance=2,
+                                        mask=mask)
+            if f is not None:
+                pts = np.concatenate([pts, f.reshape(-1, 2).astype(np.float32)])
+        nxt, ok = self._flow(a, b, pts)
+        if not ok.any():
+            return p, False
+        return p + np.median(nxt[ok] - pts[ok], axis=0), True
+
     def track(self, frames, queries):
         frames, q = self._check(frames, queries)
         T, H, W = frames.shape[:3]
+        radius = 0.06 * min(H, W) if self.support_radius is None else float(self.support_radius)
         gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
         tracks = np.zeros((T, len(q), 2), np.float32)
         visible = np.zeros((T, len(q)), bool)
-        for t0 in np.unique(np.rint(q[:, 0]).astype(int)):
-            sel = np.nonzero(np.rint(q[:, 0]).astype(int) == t0)[0]
-            start = q[sel, 1:3].astype(np.float32)
-            tracks[t0, sel], visible[t0, sel] = start, True
+        for n, (t0f, x, y) in enumerate(q):
+            t0 = int(round(t0f))
+            tracks[t0, n], visible[t0, n] = (x, y), True
             for step in (1, -1):
-                p, alive = start.copy(), np.ones(len(sel), bool)
+                p = np.array([x, y], np.float64)
                 t = t0
                 while 0 <= t + step < T:
-                    nxt, ok = self._flow(gray[t], gray[t + step], p)
-                    inside = (nxt[:, 0] >= -0.5) & (nxt[:, 0] <= W - 0.5) & (nxt[:, 1] >= -0.5) & (nxt[:, 1] <= H - 0.5)
-                    alive &= ok & inside
-                    p = np.where(alive[:, None], nxt, p)
+                    p, ok = self._step(gray[t], gray[t + step], p, radius)
+                    inside = -0.5 <= p[0] <= W - 0.5 and -0.5 <= p[1] <= H - 0.5
+                    p = np.clip(p, -0.5, [W - 0.5, H - 0.5])
                     t += step
-                    tracks[t, sel], visible[t, sel] = p, alive
+                    tracks[t, n], visible[t, n] = p, ok and inside
         return tracks, visible
 
 
