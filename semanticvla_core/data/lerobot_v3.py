@@ -946,9 +946,16 @@ class LeRobotV3Dataset:
         epi = cols["episode_index"].reshape(-1)
         fri = cols["frame_index"].reshape(-1)
         pos = {}
+        uniq, first, counts = np.unique(epi, return_index=True, return_counts=True)
+        block = {int(u): (int(f), int(c)) for u, f, c in zip(uniq, first, counts)}
         for e in eps:
-            rows = np.nonzero(epi == e)[0]
+            f0, c = block.get(e, (0, 0))
+            rows = np.arange(f0, f0 + c)
             n = int(self._ep_len[e])
+            if c and not np.all(epi[f0:f0 + c] == e):
+                r = int(np.nonzero(epi[f0:f0 + c] != e)[0][0]) + f0
+                raise ValueError(f"{path}: episode {e}, frame {r - f0}: rows of the episode are not contiguous "
+                                 f"(row {r} belongs to episode {int(epi[r])})")
             if len(rows) != n:
                 raise ValueError(f"{path}: episode {e} has {len(rows)} rows but meta/episodes says length {n} "
                                  f"(mismatched episode length; first missing frame {len(rows)})")
