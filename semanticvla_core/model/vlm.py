@@ -491,6 +491,17 @@ class SemanticVLM(nn.Module):
         return VLMOutput(lt + ll, lt, ll, e_a, self.pool_visual(img), at, al)
 
     # ---- constrained generation -----------------------------------------------------------------
+    def _allowed_bias(self, allowed: list[int], like: torch.Tensor) -> torch.Tensor:
+        """Additive logit mask (0 on allowed ids, -inf elsewhere); the few distinct masks are cached."""
+        key = (tuple(allowed), like.shape[-1], like.device, like.dtype)
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        m = cache.get(key)
+        if m is None:
+            m = torch.full((like.shape[-1],), float("-inf"), dtype=like.dtype, device=like.device)
+            m[list(allowed)] = 0.0
+            cache[key] = m
+        return m
+
     @torch.no_grad()
     def generate(self, images: torch.Tensor, instructions: list[str], temperature: float = 0.0,
                  generator: torch.Generator | None = None) -> GenerationResult:
@@ -551,11 +562,7 @@ class SemanticVLM(nn.Module):
             choice = torch.full((B,), self.pad_id, dtype=torch.long)
             need_model = [b for b in range(B) if len(allowed[b]) > 1]
             if need_model:
-                lg = logits[need_model]
-                m = torch.full_like(lg, float("-inf"))
-                for i, b in enumerate(need_model):
-                    m[i, allowed[b]] = 0.0
-                lg = lg + m
+                lg = logits[need_model] + torch.stack([self._allowed_bias(allowed[b], logits) for b in need_model])
                 if temperature > 0:
                     pick = torch.multinomial(torch.softmax(lg / temperature, -1), 1, generator=generator)[:, 0]
                 else:

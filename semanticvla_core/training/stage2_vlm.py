@@ -232,8 +232,14 @@ def evaluate_vlm(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int = 
 # ------------------------------------------------------------------------------------------------
 def build_policy(model_cfg: SemanticVLAConfig, latent_tokenizer_dir: str | None = None, norm_stats=None
                  ) -> SemanticVLAPolicy:
-    """A fresh policy; the latent tokenizer comes from ``latent_tokenizer_dir`` (stage 1) if given."""
+    """A fresh policy; the latent tokenizer comes from ``latent_tokenizer_dir`` (stage 1) if given, and
+    then its config (K, codebook size, trace encoder) replaces the one in ``model_cfg``."""
     lt = LatentTokenizer.from_pretrained(latent_tokenizer_dir, with_decoders=False) if latent_tokenizer_dir else None
+    if lt is not None:   # the trained tokenizer defines K, the codebook and the trace encoder: adopt its config
+        d = model_cfg.to_dict()
+        d["latent_tokenizer"] = dataclasses.asdict(lt.config)
+        d["num_latent_tokens"] = lt.config.num_latent_tokens
+        model_cfg = SemanticVLAConfig.from_dict(d)
     return SemanticVLAPolicy(model_cfg, latent_tokenizer=lt, norm_stats=norm_stats)
 
 
