@@ -127,3 +127,39 @@ def test_stage3_ddp_two_cpu_processes(tmp_path):
 
 if __name__ == "__main__":
     _ddp_worker(sys.argv[1])
+
+
+def _cli(name: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"cli_{name}", HERE.parents[1] / "training" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_stages_2_and_3_on_a_lerobot_dataset(tmp_path):
+    """The CLIs on a real LeRobot v3 dataset (data pipeline classes): stage 2 labels every frame with a
+    stage-1 tokenizer, trains, and stage 3 picks up the labels, the dataset's norm stats and state size."""
+    from data_fixtures import make_dataset
+    from semanticvla_core.model.latent_tokenizer import LatentTokenizer, tokenizer_config
+    from semanticvla_core.normalize import DatasetStats
+
+    make_dataset(tmp_path / "ds", lengths=(14, 16))
+    torch.manual_seed(0)
+    LatentTokenizer(tokenizer_config("tiny"), with_decoders=False).save_pretrained(tmp_path / "tok", include_decoders=False)
+    common = ["--steps", "2", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--save-every", "0",
+              "--eval-fraction", "0.2"]
+    assert _cli("stage2_vlm").main(["--dataset", str(tmp_path / "ds"), "--latent-tokenizer", str(tmp_path / "tok"),
+                                    "--out", str(tmp_path / "s2"), *common]) == 0
+    ids_file = tmp_path / "s2" / "latent_ids.safetensors"
+    ids = load_file(ids_file)["latent_ids"]
+    assert ids.shape == (30, 4) and (ids >= 0).sum() > 0 and ids.max() < 32
+    assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"),
+                                    "--latent-ids", str(ids_file), "--out", str(tmp_path / "s3"), *common]) == 0
+    policy = SemanticVLAPolicy.from_pretrained(tmp_path / "s3" / "policy")
+    assert policy.config.state_dim == 9 and "state" in policy.decoder.cond_proj
+    stats = DatasetStats.load(tmp_path / "s3" / "policy" / "norm_stats.json")
+    assert stats.action.dim == 7 and stats.state.dim == 9
+    img = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    plan = policy.plan(img, "pick up the red block", state=np.zeros(9))
+    assert plan.actions.shape == (1, 8, 7) and plan.image_size == (64, 48) and all(plan.parse_ok)
