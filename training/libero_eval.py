@@ -77,9 +77,12 @@ class ScriptedLiberoPolicy:
             target = np.r_[o[:2], max(self.grasp_z, eef[2] - (0.03 if xy_err < 0.006 else 0.0))]
             a, _ = self._move(eef, target, grip, gain=2.0)
             err = np.linalg.norm(np.r_[o[:2], self.grasp_z] - eef)
-            self.stall = self.stall + 1 if abs(eef[2] - self.last_z) < 0.001 and xy_err < 0.006 else 0
-            self.last_z = float(eef[2])
-            if err < tol or self.stall > 5:   # reached, or resting on the object: grasp here
+            # stalled: no new lowest height for 8 steps (the fingers rest on a shoulder or cap)
+            if eef[2] < self.last_z - 0.002:
+                self.last_z, self.stall = float(eef[2]), 0
+            else:
+                self.stall += 1
+            if err < tol or self.stall > 8:   # reached, or cannot get lower: grasp here
                 self.phase, self.count = self.phase + 1, 0
             return a
         a, err = self._move(eef, target, grip)
