@@ -25,8 +25,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Data loading"
-# Training consumption of the `tiny` model: an ESTIMATE until the model exists (8 samples/step, ~0.5 s/step).
-TINY_BATCH, TINY_STEP_S = 8, 0.5
+# Training consumption of the `tiny` model (samples/s = optimizer steps/s x batch), read off the metrics.jsonl
+# of tiny-preset training runs on this 2-core machine (synthetic in-memory data, 1 process, 2026-11-22):
+# stage 1 phase A (trace VQ-VAE) ~48 steps/s x 32; phase B (images) ~6.5 steps/s x 32; stage 2 ~5.9 steps/s
+# x 16; stage 3 ~6.7 steps/s x 16. Override with --consumption. The brief's placeholder (8 samples per step at
+# ~0.5 s per step = 16 samples/s) is far below these.
+TINY_CONSUMPTION = {"tokenizer_traces": 48 * 32, "tokenizer": 6.5 * 32, "vlm": 5.9 * 16, "action": 6.7 * 16}
 
 
 def cpu_model() -> str:
@@ -52,11 +56,11 @@ def scene(e: int, i: int, h: int, w: int) -> np.ndarray:
     return img
 
 
-def build(root: Path, codec: str, episodes: int, length: int, h: int, w: int) -> Path:
+def build(root: Path, codec: str, episodes: int, length: int, h: int, w: int, wrist: int) -> Path:
     from semanticvla_core.data.lerobot_v3 import LeRobotV3Writer
     from semanticvla_core.data.tracex import tracex_features
     feats = {"observation.images.agentview": {"dtype": "video", "shape": [h, w, 3]},
-             "observation.images.wrist": {"dtype": "video", "shape": [h, w, 3]},
+             "observation.images.wrist": {"dtype": "video", "shape": [wrist, wrist, 3]},
              "observation.state": {"dtype": "float32", "shape": [15]},
              "action": {"dtype": "float32", "shape": [7]}, **tracex_features(12)}
     rng = np.random.default_rng(0)
@@ -64,7 +68,7 @@ def build(root: Path, codec: str, episodes: int, length: int, h: int, w: int) ->
         for e in range(episodes):
             for i in range(length):
                 wr.add_frame({"observation.images.agentview": scene(e, i, h, w),
-                              "observation.images.wrist": scene(e + 50, i, h, w),
+                              "observation.images.wrist": scene(e + 50, i, wrist, wrist),
                               "observation.state": rng.normal(size=15).astype(np.float32),
                               "action": rng.normal(size=7).astype(np.float32),
                               "trace.x": rng.uniform(size=12).astype(np.float32),
@@ -112,7 +116,8 @@ def bench_stages(root: Path, image_size: int, runs: int, n: int, workers: int) -
     torch.set_num_threads(1)
     total = LeRobotV3Dataset(root).num_frames
     ids = np.random.default_rng(0).integers(0, 32, (total, 4))
-    stages = {"tokenizer": TokenizerDataset(root, image_size=image_size, horizon=8),
+    stages = {"tokenizer_traces": TokenizerDataset(root, image_size=image_size, horizon=8, with_images=False),
+              "tokenizer": TokenizerDataset(root, image_size=image_size, horizon=8),
               "vlm": VLMDataset(root, image_size=image_size, latent_ids=ids),
               "action": ActionDataset(root, image_size=image_size, latent_ids=ids, horizon=8)}
     out = {}
@@ -142,40 +147,45 @@ def bench_stages(root: Path, image_size: int, runs: int, n: int, workers: int) -
     return out
 
 
-def render(dec: list[dict], stages: dict, args, workers: int, build_s: dict) -> str:
+def render(dec: list[dict], stages: dict, args, workers: int, build_s: dict, consumption: dict) -> str:
     load = os.getloadavg()
-    consume = TINY_BATCH / TINY_STEP_S
     lines = [SECTION, "",
              f"Command: `python benchmarks/bench_data.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
              f"Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs; load average "
              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}), Python {platform.python_version()}, "
              f"PyAV {__import__('av').__version__}, pyarrow {__import__('pyarrow').__version__}.",
-             f"Data: {'dataset ' + args.dataset if args.dataset else f'synthetic, {args.episodes} episodes x {args.length} frames, two cameras'}"
-             f"; medians of {args.runs} runs.", "",
-             "### Decoding (one camera, `LeRobotV3Dataset.get_video_frame`, uint8 HxWx3 out)", "",
+             "Data: " + (f"dataset {args.dataset}" if args.dataset else
+                         f"synthetic, {args.episodes} episodes x {args.length} frames, agent view "
+                         f"{args.width}x{args.height} + wrist {args.wrist}x{args.wrist} (the simulator's sizes)")
+             + f"; medians of {args.runs} runs.", "",
+             "### Decoding (agent view, `LeRobotV3Dataset.get_video_frame`, uint8 HxWx3 out)", "",
              "| codec | resolution | sequential frames/s | random-access frames/s | write frames/s (2 cameras) |",
              "|---|---|---|---|---|"]
     for d in dec:
         ws = build_s.get(d["codec"])
         lines.append(f"| {d['codec']} | {d['res']} | {d['seq']:.0f} | {d['rand']:.0f} | "
                      f"{'-' if ws is None else f'{ws:.0f}'} |")
-    lines += ["", f"### Stage pipelines (samples/s, image_size {args.image_size}, dataset codec "
-              f"{stages['codec']})", "",
-              f"| stage | main process | `make_loader` ({workers} worker{'s' if workers != 1 else ''}, batch 8) |",
-              "|---|---|---|"]
+    lines += ["", f"### Stage pipelines vs. training consumption (samples/s, image_size {args.image_size} = `tiny`, "
+              f"dataset codec {stages['codec']})", "",
+              f"| stage sample | main process | `make_loader` ({workers} worker{'s' if workers != 1 else ''}, batch 8) "
+              "| `tiny` training consumes | loader / consumption |", "|---|---|---|---|---|"]
+    names = {"tokenizer_traces": "tokenizer, traces only (stage 1 phase A)",
+             "tokenizer": "tokenizer o_t, o_t+H, trace (phase B)", "vlm": "VLM (stage 2)", "action": "action (stage 3)"}
     for name, (r0, r1) in stages["rates"].items():
-        lines.append(f"| {name} | {r0:.1f} | {'-' if r1 is None else f'{r1:.1f}'} |")
-    slowest = min(min(r for r in v if r is not None) for v in stages["rates"].values())
-    lines += ["", f"Training consumption of the `tiny` model: **~{consume:.0f} samples/s** "
-              f"({TINY_BATCH} samples per step at ~{TINY_STEP_S} s per step). This is an ESTIMATE until the "
-              "tiny model exists; replace it with the measured step time.",
-              f"Slowest pipeline here: {slowest:.1f} samples/s = {slowest / consume:.1f}x the estimated "
-              f"consumption ({'loading is not the bottleneck' if slowest >= consume else 'LOADING WOULD BE THE BOTTLENECK'}).",
+        best = r1 if r1 is not None else r0
+        c = consumption.get(name)
+        ratio = "-" if not c else f"{best / c:.1f}x{'' if best >= c else ' (BOTTLENECK)'}"
+        lines.append(f"| {names.get(name, name)} | {r0:.0f} | {'-' if r1 is None else f'{r1:.0f}'} | "
+                     f"{'-' if not c else f'~{c:.0f}'} | {ratio} |")
+    lines += ["", "Consumption = optimizer steps/s x batch size of `tiny`-preset training runs on this machine "
+              "(synthetic in-memory data, one process, read off their metrics.jsonl; see TINY_CONSUMPTION in the "
+              "script); one main-process training step and the loader worker then share the 2 cores, so the "
+              "real rate is lower than either number alone.",
               "Stage samples decode 1 frame (VLM, action; +1 wrist frame) or 2 frames (tokenizer: o_t and o_t+H) "
               "at random positions, so they are bounded by random-access decoding. The synthetic scenes (smooth "
               "texture + moving square, GOP 2, AV1 crf 30 / H.264 crf 23) compress better than camera images, "
-              "so real data decodes somewhat slower; the simulator's 128 px / 96 px cameras decode faster.", ""]
+              "so real data decodes somewhat slower.", ""]
     return "\n".join(lines)
 
 
@@ -191,9 +201,12 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default=None, help="benchmark this dataset instead of synthetic ones")
     p.add_argument("--episodes", type=int, default=6)
     p.add_argument("--length", type=int, default=60)
-    p.add_argument("--height", type=int, default=224)
-    p.add_argument("--width", type=int, default=224)
-    p.add_argument("--image-size", type=int, default=224, help="pipeline output size S")
+    p.add_argument("--height", type=int, default=128, help="agent-view height (simulator default 128)")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--wrist", type=int, default=96, help="wrist camera size (simulator default 96)")
+    p.add_argument("--image-size", type=int, default=64, help="pipeline output size S (tiny preset: 64)")
+    p.add_argument("--consumption", default=None,
+                   help="override training consumption, e.g. 'tokenizer=208,vlm=94,action=107' (samples/s)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--samples", type=int, default=48, help="items per run")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: make_loader's)")
@@ -209,8 +222,8 @@ def main(argv=None) -> int:
         else:
             for codec in ("av1", "h264"):
                 t = time.perf_counter()
-                roots[codec] = build(Path(tmp) / codec, codec, a.episodes, a.length, a.height, a.width)
-                build_s[codec] = 2 * a.episodes * a.length / (time.perf_counter() - t)
+                roots[codec] = build(Path(tmp) / codec, codec, a.episodes, a.length, a.height, a.width, a.wrist)
+                build_s[codec] = 2 * a.episodes * a.length / (time.perf_counter() - t)  # frames of 2 cameras
                 print(f"built {codec} dataset in {time.perf_counter() - t:.1f}s", flush=True)
         dec = []
         for name, root in roots.items():
@@ -221,7 +234,12 @@ def main(argv=None) -> int:
         print(f"stages {rates}", flush=True)
         from semanticvla_core.data.lerobot_v3 import load_meta
         codec = load_meta(stage_root).features["observation.images.agentview"]["info"]["video.codec"]
-        text = render(dec, {"rates": rates, "codec": codec}, a, workers, build_s)
+        consumption = dict(TINY_CONSUMPTION)
+        if a.consumption:
+            for kv in a.consumption.split(","):
+                k, v = kv.split("=")
+                consumption[k.strip()] = float(v)
+        text = render(dec, {"rates": rates, "codec": codec}, a, workers, build_s, consumption)
     print(text)
     if not a.no_write:
         write_section(text, Path(a.out))

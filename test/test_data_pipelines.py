@@ -46,6 +46,9 @@ def test_tokenizer_samples(ds_root):
     fr = gt["frames"][int(s["index"])][2]
     np.testing.assert_array_equal(s["trace"].numpy(), np.stack([fr["trace.x"], fr["trace.y"]], -1))
     assert bool(s["trace_present"]) == fr["trace.present"]
+    fast = TokenizerDataset(root, image_size=S, window=12, horizon=H_, with_images=False)[5]
+    assert set(fast) == {"trace", "trace_present", "index"}
+    torch.testing.assert_close(fast["trace"], s["trace"])
     # a different window resamples the stored one
     assert TokenizerDataset(root, image_size=S, window=6, horizon=H_)[0]["trace"].shape == (6, 2)
 

@@ -7,7 +7,8 @@ D = action dim, S_dim = state dim.
 * ``TokenizerDataset`` (stage 1: semantic latent action tokenizer)
     ``image_t`` float32 (3, S, S) in [0, 1], ``image_tH`` float32 (3, S, S) (frame t+H of the same episode),
     ``trace`` float32 (W, 2) in [0, 1], ``trace_present`` bool 0-d tensor, ``index`` int64 0-d (global frame).
-    Samples: every frame t with t + H inside its episode.
+    Samples: every frame t with t + H inside its episode. ``with_images=False`` leaves out the two images
+    (the trace VQ-VAE of stage A needs none, and skipping the decoding is an order of magnitude faster).
 * ``VLMDataset`` (stage 2: VLM synergistic training)
     ``image`` float32 (3, S, S), optional ``wrist_image`` float32 (3, S, S), ``instruction`` str,
     ``anchors`` float32 (N, 2) (= ``resample_trace(trace, N)``), ``trace`` float32 (W, 2),
@@ -146,9 +147,11 @@ class TokenizerDataset(_StageDataset):
     """Stage-1 samples (o_t, o_{t+H}, trace window); see the module docstring for shapes."""
 
     def __init__(self, root, image_size: int = DEFAULT_IMAGE_SIZE, window: int = DEFAULT_WINDOW,
-                 horizon: int = DEFAULT_HORIZON, camera: str = AGENT_CAMERA, only_present: bool = False, **kw):
+                 horizon: int = DEFAULT_HORIZON, camera: str = AGENT_CAMERA, only_present: bool = False,
+                 with_images: bool = True, **kw):
         super().__init__(root, image_size, window, camera, **kw)
         self.horizon = int(horizon)
+        self.with_images = bool(with_images)  # False: traces only (stage A needs no pixels; ~10x faster)
         samples = []
         for e in range(self.ds.num_episodes):
             r = self.ds.episode(e)
@@ -162,9 +165,12 @@ class TokenizerDataset(_StageDataset):
         e, t = (int(v) for v in self.samples[k])
         cols = self.ds.get_columns(e, [TRACE_X, TRACE_Y, TRACE_PRESENT])
         win, present = self._trace(cols, t)
-        return {"image_t": self._image(self.camera, e, t), "image_tH": self._image(self.camera, e, t + self.horizon),
-                "trace": torch.from_numpy(win), "trace_present": torch.tensor(present),
-                "index": torch.tensor(self.ds.episode(e).start + t)}
+        out = {"trace": torch.from_numpy(win), "trace_present": torch.tensor(present),
+               "index": torch.tensor(self.ds.episode(e).start + t)}
+        if self.with_images:
+            out["image_t"] = self._image(self.camera, e, t)
+            out["image_tH"] = self._image(self.camera, e, t + self.horizon)
+        return out
 
 
 class VLMDataset(_StageDataset):
