@@ -38,10 +38,8 @@ def test_same_seed_same_episode_and_report(env):
     c = rollout_expert(env, "pick_place_plate", 8, render=False)
     assert not np.array_equal(a["actions"][:5], c["actions"][:5])
     cfg = EvalConfig(tasks=("stack", "push_region"), kinds=("direct", "reasoning"), episodes=2, render=False)
-    f = ExpertPolicy
-    f.needs_env = True
-    r1 = evaluate(f, cfg, env=env, progress=False)
-    r2 = evaluate(f, cfg, env=env, progress=False)
+    r1 = evaluate(ExpertPolicy, cfg, env=env, progress=False)
+    r2 = evaluate(ExpertPolicy, cfg, env=env, progress=False)
     assert json.dumps(r1, sort_keys=True) == json.dumps(r2, sort_keys=True)
     assert r1["success_overall"] >= 0.75
 

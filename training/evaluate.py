@@ -27,9 +27,7 @@ def build_policy(name: str | None, checkpoint: str | None, seed: int):
         from semanticvla_core.policy import SemanticVLAPolicy
         return SemanticVLAPolicy.from_pretrained(checkpoint)
     if name == "expert":
-        f = ExpertPolicy
-        f.needs_env = True
-        return f
+        return ExpertPolicy   # a class with needs_env: built on the evaluation's env
     if name == "random":
         return RandomPolicy(seed)
     if name and ":" in name:

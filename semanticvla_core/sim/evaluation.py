@@ -104,7 +104,12 @@ class _PolicyAdapter:
 
 
 class ExpertPolicy:
-    """The privileged scripted expert as a callable policy (a reference upper bound for the harness)."""
+    """The privileged scripted expert as a callable policy (a reference upper bound for the harness).
+
+    Pass the class itself to :func:`evaluate` (``needs_env``): it is built on the evaluation's env.
+    """
+
+    needs_env = True
 
     def __init__(self, env: FrankaTabletopEnv):
         self.env, self.expert, self._episode = env, ScriptedExpert(env), None
@@ -202,8 +207,8 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
              progress: bool = True, out_json: str | Path | None = None) -> dict:
     """Evaluate ``policy`` over tasks x kinds x seeds; returns (and optionally writes) the JSON report.
 
-    ``policy`` may also be a factory ``lambda env: policy`` (marked by ``policy.needs_env = True``), used for
-    privileged policies such as :class:`ExpertPolicy`.
+    ``policy`` may also be a class with ``needs_env = True`` (e.g. :class:`ExpertPolicy`): it is then
+    constructed with the evaluation's environment (privileged policies).
     """
     from tqdm import tqdm
 
@@ -212,8 +217,10 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
     own_env = env is None
     if env is None:
         env = FrankaTabletopEnv(SimConfig(image_size=cfg.image_size, wrist_image_size=cfg.wrist_size, render=render))
-    if getattr(policy, "needs_env", False):
-        policy = policy(env)
+    if isinstance(policy, type) and getattr(policy, "needs_env", False):
+        policy = policy(env)   # privileged policy classes are built on the evaluation's own env
+    if hasattr(policy, "plan") and not env.cfg.render:
+        raise ValueError("a plan() policy needs images: EvalConfig.render must be True")
     adapter = _PolicyAdapter(policy)
     kinds = list(cfg.kinds) + (["custom"] if cfg.custom_instructions else [])
     jobs = [(t, k, i) for t in cfg.tasks for k in kinds for i in range(cfg.episodes)
@@ -223,13 +230,11 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
         seed = cfg.seed + i
         instruction = None
         if k == "custom":
-            tmpl = cfg.custom_instructions[t]
-            instruction = "__custom__"
-        record = cfg.video_dir is not None and i < cfg.videos_per_task and env.cfg.render
-        if k == "custom":
             # the template needs the sampled episode; reset once to fill it, then run with the text
+            tmpl = cfg.custom_instructions[t]
             env.reset(t, seed, "direct", cfg.split, render=False)
             instruction = _custom_text(tmpl[i % len(tmpl)], env.episode)
+        record = cfg.video_dir is not None and i < cfg.videos_per_task and env.cfg.render
         r = run_episode(env, adapter, t, seed, k, cfg.split, instruction, cfg.execute_steps, cfg.max_steps, record)
         if record and r["frames"]:
             name = f"{t}_{k}_seed{seed}_{'ok' if r['success'] else 'fail'}.mp4"

@@ -101,7 +101,6 @@ class Task:
         """Place the episode's objects in the scene, park the rest, set colours and labels."""
         m = env.model
         sc = env.cfg.scene
-        used = {o.body for o in ep.cubes}
         for i in range(sc.num_cubes):
             env.set_free_body(f"cube{i}", np.array([PARK_X, 0.2 * i, CUBE_HALF]))
         for o in ep.cubes:
@@ -122,7 +121,6 @@ class Task:
                     m.geom_matid[env.geom_id(o.body + "_label")] = env.mj.mj_name2id(
                         m, env.mj.mjtObj.mjOBJ_MATERIAL, f"mat_label_{o.label}")
         m.geom_rgba[env.geom_id("table")] = (*jitter_color((0.62, 0.50, 0.38), rng), 1.0)
-        del used
 
     def instruction(self, ep: Episode, kind: str, split: str, rng: np.random.Generator) -> str:
         c = ep.cubes[ep.target]
