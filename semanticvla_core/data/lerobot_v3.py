@@ -740,17 +740,22 @@ class _VideoReader:
         self._it = None
         self._last_t = None
         self._last_img = None
+        self._last_key: float | None = None
+        self.gop_s: float | None = None  # smallest keyframe interval seen so far (learned while decoding)
 
     def _seek(self, t: float) -> None:
         self.container.seek(max(0, int(math.floor(t / self.tb))), stream=self.stream, backward=True,
                             any_frame=False)
         self._it = self.container.decode(self.stream)
-        self._last_t, self._last_img = None, None
+        self._last_t, self._last_img, self._last_key = None, None, None
 
     def frame_at(self, t: float, tol: float) -> np.ndarray:
         if self._last_t is not None and abs(self._last_t - t) <= tol:
             return self._last_img
-        if self._it is None or self._last_t is None or t < self._last_t or t - self._last_t > 1.0:
+        # Decode forward only while no keyframe can lie between here and the target; otherwise seeking to
+        # the keyframe before the target decodes less (GOP 2 in lerobot's default encoding).
+        ahead = 1.0 if self.gop_s is None else self.gop_s
+        if self._it is None or self._last_t is None or t < self._last_t or t - self._last_t > ahead + tol:
             self._seek(t)
         import av
         while True:
@@ -764,6 +769,13 @@ class _VideoReader:
                 self._it, self._last_t = None, None
                 raise ValueError(f"{self.path}: corrupt video, decoding failed near t={t:.4f}s ({e})") from e
             ft = float(f.pts * self.tb) if f.pts is not None else float(f.time)
+            if f.key_frame:
+                if self._last_key is not None and ft > self._last_key:
+                    gap = ft - self._last_key
+                    self.gop_s = gap if self.gop_s is None else min(self.gop_s, gap)
+                self._last_key = ft
+            elif self._last_key is not None and self._last_t is not None and ft < self._last_t:
+                self._last_key = None
             self._last_t = ft
             if ft >= t - tol:
                 self._last_img = f.to_ndarray(format="rgb24")
