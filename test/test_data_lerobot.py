@@ -1,7 +1,9 @@
 """LeRobot v3 writer/reader: round trip, roll-over, random access, lerobot 0.4.4 layout, bad input, atomicity."""
 import json
 import shutil
-import warnings
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -249,3 +251,29 @@ def test_interrupted_writer_leaves_nothing_complete(tmp_path):
         w.add_frame(fr)
         w.save_episode("t")
     assert load_meta(root).info["total_frames"] == 1
+    # a process killed mid-write (no cleanup at all) leaves the finished dataset untouched
+    code = f"""
+import os, numpy as np, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from data_fixtures import default_features, frame_image, AGENT
+from semanticvla_core.data.lerobot_v3 import LeRobotV3Writer
+w = LeRobotV3Writer({str(root)!r}, 20, default_features(wrist=None), overwrite=True)
+fr = {{AGENT: frame_image(0, 0, 48, 64), "observation.state": np.zeros(9, np.float32),
+      "action": np.zeros(7, np.float32), "trace.x": np.full(12, .5, np.float32),
+      "trace.y": np.full(12, .5, np.float32), "trace.present": True}}
+for _ in range(3):
+    w.add_frame(fr)
+w.save_episode("killed")
+os._exit(9)
+"""
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert (tmp_path / ".ds.incomplete").is_dir()
+    assert load_meta(root).info["total_frames"] == 1 and LeRobotV3Dataset(root).task(0) == "t"
+    # overwrite=True replaces the old dataset only at finalize
+    w = LeRobotV3Writer(root, 20, feats, overwrite=True)
+    for _ in range(2):
+        w.add_frame(fr)
+    w.save_episode("new")
+    assert load_meta(root).info["total_frames"] == 1
+    w.finalize()
+    assert load_meta(root).info["total_frames"] == 2 and not (tmp_path / ".ds.incomplete").exists()

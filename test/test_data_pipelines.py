@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from data_fixtures import AGENT, WRIST, make_dataset
+from data_fixtures import AGENT, make_dataset
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
 from semanticvla_core.data.pipelines import (STATS_FILE, ActionDataset, TokenizerDataset, VLMDataset,
                                              default_num_workers, make_loader, to_chw_float)
