@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..actions import apply_ee_delta, matrix_to_rotvec, rotvec_to_matrix
+from ..actions import apply_ee_delta, matrix_to_rotvec
 from ..camera import PinholeCamera
 from ..robot_state import R_DOWN, STATE_NAMES, state_vector
 from .scene import ARM_JOINTS, FINGER_JOINTS, SceneConfig, build_scene_xml

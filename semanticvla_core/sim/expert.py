@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..actions import ee_delta_between, matrix_to_rotvec, rotvec_to_matrix
+from ..actions import ee_delta_between, matrix_to_rotvec
 from ..traces import DEFAULT_WINDOW, trace_windows
 from .env import R_DOWN
 from .scene import BOWL_WALL_H, CUBE_HALF, PLATE_HALF_H, REGION_HALF

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import instructions as ins
-from .scene import (BOWL_INNER_HALF, CUBE_HALF, LABELS, PARK_X, PLATE_HALF, PLATE_HALF_H, REGION_HALF)
+from .scene import BOWL_INNER_HALF, CUBE_HALF, PARK_X, PLATE_HALF, PLATE_HALF_H, REGION_HALF
 
 COLORS = {   # named colour -> base RGB; episodes jitter the shade but stay within the name
     "red": (0.85, 0.12, 0.10), "green": (0.15, 0.70, 0.20), "blue": (0.12, 0.30, 0.90),
