@@ -816,7 +816,9 @@ class LeRobotV3Dataset:
     ``nan_policy="skip"``); ``ds[i]`` returns the i-th usable frame; ``ds.frame(episode, index)`` any frame.
     A frame is a dict: each non-video feature as a numpy array (shape-[1] features as 0-d arrays), each video
     feature as uint8 (H, W, 3), and ``task`` (str). ``check=True`` validates all data files up front
-    (episode lengths, frame order, traces in [0, 1], non-finite actions, video files present).
+    (episode lengths, frame order, traces in [0, 1], non-finite actions, video files present and their
+    from/to timestamps matching the episode lengths); ``nan_policy="skip"`` needs it to know which frames to
+    leave out. With ``check=False`` files are validated lazily, when first read.
     """
 
     def __init__(self, root, *, nan_policy: str = "error", nan_keys: Iterable[str] = ("action",),
