@@ -4,7 +4,7 @@ three stage pipelines, on this machine. Prints a report and writes it as the ``#
 BENCHMARKS.md (other sections are left alone).
 
   python benchmarks/bench_data.py                      # synthetic datasets, 224x224 cameras
-  python benchmarks/bench_data.py --dataset PATH       # an existing dataset (its own codec)
+  python benchmarks/bench_data.py --dataset PATH       # also an existing dataset (its own codec)
   python benchmarks/bench_data.py --no-write           # print only
 
 Numbers are medians over ``--runs`` runs. The machine is shared; the load average is printed with them.
@@ -147,45 +147,49 @@ def bench_stages(root: Path, image_size: int, runs: int, n: int, workers: int) -
     return out
 
 
-def render(dec: list[dict], stages: dict, args, workers: int, build_s: dict, consumption: dict) -> str:
+def render(dec: list[dict], stage_tables: list[dict], args, workers: int, build_s: dict, consumption: dict) -> str:
     load = os.getloadavg()
+    data = []
+    if not args.no_synthetic:
+        data.append(f"synthetic, {args.episodes} episodes x {args.length} frames, agent view {args.width}x{args.height} "
+                    f"+ wrist {args.wrist}x{args.wrist} (the simulator's sizes)")
+    data += [f"dataset `{d}`" for d in (args.dataset or [])]
     lines = [SECTION, "",
              f"Command: `python benchmarks/bench_data.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
              f"Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs; load average "
              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}), Python {platform.python_version()}, "
              f"PyAV {__import__('av').__version__}, pyarrow {__import__('pyarrow').__version__}.",
-             "Data: " + (f"dataset {args.dataset}" if args.dataset else
-                         f"synthetic, {args.episodes} episodes x {args.length} frames, agent view "
-                         f"{args.width}x{args.height} + wrist {args.wrist}x{args.wrist} (the simulator's sizes)")
-             + f"; medians of {args.runs} runs.", "",
+             "Data: " + "; ".join(data) + f". Medians of {args.runs} runs.", "",
              "### Decoding (agent view, `LeRobotV3Dataset.get_video_frame`, uint8 HxWx3 out)", "",
-             "| codec | resolution | sequential frames/s | random-access frames/s | write frames/s (2 cameras) |",
-             "|---|---|---|---|---|"]
+             "| data | codec | resolution | sequential frames/s | random-access frames/s | write frames/s (2 cameras) |",
+             "|---|---|---|---|---|---|"]
     for d in dec:
-        ws = build_s.get(d["codec"])
-        lines.append(f"| {d['codec']} | {d['res']} | {d['seq']:.0f} | {d['rand']:.0f} | "
+        ws = build_s.get(d["label"])
+        lines.append(f"| {d['label']} | {d['codec']} | {d['res']} | {d['seq']:.0f} | {d['rand']:.0f} | "
                      f"{'-' if ws is None else f'{ws:.0f}'} |")
-    lines += ["", f"### Stage pipelines vs. training consumption (samples/s, image_size {args.image_size} = `tiny`, "
-              f"dataset codec {stages['codec']})", "",
-              f"| stage sample | main process | `make_loader` ({workers} worker{'s' if workers != 1 else ''}, batch 8) "
-              "| `tiny` training consumes | loader / consumption |", "|---|---|---|---|---|"]
     names = {"tokenizer_traces": "tokenizer, traces only (stage 1 phase A)",
              "tokenizer": "tokenizer o_t, o_t+H, trace (phase B)", "vlm": "VLM (stage 2)", "action": "action (stage 3)"}
-    for name, (r0, r1) in stages["rates"].items():
-        best = r1 if r1 is not None else r0
-        c = consumption.get(name)
-        ratio = "-" if not c else f"{best / c:.1f}x{'' if best >= c else ' (BOTTLENECK)'}"
-        lines.append(f"| {names.get(name, name)} | {r0:.0f} | {'-' if r1 is None else f'{r1:.0f}'} | "
-                     f"{'-' if not c else f'~{c:.0f}'} | {ratio} |")
+    for tab in stage_tables:
+        lines += ["", f"### Stage pipelines vs. training consumption: {tab['label']} ({tab['codec']}; samples/s, "
+                  f"image_size {args.image_size} = `tiny`)", "",
+                  f"| stage sample | main process | `make_loader` ({workers} worker{'s' if workers != 1 else ''}, "
+                  "batch 8) | `tiny` training consumes | loader / consumption |", "|---|---|---|---|---|"]
+        for name, (r0, r1) in tab["rates"].items():
+            best = r1 if r1 is not None else r0
+            c = consumption.get(name)
+            ratio = "-" if not c else f"{best / c:.1f}x{'' if best >= c else ' (BOTTLENECK)'}"
+            lines.append(f"| {names.get(name, name)} | {r0:.0f} | {'-' if r1 is None else f'{r1:.0f}'} | "
+                         f"{'-' if not c else f'~{c:.0f}'} | {ratio} |")
     lines += ["", "Consumption = optimizer steps/s x batch size of `tiny`-preset training runs on this machine "
               "(synthetic in-memory data, one process, read off their metrics.jsonl; see TINY_CONSUMPTION in the "
-              "script); one main-process training step and the loader worker then share the 2 cores, so the "
-              "real rate is lower than either number alone.",
+              "script); a training process and the loader worker share the 2 cores, so neither rate is reached "
+              "in full when both run. Other jobs share this machine: repeated runs differ by up to 2-3x (the load average "
+              "above is the best hint), so read the ratios, not the digits.",
               "Stage samples decode 1 frame (VLM, action; +1 wrist frame) or 2 frames (tokenizer: o_t and o_t+H) "
               "at random positions, so they are bounded by random-access decoding. The synthetic scenes (smooth "
-              "texture + moving square, GOP 2, AV1 crf 30 / H.264 crf 23) compress better than camera images, "
-              "so real data decodes somewhat slower.", ""]
+              "texture + moving square, GOP 2, AV1 crf 30 / H.264 crf 23) stand in for camera images; compare with "
+              "the rows of a real dataset (--dataset).", ""]
     return "\n".join(lines)
 
 
@@ -198,7 +202,9 @@ def write_section(text: str, path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default=None, help="benchmark this dataset instead of synthetic ones")
+    p.add_argument("--dataset", action="append", default=None,
+                   help="also benchmark this dataset (repeatable); needs observation.images.agentview + TraceX")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic datasets")
     p.add_argument("--episodes", type=int, default=6)
     p.add_argument("--length", type=int, default=60)
     p.add_argument("--height", type=int, default=128, help="agent-view height (simulator default 128)")
@@ -217,29 +223,36 @@ def main(argv=None) -> int:
     workers = default_num_workers() if a.workers is None else a.workers
     with tempfile.TemporaryDirectory() as tmp:
         roots, build_s = {}, {}
-        if a.dataset:
-            roots["given"] = Path(a.dataset)
-        else:
+        if not a.no_synthetic:
             for codec in ("av1", "h264"):
                 t = time.perf_counter()
-                roots[codec] = build(Path(tmp) / codec, codec, a.episodes, a.length, a.height, a.width, a.wrist)
-                build_s[codec] = 2 * a.episodes * a.length / (time.perf_counter() - t)  # frames of 2 cameras
+                label = f"synthetic {codec}"
+                roots[label] = build(Path(tmp) / codec, codec, a.episodes, a.length, a.height, a.width, a.wrist)
+                build_s[label] = 2 * a.episodes * a.length / (time.perf_counter() - t)  # frames of 2 cameras
                 print(f"built {codec} dataset in {time.perf_counter() - t:.1f}s", flush=True)
-        dec = []
-        for name, root in roots.items():
-            dec.append(bench_decode(root, a.runs, a.samples * 2))
-            print(f"decode {dec[-1]}", flush=True)
-        stage_root = roots.get("av1", next(iter(roots.values())))
-        rates = bench_stages(stage_root, a.image_size, a.runs, a.samples, workers)
-        print(f"stages {rates}", flush=True)
+        for d in a.dataset or []:
+            roots[Path(d).name] = Path(d)
+        if not roots:
+            p.error("nothing to benchmark (--no-synthetic without --dataset)")
         from semanticvla_core.data.lerobot_v3 import load_meta
-        codec = load_meta(stage_root).features["observation.images.agentview"]["info"]["video.codec"]
+        dec = []
+        for label, root in roots.items():
+            dec.append({"label": label, **bench_decode(root, a.runs, a.samples * 2)})
+            print(f"decode {dec[-1]}", flush=True)
+        stage_tables = []
+        for label, root in roots.items():
+            if label == "synthetic h264":
+                continue  # one synthetic stage table (AV1, lerobot's default codec) is enough
+            rates = bench_stages(root, a.image_size, a.runs, a.samples, workers)
+            codec = load_meta(root).features["observation.images.agentview"]["info"]["video.codec"]
+            stage_tables.append({"label": label, "codec": codec, "rates": rates})
+            print(f"stages {label} {rates}", flush=True)
         consumption = dict(TINY_CONSUMPTION)
         if a.consumption:
             for kv in a.consumption.split(","):
                 k, v = kv.split("=")
                 consumption[k.strip()] = float(v)
-        text = render(dec, {"rates": rates, "codec": codec}, a, workers, build_s, consumption)
+        text = render(dec, stage_tables, a, workers, build_s, consumption)
     print(text)
     if not a.no_write:
         write_section(text, Path(a.out))
