@@ -8,7 +8,8 @@
 Reports: the machine; text-tokenizer encode throughput; the planner breakdown of
 ``SemanticVLAPolicy.plan`` (vision, prefill, per-token constrained decode, the extra step that yields
 the latent hidden states, flow-matching steps) and the end-to-end plan latency. In GPU mode also the
-LM weight bytes, the measured device-to-device copy bandwidth and the ratio
+LM weight bytes, the measured device-to-device copy bandwidth and the ratio (for eager decoding and
+for the opt-in CUDA-graph decode step, ``SemanticVLM.cuda_graph``)
     measured decode time per token / (LM weight bytes / bandwidth)
 i.e. how far batch-1 decoding is from the memory-bandwidth bound (1.0 = at the bound).
 Random weights: generation length is fixed by the grammar (N anchors, K latents), so timings do not
@@ -165,12 +166,36 @@ def gpu_mode(args) -> None:
               f"VLM {vlm_params / 1e9:.3f} B params, LM weights {lm_bytes / 2**30:.2f} GiB")
         if name == args.presets[0]:
             bench_tokenizer(policy.text_tokenizer)
+        bound = lm_bytes / bw
         for b in args.batches:
-            r = bench_plan(policy, dev, b, args.repeats)
-            print_breakdown(name, r, b)
-            bound = lm_bytes / bw
-            print(f"    weight-read bound per token    {1e3 * bound:8.2f} ms   -> measured decode / bound = "
-                  f"{r['decode_per_token'] / bound:.2f}")
+            for graph in (False, True):
+                policy.vlm.cuda_graph = graph
+                r = bench_plan(policy, dev, b, args.repeats)
+                print_breakdown(f"{name}, {'CUDA graph' if graph else 'eager'} decode", r, b)
+                print(f"    weight-read bound per token    {1e3 * bound:8.2f} ms   -> measured decode / bound = "
+                      f"{r['decode_per_token'] / bound:.2f}")
+            # the graph path must produce what the eager path produces. Prompts of different lengths (left
+            # padding) make both paths use the same masked attention kernel; with identical unpadded prompts the
+            # eager path takes the mask-free causal kernel and bf16 rounding differs (random weights have flat
+            # logits, so one flipped argmax then changes the text).
+            S = policy.config.image_size
+            imgs = torch.rand((b, 3, S, S), generator=torch.Generator().manual_seed(1)).to(dev)
+            instr = [["put the green cup on the plate", "open the drawer", "wipe the table with the sponge"][i % 3]
+                     for i in range(b)]
+            if b == 1:
+                instr = ["put the green cup on the plate"]
+            outs = []
+            for graph in (False, True):
+                policy.vlm.cuda_graph = graph
+                outs.append(policy.plan(imgs, instr))
+            same = outs[0].texts == outs[1].texts
+            diff = float(np.abs(outs[0].latent_hidden - outs[1].latent_hidden).max())
+            tf = policy.vlm(imgs.to(policy.vlm_dtype), instr, torch.from_numpy(outs[1].anchors),
+                            torch.from_numpy(outs[1].latent_ids)).latent_hidden.float().cpu().numpy()
+            print(f"    eager vs CUDA graph: same text {same}, max |E_a difference| {diff:.3g}; graph E_a vs "
+                  f"teacher-forced pass {float(np.abs(tf - outs[1].latent_hidden).max()):.3g} "
+                  f"(E_a magnitude {float(np.abs(tf).max()):.3g})")
+        policy.vlm.cuda_graph = False
         print(f"    peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
         del policy, lm
         torch.cuda.empty_cache()

@@ -156,11 +156,14 @@ class SemanticVLAPolicy(nn.Module):
     def vlm_dtype(self) -> torch.dtype:
         return next(self.vlm.parameters()).dtype
 
-    def to_runtime(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32):
-        """Move to ``device``; the VLM in ``dtype`` (bf16 on GPU), decoder and trace encoder in float32."""
+    def to_runtime(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
+                   cuda_graph: bool = False):
+        """Move to ``device``; the VLM in ``dtype`` (bf16 on GPU), decoder and trace encoder in float32.
+        ``cuda_graph``: on CUDA, decode with a static KV cache and a replayed CUDA graph per token."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.to(device)
         self.vlm.to(dtype=dtype)
+        self.vlm.cuda_graph = bool(cuda_graph)
         return self
 
     # ---- shared pieces ---------------------------------------------------------------------------
@@ -374,7 +377,7 @@ class SemanticVLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str = torch.float32) -> "SemanticVLAPolicy":
+                        dtype: torch.dtype | str = torch.float32, cuda_graph: bool = False) -> "SemanticVLAPolicy":
         """Load a checkpoint directory; checks that the latent tokenizer's codebook version matches the
         one the VLM was trained against. Raises ValueError naming the file that is missing or wrong."""
         d = Path(directory)
@@ -406,4 +409,4 @@ class SemanticVLAPolicy(nn.Module):
             raise ValueError(f"{d / WEIGHTS_NAME}: does not match the config: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
         policy.eval()
-        return policy.to_runtime(device, dtype)
+        return policy.to_runtime(device, dtype, cuda_graph)

@@ -260,3 +260,23 @@ def test_sentence_encoder_prefix(tmp_path):
     b = SemanticVLAPolicy.from_pretrained(tmp_path / "ck").plan(imgs, instr)
     assert a.texts == b.texts
     np.testing.assert_array_equal(a.actions, b.actions)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decode_matches_eager_and_teacher_forcing():
+    """GPU only: the static-cache CUDA-graph decode step gives the eager result (float32, left-padded
+    batch) and E_a equal to a teacher-forced pass over what it generated."""
+    vlm = tiny_vlm(seed=3).cuda()
+    imgs, instr, _, _ = batch_inputs(3, seed=3)
+    imgs = imgs.cuda()
+    eager = vlm.generate(imgs, instr)
+    vlm.cuda_graph = True
+    vlm.generate(imgs.flip(0), ["go", "stack the green cup on the plate and wipe", "x"])   # capture on other inputs
+    for _ in range(2):                              # replays of the captured graph
+        graph = vlm.generate(imgs, instr)
+        assert graph.texts == eager.texts
+        torch.testing.assert_close(graph.latent_hidden, eager.latent_hidden, rtol=1e-4, atol=1e-4)
+    out = vlm(imgs, instr, torch.from_numpy(graph.anchors), torch.from_numpy(graph.latent_ids))
+    torch.testing.assert_close(out.latent_hidden, graph.latent_hidden, rtol=1e-4, atol=1e-4)
+    one = vlm.generate(imgs[1:2], instr[1:2])         # another batch size: its own graph
+    assert one.texts[0] == eager.texts[1]

@@ -338,6 +338,75 @@ def build_backbone(cfg: VLMConfig, vocab_size: int, tokenizer=None) -> nn.Module
 
 
 # ---------------------------------------------------------------------------------------------------
+# GPU serving: the one-token decode step as a CUDA graph over a static KV cache
+# ---------------------------------------------------------------------------------------------------
+class CudaGraphDecoder:
+    """Static KV cache (transformers ``StaticCache``) + a CUDA graph of one decode step.
+
+    Batch-1 decoding of an eager HF model is bound by Python/kernel-launch overhead, not by reading
+    the weights; replaying the captured step removes most of that. Opt-in (``SemanticVLM.cuda_graph``),
+    CUDA only; the prefill runs eagerly into the same static cache. Explicit 4-D boolean masks are
+    passed (HF returns them as-is), so left padding behaves as in the eager path.
+    """
+
+    def __init__(self, backbone, batch: int, max_len: int, dtype, device):
+        from transformers import StaticCache
+
+        lm_cfg = backbone.lm.config if hasattr(backbone, "lm") else backbone.llava.config
+        self.backbone, self.B, self.max_len, self.device = backbone, batch, max_len, device
+        self.cache = StaticCache(config=lm_cfg, max_cache_len=max_len)
+        d = backbone.hidden_size
+        self.emb = torch.zeros((batch, 1, d), dtype=dtype, device=device)
+        self.pos = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        self.mask = torch.zeros((batch, 1, 1, max_len), dtype=torch.bool, device=device)
+        self.graph = None
+        self.out = None
+        self.length = 0
+
+    def prefill(self, emb: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        B, L = valid.shape
+        if L >= self.max_len:
+            raise ValueError(f"prefill of {L} tokens does not fit the static cache of {self.max_len}")
+        self.cache.reset()
+        i = torch.arange(L, device=self.device)
+        j = torch.arange(self.max_len, device=self.device)
+        keys_valid = torch.zeros((B, self.max_len), dtype=torch.bool, device=self.device)
+        keys_valid[:, :L] = valid
+        m = (j[None, :] <= i[:, None])[None] & (keys_valid[:, None, :] | (j[None, :] == i[:, None])[None])
+        hidden, _ = self.backbone.forward_embeds(emb, m[:, None], pos, past_key_values=self.cache, use_cache=True)
+        self.mask.copy_(keys_valid[:, None, None, :])
+        self.length = L
+        return hidden
+
+    def _run(self) -> torch.Tensor:
+        h, _ = self.backbone.forward_embeds(self.emb, self.mask, self.pos, past_key_values=self.cache, use_cache=True)
+        return h
+
+    def step(self, emb: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if self.length >= self.max_len:
+            raise ValueError("static cache full")
+        self.emb.copy_(emb)
+        self.pos.copy_(pos)
+        self.mask[:, 0, 0, self.length] = True
+        if self.graph is None:
+            saved = [layer.cumulative_length.clone() for layer in self.cache.layers]
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):          # warm-up outside the graph (allocations, library handles)
+                    self._run()
+                    for layer, c in zip(self.cache.layers, saved):
+                        layer.cumulative_length.copy_(c)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._run()
+        self.graph.replay()
+        self.length += 1
+        return self.out
+
+
+# ---------------------------------------------------------------------------------------------------
 # the VLM
 # ---------------------------------------------------------------------------------------------------
 @dataclass
@@ -383,6 +452,7 @@ class SemanticVLM(nn.Module):
         self.use_trace, self.use_latent = use_trace, use_latent
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.bos_id = tokenizer.bos_token_id
+        self.cuda_graph = False          # GPU serving: replay the one-token decode step as a CUDA graph
         self.sentence = None
         if cfg.sentence_encoder:
             self.sentence = FrozenSentenceEncoder(cfg.sentence_encoder)
@@ -491,6 +561,15 @@ class SemanticVLM(nn.Module):
         return VLMOutput(lt + ll, lt, ll, e_a, self.pool_visual(img), at, al)
 
     # ---- constrained generation -----------------------------------------------------------------
+    def _graph_runner(self, batch: int, max_len: int, dtype, device) -> "CudaGraphDecoder":
+        runners = self.__dict__.setdefault("_graph_runners", {})
+        key = (batch, dtype, device)
+        r = runners.get(key)
+        if r is None or r.max_len < max_len:
+            r = CudaGraphDecoder(self.backbone, batch, max(max_len, 64), dtype, device)
+            runners[key] = r
+        return r
+
     def _allowed_bias(self, allowed: list[int], like: torch.Tensor) -> torch.Tensor:
         """Additive logit mask (0 on allowed ids, -inf elsewhere); the few distinct masks are cached."""
         key = (tuple(allowed), like.shape[-1], like.device, like.dtype)
@@ -540,7 +619,13 @@ class SemanticVLM(nn.Module):
             emb[b, npad:npad + P] = ctx[b]
             emb[b, npad + P:] = tok_emb[b, npad:]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden, cache = self.backbone.forward_embeds(emb, mask, pos, use_cache=True)
+        runner = None
+        if self.cuda_graph and dev.type == "cuda":
+            runner = self._graph_runner(B, P + Lp + self.grammar.max_new_tokens + 1, emb.dtype, dev)
+            hidden = runner.prefill(emb, mask.bool(), pos)
+            cache = None
+        else:
+            hidden, cache = self.backbone.forward_embeds(emb, mask, pos, use_cache=True)
         logits = self.backbone.lm_logits(hidden[:, -1]).float()
         sync()
         timings["prefill"] = time.perf_counter() - t0
@@ -577,10 +662,13 @@ class SemanticVLM(nn.Module):
             finishing = all(s.done for s in states)
             ts = time.perf_counter()
             # feed the chosen tokens (the last feed gives the hidden state of the final ACT token)
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
             step_emb = self.backbone.embed_tokens(choice.view(B, 1).to(dev)).to(img.dtype)
-            h, cache = self.backbone.forward_embeds(step_emb, mask, next_pos.view(B, 1), past_key_values=cache,
-                                                    use_cache=True)
+            if runner is not None:
+                h = runner.step(step_emb, next_pos.view(B, 1))
+            else:
+                mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
+                h, cache = self.backbone.forward_embeds(step_emb, mask, next_pos.view(B, 1), past_key_values=cache,
+                                                        use_cache=True)
             next_pos = next_pos + 1
             steps += 1
             for b in range(B):
