@@ -145,6 +145,9 @@ class VLMBackbone(Protocol):
     def language_model_prefix(self) -> str:
         """Module-name prefix of the causal LM's decoder layers (used to target LoRA)."""
 
+    def resolved_config(self, cfg: "VLMConfig") -> "VLMConfig":
+        """``cfg`` with the full part configs and no pretrained paths (stored in checkpoints)."""
+
 
 def _round_up(n: int, m: int = 64) -> int:
     return int(math.ceil(n / m) * m)
