@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             print("LIBERO: .venv-libero missing (bash scripts/setup_libero.sh)")
         else:
             out = subprocess.run([str(py), str(Path(__file__).resolve().parents[1] / "training" / "libero_eval.py"),
-                                  "--suites", "libero_object", "--tasks", "0", "--trials", "1", "--max-steps", "60"],
+                                  "--suites", "libero_object", "--tasks", "0", "--trials", "1", "--max-steps", "100"],
                                  capture_output=True, text=True)
             print("LIBERO:", [l for l in out.stdout.splitlines() if l.startswith("==")])
     return 0
