@@ -140,6 +140,12 @@ def test_collected_dataset_loads_and_traces_overlay_gripper(tmp_path):
     patch = np.asarray(f["observation.images.agentview"])[max(0, y - 5):y + 6, max(0, x - 5):x + 6].astype(int)
     grey = (patch.min(axis=-1) > 150) & (np.ptp(patch, axis=-1) < 40)
     assert grey.any(), f"no gripper pixels around the trace point {x, y}"
+    # an overlay to look at (trace window in cyan, current TCP in magenta)
+    import cv2
+    img = np.ascontiguousarray(np.asarray(f["observation.images.agentview"])).copy()
+    for k, (u, v) in enumerate(zip(np.asarray(f["trace.x"]), np.asarray(f["trace.y"]))):
+        cv2.circle(img, (int(round(u * 96 - 0.5)), int(round(v * 96 - 0.5))), 1, (255, 0, 255) if k == 0 else (0, 255, 255), -1)
+    cv2.imwrite(str(tmp_path / "trace_overlay.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
 class _ExpertPlanPolicy:
