@@ -11,6 +11,7 @@ The library function is ``semanticvla_core.training.stage3_e2e.train_e2e``. Re-r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int, default=None)
     p.add_argument("--lora-alpha", type=int, default=None)
     p.add_argument("--state-dim", type=int, default=None, help="proprio size (default: from the data)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override for a fresh model, e.g. --set use_trace=false --set use_latent=false "
+                        "(the paper's ablations; JSON values)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
     p.add_argument("--lr", type=float, default=None)
@@ -56,7 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     from semanticvla_core.training.stage2_vlm import synthetic_dataset_for
     from semanticvla_core.training.stage3_e2e import stage3_config, train_e2e
 
-    cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    if overrides and args.init_from:
+        raise SystemExit("--set changes a fresh model; with --init-from the switches come from the stage-2 checkpoint")
+    cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from, **overrides)
     cfg.latent_tokenizer_dir = args.latent_tokenizer
     for attr, val in (("lambda_vlm", args.lambda_vlm), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
                       ("state_dim", args.state_dim)):
@@ -72,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     t.progress = not args.no_progress
     m = cfg.model
     if args.init_from:
-        import json
         from pathlib import Path
         m = SemanticVLAConfig.from_dict(json.loads((Path(args.init_from) / "config.json").read_text())["config"])
     stats = None

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# From nothing to the shipped demo checkpoint and its report, on one machine (written for 2 CPU cores).
+#
+#   bash training/recipe_demo.sh                 # everything (see the step list below)
+#   OUT=runs/demo STEPS2=4000 STEPS3=4000 EVAL=100 VARIANTS="full notrace" bash training/recipe_demo.sh
+#
+# Steps (each resumes / is skipped when its output exists, so a rerun continues where it stopped):
+#  1. collect EPISODES scripted demonstrations of pick_place_plate (both cameras, exact projected traces)
+#  2. check the traces: re-project the TCP through meta/cameras.json (annotate_traces --method projection)
+#  3. stage 1: latent action tokenizer (trace VQ-VAE, then visual grounding)
+#  4. stage 2: VLM synergy training per variant (full: trace + latents; notrace: latents only)
+#  5. stage 3: LoRA + flow decoder per variant (nolatent reuses the full stage 2; conventional has no stage 2)
+#  6. evaluate every variant on held-out seeds with the evaluation phrasings of every instruction kind
+#  7. report (training/report_demo.py) and, for the full variant, copy the policy to checkpoints/demo
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/demo}
+EPISODES=${EPISODES:-300}
+STEPS1A=${STEPS1A:-1000}
+STEPS1B=${STEPS1B:-1500}
+STEPS2=${STEPS2:-4000}
+STEPS3=${STEPS3:-4000}
+EVAL=${EVAL:-100}                  # episodes per instruction kind for the full policy
+EVAL_ABL=${EVAL_ABL:-$EVAL}        # ... and for the ablations
+VARIANTS=${VARIANTS:-"full notrace nolatent conventional"}
+SHIP=${SHIP:-1}
+export OMP_NUM_THREADS=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+T="--threads 1"
+stamp() { date -u +%H:%M:%S; }
+log() { echo "[recipe $(stamp)] $*"; }
+mkdir -p "$OUT"
+SECONDS=0
+
+[ -f "$OUT/data/meta/info.json" ] || { log "1. collecting $EPISODES demonstrations";
+  $PY training/collect_demos.py --task pick_place_plate --episodes "$EPISODES" --workers 2 --out "$OUT/data" \
+    --image-size 128 --wrist-size 96 --seed 0; }
+log "2. trace check by re-projection"
+$PY training/annotate_traces.py --dataset "$OUT/data" --method projection --camera observation.images.agentview \
+  --overlay-episodes 2 --resume > "$OUT/annotate.log" 2>&1 || log "   (trace check failed, see $OUT/annotate.log)"
+
+[ -f "$OUT/stage1/tokenizer/config.json" ] || { log "3. stage 1";
+  $PY training/stage1_tokenizer.py --dataset "$OUT/data" --config tiny --out "$OUT/stage1" \
+    --steps-a "$STEPS1A" --steps-b "$STEPS1B" $T; }
+TOK="$OUT/stage1/tokenizer"
+IDS="$OUT/stage2_full/latent_ids.safetensors"
+
+s2() {  # variant, extra args
+  [ -f "$OUT/stage2_$1/policy/config.json" ] || $PY training/stage2_vlm.py --dataset "$OUT/data" --latent-tokenizer "$TOK" \
+    --config tiny --out "$OUT/stage2_$1" --steps "$STEPS2" $T "${@:2}" > "$OUT/stage2_$1.log" 2>&1
+}
+s3() {  # variant, args
+  [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$OUT/data" --config tiny \
+    --out "$OUT/stage3_$1" --steps "$STEPS3" $T "${@:2}" > "$OUT/stage3_$1.log" 2>&1
+}
+has() { [[ " $VARIANTS " == *" $1 "* ]]; }
+
+log "4. stage 2 (full, notrace in parallel)"
+s2 full &
+if has notrace; then (while [ ! -f "$IDS" ]; do sleep 5; done; s2 notrace --no-trace --latent-ids "$IDS") & fi
+wait
+log "5. stage 3"
+has full && s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" &
+has notrace && s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS" &
+wait
+has nolatent && s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" --set use_latent=false &
+has conventional && s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false &
+wait
+log "6. evaluation"
+ev() {  # variant, episodes
+  [ -f "$OUT/eval_$1.json" ] || $PY training/evaluate.py --checkpoint "$OUT/stage3_$1/policy" --tasks pick_place_plate \
+    --episodes "$2" --videos "$OUT/videos_$1" --videos-per-task 2 --out "$OUT/eval_$1.json" > "$OUT/eval_$1.log" 2>&1
+}
+i=0
+for v in $VARIANTS; do
+  n=$EVAL_ABL; [ "$v" = full ] && n=$EVAL
+  ev "$v" "$n" &
+  i=$((i + 1)); [ $((i % 2)) = 0 ] && wait
+done
+wait
+log "7. report"
+$PY training/report_demo.py --runs "$OUT" --out "$OUT/report"
+if [ "$SHIP" = 1 ] && [ -f "$OUT/stage3_full/policy/config.json" ]; then
+  rm -rf checkpoints/demo && mkdir -p checkpoints && cp -r "$OUT/stage3_full/policy" checkpoints/demo
+  cp "$OUT/eval_full.json" checkpoints/demo/eval.json 2>/dev/null || true
+  log "shipped $OUT/stage3_full/policy -> checkpoints/demo"
+fi
+log "done in $((SECONDS / 60)) min"
