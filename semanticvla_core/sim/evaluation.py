@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.viz import write_mp4
 from .env import FrankaTabletopEnv, SimConfig
 from .expert import ScriptedExpert
 from .instructions import KINDS
@@ -149,25 +150,6 @@ def _draw(frame: np.ndarray, anchors, tcp_uv) -> np.ndarray:
     return img
 
 
-def write_video(path: str | Path, frames: list, fps: int = 20) -> None:
-    """Frames (H, W, 3) uint8 RGB -> MP4 (H.264 through PyAV)."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = w + (w % 2), h + (h % 2), "yuv420p"
-        for f in frames:
-            if f.shape[0] % 2 or f.shape[1] % 2:
-                f = np.pad(f, ((0, f.shape[0] % 2), (0, f.shape[1] % 2), (0, 0)))
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-
-
 def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str, split: str = "eval",
                 instruction: str | None = None, execute_steps: int | None = None, max_steps: int | None = None,
                 record: bool = False) -> dict:
@@ -238,7 +220,7 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
         r = run_episode(env, adapter, t, seed, k, cfg.split, instruction, cfg.execute_steps, cfg.max_steps, record)
         if record and r["frames"]:
             name = f"{t}_{k}_seed{seed}_{'ok' if r['success'] else 'fail'}.mp4"
-            write_video(Path(cfg.video_dir) / name, r["frames"])
+            write_mp4(Path(cfg.video_dir) / name, r["frames"], fps=20)
             r["video"] = str(Path(cfg.video_dir) / name)
         r.pop("frames")
         episodes.append(r)
