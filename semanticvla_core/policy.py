@@ -19,6 +19,15 @@ Serving (all batched, CPU float32 or GPU bf16 via ``device`` / ``dtype``):
   TracePlan's anchors through the frozen trace encoder (anchors resampled to W points), exactly as
   ``plan`` does, so both paths give identical actions for the same seed.
 
+The four comparison variants (``SemanticVLAConfig``): full; ``use_trace=False`` (latents only);
+``use_latent=False`` (trace only, no E_a); both off (conventional VLA: nothing generated, E_a = the
+final K prompt states). ``decode_actions`` works for all four. Without a trace, ``TracePlan.anchors``
+is the image centre ``[[0.5, 0.5]]`` (``validate`` needs >= 1 anchor); in the conventional variant
+``raw_text`` is ``""``, ``parse_ok`` True, ``latent_ids`` empty and, since ``TracePlan.validate``
+ties the rows of ``latent_hidden`` to the latent ids, the K prompt-state rows of E_a travel appended
+to ``visual_features`` ((M + K, d): M pooled E_v rows, then the K E_a rows; ``latent_hidden`` is
+(0, d)). ``make_trace_plan`` is the one place that packs, ``decode_actions`` unpacks.
+
 Flow-sampling noise is drawn from ``torch.Generator().manual_seed(seed)`` (default seed 0), one
 (H, D) draw shared by every row, so a plan is a deterministic function of the inputs and the seed.
 """
@@ -49,7 +58,13 @@ from .traces import resample_trace
 MODEL_TYPE = "semanticvla_policy"
 CONFIG_NAME, WEIGHTS_NAME, NORM_STATS_NAME = "config.json", "model.safetensors", "norm_stats.json"
 TOKENIZER_DIR, LATENT_TOKENIZER_DIR = "tokenizer", "latent_tokenizer"
+# switches that may be changed when loading a checkpoint (they leave the VLM's weights valid; the
+# decoder is rebuilt if its inputs change): how variant (3) reuses the full policy's stage 2
+DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder")
 LORA_TARGETS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+# vision towers (DINOv2: attention.attention.query/key/value, attention.output.dense, mlp.fc1/2;
+# SigLIP: self_attn.q/k/v/out_proj, mlp.fc1/2)
+VISION_LORA_TARGETS = r".*layers?\.\d+\..*(query|key|value|attention\.output\.dense|(q|k|v|out)_proj|mlp\.fc[12])"
 
 
 @dataclass
@@ -57,12 +72,12 @@ class Plan:
     """Result of ``SemanticVLAPolicy.plan`` for a batch of B observations."""
 
     anchors: np.ndarray               # (B, N, 2) float32 normalized image coordinates
-    latent_ids: np.ndarray            # (B, K) int64 <ACT_k> indices
-    texts: list[str]                  # generated text (trace + <ACT_k> rendered)
+    latent_ids: np.ndarray            # (B, K) int64 <ACT_k> indices ((B, 0) without use_latent)
+    texts: list[str]                  # generated text (trace + <ACT_k> rendered; "" when nothing is generated)
     parse_ok: list[bool]              # the trace parsed cleanly and exactly K latents were emitted
     actions: np.ndarray               # (B, H, D) float32 in robot units (unnormalized)
     actions_normalized: np.ndarray    # (B, H, D) what the decoder produced
-    latent_hidden: np.ndarray         # E_a (B, K, d) float32
+    latent_hidden: np.ndarray         # E_a (B, K, d) float32 (ACT-token or prompt states; K = 0: none)
     visual_features: np.ndarray       # pooled E_v (B, M, d) float32
     instructions: list[str]
     timings: dict[str, float] = field(default_factory=dict)  # seconds: vision, prefill, decode,
@@ -71,11 +86,26 @@ class Plan:
 
     def trace_plan(self, b: int = 0, plan_id: int = 0) -> TracePlan:
         """Row ``b`` as the ROS-facing ``TracePlan``."""
-        return TracePlan(anchors=self.anchors[b], latent_ids=self.latent_ids[b].astype(np.int32),
-                         latent_hidden=self.latent_hidden[b], visual_features=self.visual_features[b],
-                         image_width=int(self.image_size[0]), image_height=int(self.image_size[1]),
-                         instruction=self.instructions[b], raw_text=self.texts[b], parse_ok=bool(self.parse_ok[b]),
-                         plan_id=plan_id, planning_latency_s=float(self.timings.get("total", 0.0))).validate()
+        return make_trace_plan(self.anchors[b], self.latent_ids[b], self.latent_hidden[b], self.visual_features[b],
+                               image_size=self.image_size, instruction=self.instructions[b], raw_text=self.texts[b],
+                               parse_ok=bool(self.parse_ok[b]), plan_id=plan_id,
+                               planning_latency_s=float(self.timings.get("total", 0.0)))
+
+
+def make_trace_plan(anchors, latent_ids, latent_hidden, visual_features, image_size: tuple[int, int],
+                    instruction: str, raw_text: str, parse_ok: bool, plan_id: int = 0,
+                    planning_latency_s: float = 0.0) -> TracePlan:
+    """One row of a plan as a validated ``TracePlan``. E_a rows without latent ids (the conventional
+    variant's prompt states) are appended to ``visual_features`` (module docstring)."""
+    lat = np.asarray(latent_ids).reshape(-1).astype(np.int32)
+    e_a = np.asarray(latent_hidden, np.float32)
+    e_v = np.asarray(visual_features, np.float32)
+    if lat.size == 0 and e_a.shape[0] > 0:
+        e_v, e_a = np.concatenate([e_v, e_a], 0), e_a[:0]
+    return TracePlan(anchors=np.asarray(anchors, np.float32), latent_ids=lat, latent_hidden=e_a, visual_features=e_v,
+                     image_width=int(image_size[0]), image_height=int(image_size[1]), instruction=instruction,
+                     raw_text=raw_text, parse_ok=parse_ok, plan_id=plan_id,
+                     planning_latency_s=planning_latency_s).validate()
 
 
 def preprocess_images(images, size: int, device=None) -> torch.Tensor:
@@ -141,6 +171,7 @@ class SemanticVLAPolicy(nn.Module):
         self.norm_stats = norm_stats
         self.codebook_version = codebook_version or self.latent_tokenizer.codebook_version
         self._peft = None
+        self._peft_vision: list = []
 
     # ---- modes -----------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -178,7 +209,7 @@ class SemanticVLAPolicy(nn.Module):
         """The decoder's condition groups, with the switches applied (absent groups are None)."""
         c = self.config
         return dict(e_tau=self.anchors_to_e_tau(anchors) if c.decoder_uses_trace else None,
-                    e_a=e_a.float() if (c.use_latent and e_a is not None) else None,
+                    e_a=e_a.float() if (c.decoder_uses_e_a and e_a is not None) else None,
                     e_v=e_v.float(),
                     state=state.float() if (c.state_dim > 0 and state is not None) else None)
 
@@ -195,7 +226,7 @@ class SemanticVLAPolicy(nn.Module):
             raise ValueError("state: contains NaN or inf")
         if self.norm_stats is not None and getattr(self.norm_stats, "state", None) is not None:
             s = self.norm_stats.state.normalize(s)
-        return torch.as_tensor(np.asarray(s, dtype=np.float32), device=self.device)
+        return torch.as_tensor(np.array(s, dtype=np.float32), device=self.device)
 
     def _unnormalize_actions(self, a: np.ndarray) -> np.ndarray:
         if self.norm_stats is None or getattr(self.norm_stats, "action", None) is None:
@@ -276,12 +307,10 @@ class SemanticVLAPolicy(nn.Module):
         latency = time.perf_counter() - t_all
         plans = []
         for b in range(x.shape[0]):
-            plans.append(TracePlan(anchors=gen.anchors[b], latent_ids=gen.latent_ids[b].astype(np.int32),
-                                   latent_hidden=gen.latent_hidden[b].float().cpu().numpy(),
-                                   visual_features=gen.visual_tokens[b].float().cpu().numpy(),
-                                   image_width=wh[0], image_height=wh[1], instruction=instr[b], raw_text=gen.texts[b],
-                                   parse_ok=bool(gen.parse_ok[b]), plan_id=plan_id,
-                                   planning_latency_s=latency).validate())
+            plans.append(make_trace_plan(gen.anchors[b], gen.latent_ids[b], gen.latent_hidden[b].float().cpu().numpy(),
+                                         gen.visual_tokens[b].float().cpu().numpy(), image_size=wh,
+                                         instruction=instr[b], raw_text=gen.texts[b], parse_ok=bool(gen.parse_ok[b]),
+                                         plan_id=plan_id, planning_latency_s=latency))
         batched = not isinstance(instruction, str) or (isinstance(images, (list, tuple)) and len(images) > 1) or \
             (hasattr(images, "ndim") and images.ndim == 4)
         return plans if batched else plans[0]
@@ -298,9 +327,16 @@ class SemanticVLAPolicy(nn.Module):
             raise ValueError(f"trace_plan.visual_features: expected (M, {d}), got {tp.visual_features.shape}")
         if self.config.decoder_uses_trace and tp.anchors.shape != (self.config.num_anchors, 2):
             raise ValueError(f"trace_plan.anchors: expected ({self.config.num_anchors}, 2), got {tp.anchors.shape}")
+        vis, e_a_np = tp.visual_features, tp.latent_hidden
+        if self.config.decoder_uses_prompt_states:   # E_a rows travel after the M E_v rows (make_trace_plan)
+            M, Kp = self.vlm.num_visual_tokens, self.vlm.num_prompt_states
+            if vis.shape[0] != M + Kp or tp.latent_hidden.shape[0] != 0:
+                raise ValueError(f"trace_plan.visual_features: expected ({M} + {Kp}, {d}) (E_v then the prompt-state "
+                                 f"E_a) and an empty latent_hidden, got {vis.shape} and {tp.latent_hidden.shape}")
+            vis, e_a_np = vis[:M], vis[M:]
         dev = self.device
-        e_a = torch.as_tensor(tp.latent_hidden, device=dev)[None]
-        e_v = torch.as_tensor(tp.visual_features, device=dev)[None]
+        e_a = torch.as_tensor(e_a_np, device=dev)[None]
+        e_v = torch.as_tensor(vis, device=dev)[None]
         cond = self.decoder_conditions(tp.anchors[None], e_a, e_v, self._state_tensor(state, 1))
         a = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(1, seed))
         actions = self._unnormalize_actions(a.float().cpu().numpy())[0]
@@ -308,22 +344,36 @@ class SemanticVLAPolicy(nn.Module):
                                stamp_ns=tp.stamp_ns, frame_id="").validate()
 
     # ---- LoRA (stage 3) --------------------------------------------------------------------------------
-    def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.0, train_act_tokens: bool = True):
-        """Freeze everything, then add LoRA to the causal LM's attention/MLP projections (not the vision
-        towers) and make the ``<ACT_k>`` embedding rows trainable (peft ``trainable_token_indices``; with a
-        tied LM head the same rows of the output layer follow). The flow decoder is left to the caller.
-        Returns the peft model handle."""
+    def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.0, train_act_tokens: bool = True,
+                   vision: bool = False):
+        """Freeze everything, then add LoRA to the causal LM's attention/MLP projections and make the
+        ``<ACT_k>`` embedding rows trainable (peft ``trainable_token_indices``; with a tied LM head the same
+        rows of the output layer follow). ``vision``: also LoRA on the vision towers' attention/MLP
+        linears (prismatic backbone) and the projector (+ image position embedding) fully trainable -
+        for the conventional variant, which has no stage 2. The flow decoder is left to the caller.
+        Returns the LM's peft model handle."""
         from peft import LoraConfig, get_peft_model
 
         if self._peft is not None:
             raise ValueError("apply_lora: LoRA is already applied")
+        bb = self.vlm.backbone
+        if vision and not hasattr(bb, "towers"):
+            raise ValueError(f"apply_lora(vision=True): backbone {type(bb).__name__} has no vision towers to adapt")
         self.requires_grad_(False)
         lm = self._causal_lm()
         kw = dict(r=r, lora_alpha=alpha, lora_dropout=dropout,
                   target_modules=r".*layers\.\d+\." + LORA_TARGETS)
         if train_act_tokens:
-            kw["trainable_token_indices"] = {"embed_tokens": list(self.vlm.grammar.act_ids)}
+            kw["trainable_token_indices"] = {"embed_tokens": list(self.vlm.act_ids)}
         self._peft = get_peft_model(lm, LoraConfig(**kw))   # mutates ``lm`` in place
+        self._peft_vision = []
+        if vision:
+            for tower in bb.towers:   # each mutated in place, like the LM
+                self._peft_vision.append(get_peft_model(tower, LoraConfig(
+                    r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=VISION_LORA_TARGETS)))
+            bb.projector.requires_grad_(True)
+            if bb.image_pos is not None:
+                bb.image_pos.requires_grad_(True)
         return self._peft
 
     def merge_lora(self) -> None:
@@ -331,7 +381,9 @@ class SemanticVLAPolicy(nn.Module):
         if self._peft is None:
             return
         self._peft.merge_and_unload()
-        self._peft = None
+        for pv in getattr(self, "_peft_vision", []):
+            pv.merge_and_unload()
+        self._peft, self._peft_vision = None, []
 
     @property
     def has_lora(self) -> bool:
@@ -377,9 +429,15 @@ class SemanticVLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str = torch.float32, cuda_graph: bool = False) -> "SemanticVLAPolicy":
+                        dtype: torch.dtype | str = torch.float32, cuda_graph: bool = False,
+                        config_overrides: dict | None = None) -> "SemanticVLAPolicy":
         """Load a checkpoint directory; checks that the latent tokenizer's codebook version matches the
-        one the VLM was trained against. Raises ValueError naming the file that is missing or wrong."""
+        one the VLM was trained against. Raises ValueError naming the file that is missing or wrong.
+
+        ``config_overrides``: change decoder-side switches (``DECODER_SIDE_SWITCHES``: ``use_latent``,
+        ``trace_to_decoder``) of the stored config, e.g. a stage-2 policy turned into the
+        ``use_latent=False`` variant for stage 3. The VLM weights load unchanged; if the decoder's
+        inputs change, its stored weights are skipped and it keeps a fresh init (stage 3 rebuilds it)."""
         d = Path(directory)
         cfg_path = d / CONFIG_NAME
         if not cfg_path.is_file():
@@ -391,6 +449,12 @@ class SemanticVLAPolicy(nn.Module):
             if not (d / name).exists():
                 raise ValueError(f"{d}: {name} missing")
         config = SemanticVLAConfig.from_dict(meta["config"])
+        if config_overrides:
+            bad = sorted(set(config_overrides) - set(DECODER_SIDE_SWITCHES))
+            if bad:
+                raise ValueError(f"config_overrides: {bad} cannot change on a trained checkpoint ({cfg_path}); "
+                                 f"only the decoder-side switches {list(DECODER_SIDE_SWITCHES)} can")
+            config = SemanticVLAConfig.from_dict({**config.to_dict(), **config_overrides})
         lt = LatentTokenizer.from_pretrained(d / LATENT_TOKENIZER_DIR, with_decoders=False)
         if lt.codebook_version != meta.get("codebook_version"):
             raise ValueError(f"{d / LATENT_TOKENIZER_DIR}: codebook version {lt.codebook_version} differs from the "
@@ -403,8 +467,12 @@ class SemanticVLAPolicy(nn.Module):
             stats = DatasetStats.load(d / NORM_STATS_NAME)
         policy = cls(config, text_tokenizer=tok, latent_tokenizer=lt, norm_stats=stats,
                      codebook_version=meta["codebook_version"])
-        missing, unexpected = load_model(nn.ModuleDict({"vlm": policy.vlm, "decoder": policy.decoder}),
-                                         str(d / WEIGHTS_NAME), strict=False)
+        keep_decoder = dataclasses.asdict(policy.decoder.config) == meta.get("decoder_config")
+        parts = {"vlm": policy.vlm, "decoder": policy.decoder} if keep_decoder or not config_overrides else \
+            {"vlm": policy.vlm}
+        missing, unexpected = load_model(nn.ModuleDict(parts), str(d / WEIGHTS_NAME), strict=False)
+        if "decoder" not in parts:
+            unexpected = [k for k in unexpected if not k.startswith("decoder.")]
         if missing or unexpected:
             raise ValueError(f"{d / WEIGHTS_NAME}: does not match the config: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")

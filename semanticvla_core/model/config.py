@@ -16,6 +16,14 @@ and the VLM's hidden size: ``decoder_config(vlm_hidden)`` resolves them; the swi
   decoder conditioned without latent tokens).
 * ``trace_to_decoder``: the decoder attends to e_tau, the predicted trace through the frozen trace
   encoder (off = the authors' released default: no e_tau).
+* both ``use_trace`` and ``use_latent`` off: a conventional VLA. The VLM generates nothing (no decoding
+  step at all, L_VLM = 0, no stage 2); the decoder's E_a is then the LM's last-layer hidden states at
+  the final K (``num_latent_tokens``) prompt positions (the end of ``...?\nOut:``, which attends to
+  the image and the whole instruction) - no extra parameters - together with E_v (+ state). Stage 3
+  trains it from a fresh model (LoRA on the LM and the vision towers, the projector, the decoder).
+
+The four comparison variants: (1) full, (2) ``use_trace=False``, (3) ``use_latent=False``,
+(4) both off (``vlm_generates`` is False, ``decoder_uses_prompt_states`` is True).
 * ``vlm.backbone``: "prismatic" (the paper) or "llava" (the off-the-shelf adapter).
 
 Presets (``get_config(name, **overrides)``):
@@ -73,8 +81,6 @@ class SemanticVLAConfig:
             self.latent_tokenizer = LatentTokenizerConfig.from_dict(self.latent_tokenizer)
         if isinstance(self.decoder, dict):
             self.decoder = FlowDecoderConfig(**self.decoder)
-        if not (self.use_trace or self.use_latent):
-            raise ValueError("SemanticVLAConfig: use_trace and use_latent cannot both be False")
         for name in ("image_size", "num_anchors", "num_latent_tokens", "horizon", "action_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SemanticVLAConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -103,11 +109,26 @@ class SemanticVLAConfig:
     def decoder_uses_trace(self) -> bool:
         return self.trace_to_decoder and self.use_trace
 
+    @property
+    def vlm_generates(self) -> bool:
+        """False for the conventional-VLA variant (both switches off): the VLM writes no tokens."""
+        return self.use_trace or self.use_latent
+
+    @property
+    def decoder_uses_prompt_states(self) -> bool:
+        """E_a = last-layer hidden states of the final K prompt positions (both switches off)."""
+        return not self.vlm_generates
+
+    @property
+    def decoder_uses_e_a(self) -> bool:
+        """The decoder attends to E_a: the <ACT_k> states (use_latent) or the prompt states (variant 4)."""
+        return self.use_latent or self.decoder_uses_prompt_states
+
     def decoder_config(self, vlm_hidden: int) -> FlowDecoderConfig:
         """The flow decoder config with condition widths resolved from the switches."""
         d = copy.deepcopy(self.decoder)
         d.trace_dim = self.latent_tokenizer.trace_code_dim if self.decoder_uses_trace else 0
-        d.latent_dim = vlm_hidden if self.use_latent else 0
+        d.latent_dim = vlm_hidden if self.decoder_uses_e_a else 0
         d.visual_dim = vlm_hidden
         d.state_dim = self.state_dim
         return d

@@ -13,6 +13,13 @@ a token emitted at step t is an input at step t+1, so after the last ACT token o
 step of one token yields its hidden state (timed as ``latent_hidden``). E_v = the projected visual
 tokens average-pooled to a ``visual_pool x visual_pool`` grid.
 
+With ``use_trace`` and ``use_latent`` both False (the conventional-VLA comparison variant) there is
+no target and no grammar: ``forward`` returns zero losses, ``generate`` only runs vision + the
+prompt prefill (no decoding step; ``decode`` / ``latent_hidden`` timings are 0), and E_a is the
+last-layer hidden states at the final K prompt positions (``num_prompt_states`` = K rows; the
+prompt always ends with ``...?\nOut:``, so these positions have seen the image and the instruction).
+Without a trace, ``anchors`` is the image centre ``[[0.5, 0.5]]`` (one anchor) for every row.
+
 The backbone is behind a small seam (``VLMBackbone``): embed images, embed tokens, forward
 ``inputs_embeds`` with a cache, LM head, hidden size. ``PrismaticBackbone`` (DINOv2 + SigLIP patch
 features fused channel-wise, MLP projector, a Qwen2/Llama causal LM) is the paper's backbone;
@@ -431,10 +438,10 @@ class GenerationResult:
 
     texts: list[str]                 # trace text + <ACT_k> rendered
     token_ids: list[list[int]]       # generated ids per row
-    anchors: np.ndarray              # (B, N, 2) float32 in [0, 1] (image centre when use_trace is False)
+    anchors: np.ndarray              # (B, N, 2) float32 in [0, 1]; (B, 1, 2) image centre when use_trace is False
     parse_ok: list[bool]
-    latent_ids: np.ndarray           # (B, K) int64
-    latent_hidden: torch.Tensor      # E_a (B, K, hidden)
+    latent_ids: np.ndarray           # (B, K) int64 ((B, 0) without use_latent)
+    latent_hidden: torch.Tensor      # E_a (B, K, hidden): ACT-token states, or prompt states (both switches off)
     visual_tokens: torch.Tensor      # E_v (B, M, hidden)
     timings: dict[str, float]        # seconds: vision, prefill, decode, decode_per_token, latent_hidden
     num_decode_steps: int = 0
@@ -448,11 +455,18 @@ class SemanticVLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.grammar = TraceGrammar(tokenizer, act_ids, num_anchors, num_latent_tokens, use_trace, use_latent)
+        self.act_ids = list(act_ids)
+        # no grammar when the VLM writes nothing (both switches off): there is no target to encode
+        self.grammar = TraceGrammar(tokenizer, act_ids, num_anchors, num_latent_tokens, use_trace, use_latent) \
+            if (use_trace or use_latent) else None
         self.backbone = backbone if backbone is not None else build_backbone(cfg, len(tokenizer), tokenizer)
         self.backbone.resize_vocab(len(tokenizer))
         self.num_anchors, self.num_latent_tokens = num_anchors, (num_latent_tokens if use_latent else 0)
         self.use_trace, self.use_latent = use_trace, use_latent
+        # rows of E_a taken from the prompt (conventional-VLA variant), 0 otherwise
+        self.num_prompt_states = int(num_latent_tokens) if not (use_trace or use_latent) else 0
+        if not (use_trace or use_latent) and self.num_prompt_states < 1:
+            raise ValueError(f"num_latent_tokens must be >= 1 (E_a prompt states), got {num_latent_tokens}")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.bos_id = tokenizer.bos_token_id
         self.cuda_graph = False          # GPU serving: replay the one-token decode step as a CUDA graph
@@ -464,6 +478,24 @@ class SemanticVLM(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.backbone.hidden_size
+
+    @property
+    def generates(self) -> bool:
+        """False when both switches are off: ``generate`` writes no token."""
+        return self.grammar is not None
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """M: rows of the pooled E_v."""
+        return min(self.cfg.visual_pool, self.backbone.image_grid) ** 2
+
+    def _prompt_states(self, hidden: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """E_a of the conventional variant: hidden (B, L, d) at positions ends-K .. ends-1 -> (B, K, d)."""
+        K = self.num_prompt_states
+        if int(ends.min()) < K:
+            raise ValueError(f"prompt of {int(ends.min())} tokens is shorter than the K={K} prompt states")
+        idx = ends.view(-1, 1) - K + torch.arange(K, device=hidden.device).view(1, -1)
+        return torch.gather(hidden, 1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
     # ---- inputs --------------------------------------------------------------------------------
     def prompt_ids(self, instruction: str) -> list[int]:
@@ -504,8 +536,8 @@ class SemanticVLM(nn.Module):
         latent_ids = None if latent_ids is None else torch.as_tensor(latent_ids).detach().cpu().numpy()
         rows, segs = [], []
         for b in range(B):
-            tgt, sg = self.grammar.encode_target(anchors[b] if self.use_trace else None,
-                                                 latent_ids[b] if self.use_latent else None)
+            tgt, sg = ([], []) if self.grammar is None else self.grammar.encode_target(
+                anchors[b] if self.use_trace else None, latent_ids[b] if self.use_latent else None)
             pr = self.prompt_ids(instructions[b])
             rows.append(pr + tgt)
             segs.append([0] * len(pr) + sg)
@@ -543,6 +575,10 @@ class SemanticVLM(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden, _ = self.backbone.forward_embeds(emb, mask, pos, use_cache=False)
         text_h = hidden[:, P:]
+        if self.grammar is None:   # conventional variant: no target, E_a = final K prompt states
+            zero = hidden.new_zeros((), dtype=torch.float32)
+            e_a = self._prompt_states(text_h, text_mask.sum(1).to(dev))
+            return VLMOutput(zero, zero, zero, e_a, self.pool_visual(img), zero, zero)
         # position i predicts token i+1: gather hidden states that precede target tokens
         tgt_mask = seg[:, 1:] > 0
         h_prev = text_h[:, :-1][tgt_mask]
@@ -622,6 +658,14 @@ class SemanticVLM(nn.Module):
             emb[b, npad:npad + P] = ctx[b]
             emb[b, npad + P:] = tok_emb[b, npad:]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.grammar is None:   # conventional variant: prefill only, nothing is generated
+            hidden, _ = self.backbone.forward_embeds(emb, mask, pos, use_cache=False)
+            e_a = self._prompt_states(hidden, torch.full((B,), Lp + P, dtype=torch.long, device=dev))
+            sync()
+            timings["prefill"] = time.perf_counter() - t0
+            timings.update(decode=0.0, latent_hidden=0.0, decode_per_token=0.0)
+            return GenerationResult([""] * B, [[] for _ in range(B)], np.full((B, 1, 2), 0.5, np.float32),
+                                    [True] * B, np.zeros((B, 0), np.int64), e_a, e_v, timings, 0)
         runner = None
         if self.cuda_graph and dev.type == "cuda":
             runner = self._graph_runner(B, P + Lp + self.grammar.max_new_tokens + 1, emb.dtype, dev)
@@ -698,8 +742,8 @@ class SemanticVLM(nn.Module):
                 pt = parse_trace_text(trace_part, expected_n=self.num_anchors)
                 anchors.append(pt.points)
                 oks.append(bool(pt.ok) and len(lat) == K)
-            else:
-                anchors.append(np.full((self.num_anchors, 2), 0.5, np.float32))
+            else:   # no trace: the image centre as the single anchor (TracePlan needs >= 1)
+                anchors.append(np.full((1, 2), 0.5, np.float32))
                 oks.append(len(lat) == K)
             lats.append(lat)
         return GenerationResult(texts, out, np.stack(anchors).astype(np.float32), oks,

@@ -11,6 +11,10 @@ What trains: the projector and the LM always; the vision towers too unless ``fre
 frozen iff they were loaded from pretrained paths, as Prismatic does). The flow decoder and the latent
 tokenizer are frozen.
 
+The conventional-VLA variant (``use_trace=False`` and ``use_latent=False``) has no stage 2: its VLM
+writes nothing, so L_VLM does not exist; ``Stage2Config`` / ``train_vlm`` refuse it (train it with
+stage 3 from a fresh model).
+
 Samples (shared_formats, VLM keys): ``image`` (3,S,S) float in [0,1], ``instruction`` str, ``anchors``
 (N,2), ``latent_ids`` (K,) int64 (precomputed by the stage-1 tokenizer), ``trace`` (W,2).
 ``SyntheticVLADataset`` generates such samples (plus the stage-3 action keys) for tests and smoke runs.
@@ -52,6 +56,20 @@ class Stage2Config:
     freeze_vision: bool | None = None
     eval_batch_size: int = 32
     eval_samples: int = 256
+
+    def __post_init__(self) -> None:
+        check_stage2_model(self.model)
+
+
+NO_STAGE2_MESSAGE = ("use_trace=False and use_latent=False (the conventional-VLA variant): the VLM writes nothing, so "
+                     "there is no L_VLM and no stage 2. Train this variant with stage 3 from a fresh model, e.g. "
+                     "training/stage3_e2e.py --set use_trace=false --set use_latent=false ...")
+
+
+def check_stage2_model(model: SemanticVLAConfig) -> None:
+    """ValueError when ``model`` has nothing for stage 2 to train (both switches off)."""
+    if not model.vlm_generates:
+        raise ValueError(f"stage 2: {NO_STAGE2_MESSAGE}")
 
 
 def stage2_config(name: str = "tiny", output_dir: str = "runs/stage2", latent_tokenizer_dir: str | None = None,
@@ -270,6 +288,7 @@ def _vlm_step(net, batch):
 def train_vlm(cfg: Stage2Config, dataset: Dataset, eval_dataset: Dataset | None = None,
               policy: SemanticVLAPolicy | None = None) -> Path:
     """Run stage 2 (module docstring); returns ``<output_dir>/policy``. Works unchanged under torchrun."""
+    check_stage2_model(cfg.model if policy is None else policy.config)
     info = setup_distributed(cfg.train.device)
     if policy is None:
         seed_everything(cfg.train.seed)

@@ -15,6 +15,13 @@ MERGES LoRA into the base weights and saves the final policy to ``<output_dir>/p
 ``SemanticVLAPolicy.save_pretrained`` format (config.json records ``"lora": "merged"``), with
 ``norm_stats.json`` (given, or the dataset's ``stats`` attribute) and ``stage3_report.json``.
 
+The four comparison variants (``SemanticVLAConfig`` switches), all trained here with the same schedule:
+(1) full and (2) ``use_trace=False`` start from their own stage-2 policy; (3) ``use_latent=False``
+starts from the FULL policy's stage-2 checkpoint with ``init_overrides={"use_latent": False}`` (its
+VLM then writes the trace only; its L_VLM is the trace loss); (4) both off (conventional VLA) has no
+stage 2: a fresh model whose L_VLM is 0, trained through the flow loss alone with LoRA on the LM AND
+the vision towers, the projector and the decoder (``train_vision`` auto-on for it).
+
 Samples: the stage-3 keys of shared_formats (VLM keys + ``actions`` (H,D) normalized, ``actions_pad``
 (H,), optional ``state`` (S,) normalized).
 """
@@ -31,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..model.config import SemanticVLAConfig, get_config
 from ..model.flow_decoder import FlowMatchingDecoder
-from ..policy import SemanticVLAPolicy
+from ..policy import DECODER_SIDE_SWITCHES, SemanticVLAPolicy
 from .common import TrainConfig, barrier, seed_everything, setup_distributed, train_loop
 from .stage2_vlm import build_policy
 
@@ -47,9 +54,15 @@ class Stage3Config:
     lambda_vlm: weight of L_VLM; lora_*: peft LoRA on the LM's attention and MLP projections;
     train_act_tokens: also train the <ACT_k> embedding rows; state_dim: proprio size fed to the decoder
     (None = from the dataset's first sample, 0 = no state); eval_*: held-out evaluation.
+    init_overrides: decoder-side switches changed on the ``init_from`` policy
+    (``policy.DECODER_SIDE_SWITCHES``: ``use_latent``, ``trace_to_decoder``), e.g. ``{"use_latent": False}``.
+    train_vision: LoRA on the vision towers + trainable projector too (None = only for the conventional
+    variant, both switches off, which has no stage 2 to train its vision side).
     """
 
     init_from: str | None = None
+    init_overrides: dict = field(default_factory=dict)
+    train_vision: bool | None = None
     model: SemanticVLAConfig = field(default_factory=lambda: get_config("tiny"))
     latent_tokenizer_dir: str | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage3"))
@@ -67,6 +80,13 @@ class Stage3Config:
             raise ValueError(f"Stage3Config.lambda_vlm must be >= 0, got {self.lambda_vlm}")
         if self.lora_r < 1:
             raise ValueError(f"Stage3Config.lora_r must be >= 1, got {self.lora_r}")
+        if self.init_overrides:
+            if not self.init_from:
+                raise ValueError("Stage3Config.init_overrides: only with init_from (a fresh model takes them in model)")
+            bad = sorted(set(self.init_overrides) - set(DECODER_SIDE_SWITCHES))
+            if bad:
+                raise ValueError(f"Stage3Config.init_overrides: {bad} cannot change on a stage-2 checkpoint; "
+                                 f"allowed: {list(DECODER_SIDE_SWITCHES)}")
 
 
 def stage3_config(name: str = "tiny", output_dir: str = "runs/stage3", init_from: str | None = None,
@@ -84,24 +104,30 @@ def stage3_config(name: str = "tiny", output_dir: str = "runs/stage3", init_from
 
 def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int) -> list[torch.nn.Parameter]:
     """Rebuild the decoder from scratch (with ``state_dim``), apply LoRA, set requires_grad.
-    Returns the trainable parameters: LoRA A/B, the <ACT_k> token rows, the whole flow decoder."""
+    Returns the trainable parameters: LoRA A/B, the <ACT_k> token rows (only when the VLM writes them),
+    the whole flow decoder, and with ``train_vision`` (auto: the conventional variant) vision-tower
+    LoRA + the projector."""
     policy.config.state_dim = int(state_dim)
     policy.config.decoder.state_dim = int(state_dim)
     policy.decoder = FlowMatchingDecoder(policy.config.decoder_config(policy.vlm.hidden_size)).to(policy.device)
+    vision = policy.config.decoder_uses_prompt_states if cfg.train_vision is None else cfg.train_vision
     policy.apply_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                      train_act_tokens=cfg.train_act_tokens)
+                      train_act_tokens=cfg.train_act_tokens and policy.config.use_latent, vision=vision)
     policy.decoder.requires_grad_(True)
     return [p for p in policy.parameters() if p.requires_grad]
 
 
 def trainable_parameter_report(policy: SemanticVLAPolicy) -> dict[str, int]:
-    """Trainable parameter counts by kind: lora, act_tokens, decoder, other (must be 0 in stage 3)."""
-    out = {"lora": 0, "act_tokens": 0, "decoder": 0, "other": 0}
+    """Trainable parameter counts by kind: lora (LM), vision_lora, act_tokens, decoder, projector (the
+    projector and image position embedding, with train_vision), other (must be 0 in stage 3)."""
+    out = {"lora": 0, "vision_lora": 0, "act_tokens": 0, "decoder": 0, "projector": 0, "other": 0}
     for n, p in policy.named_parameters():
         if not p.requires_grad:
             continue
         if "lora_" in n:
-            out["lora"] += p.numel()
+            out["vision_lora" if ".towers." in n else "lora"] += p.numel()
+        elif n.startswith("vlm.backbone.projector.") or n == "vlm.backbone.image_pos":
+            out["projector"] += p.numel()
         elif "trainable_tokens" in n:
             out["act_tokens"] += p.numel()
         elif n.startswith("decoder."):
@@ -156,8 +182,8 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
     info = setup_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
     if policy is None:
-        policy = SemanticVLAPolicy.from_pretrained(cfg.init_from) if cfg.init_from else \
-            build_policy(cfg.model, cfg.latent_tokenizer_dir)
+        policy = SemanticVLAPolicy.from_pretrained(cfg.init_from, config_overrides=cfg.init_overrides or None) \
+            if cfg.init_from else build_policy(cfg.model, cfg.latent_tokenizer_dir)
     stats = norm_stats if norm_stats is not None else getattr(dataset, "stats", None)
     if stats is not None:
         policy.norm_stats = stats
@@ -169,7 +195,7 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
     params = prepare_stage3(policy, cfg, state_dim)
     counts = trainable_parameter_report(policy)
     if counts["other"]:
-        raise ValueError(f"stage 3: unexpected trainable parameters outside LoRA/ACT rows/decoder: {counts}")
+        raise ValueError(f"stage 3: unexpected trainable parameters outside LoRA/ACT rows/decoder/projector: {counts}")
     res = train_loop(policy, dataset, _e2e_step(cfg.lambda_vlm), cfg.train, name="e2e", info=info, params=params)
     policy.merge_lora()
     policy.requires_grad_(False)
