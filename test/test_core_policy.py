@@ -137,6 +137,107 @@ def test_switches_change_what_they_claim():
     assert "e_tau" not in no_trace.decoder.cond_proj
     plan = no_trace.plan(imgs, INSTR[0])
     assert plan.texts[0].startswith("<ACT_") and plan.latent_ids.shape == (1, 4)
+    np.testing.assert_array_equal(plan.anchors[0], [[0.5, 0.5]])      # no trace: the image centre
+
+
+MODES = {"full": {}, "no_trace": dict(use_trace=False), "no_latent": dict(use_latent=False),
+         "conventional": dict(use_trace=False, use_latent=False)}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_all_four_variants_plan_split_and_round_trip(mode, tmp_path):
+    """Each comparison variant builds, plan() and plan_trace()+decode_actions() agree (also through the
+    Plan's own TracePlan), and a save/load round trip reproduces the plan exactly."""
+    p = _policy(**MODES[mode])
+    c = p.config
+    imgs, state = _images(), np.array([0.5, 0.0, -0.5])
+    plan = p.plan(imgs, INSTR, state=state)
+    tps = p.plan_trace(imgs, INSTR)
+    K, d, M = c.num_latent_tokens, p.vlm.hidden_size, p.vlm.num_visual_tokens
+    for b, tp in enumerate(tps):
+        assert tp.parse_ok and tp.raw_text == plan.texts[b] and tp.anchors.shape[0] >= 1
+        for t in (tp, plan.trace_plan(b)):
+            np.testing.assert_allclose(p.decode_actions(t, state=state).actions, plan.actions[b], rtol=1e-5, atol=1e-6)
+        if not c.use_trace:
+            np.testing.assert_array_equal(tp.anchors, [[0.5, 0.5]])
+        if c.vlm_generates:
+            assert tp.latent_hidden.shape == ((K, d) if c.use_latent else (0, d)) and tp.visual_features.shape == (M, d)
+        else:   # conventional: nothing generated; the K prompt states travel after the M E_v rows
+            assert tp.raw_text == "" and tp.latent_ids.shape == (0,) and tp.latent_hidden.shape == (0, d)
+            assert tp.visual_features.shape == (M + K, d)
+            np.testing.assert_allclose(tp.visual_features[M:], plan.latent_hidden[b], rtol=1e-5, atol=1e-6)
+    assert plan.latent_hidden.shape == (2, K if c.decoder_uses_e_a else 0, d)
+    if not c.vlm_generates:
+        assert plan.texts == ["", ""] and plan.timings["decode"] == 0.0 and plan.latent_ids.shape == (2, 0)
+    p.save_pretrained(tmp_path / "ckpt")
+    q = SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert (q.config.use_trace, q.config.use_latent) == (c.use_trace, c.use_latent)
+    again = q.plan(imgs, INSTR, state=state)
+    assert again.texts == plan.texts
+    np.testing.assert_array_equal(again.actions, plan.actions)
+    np.testing.assert_array_equal(again.latent_hidden, plan.latent_hidden)
+
+
+def _memory_len(p, tp) -> int:
+    vis, e_a = tp.visual_features, tp.latent_hidden
+    if p.config.decoder_uses_prompt_states:
+        vis, e_a = vis[:p.vlm.num_visual_tokens], vis[p.vlm.num_visual_tokens:]
+    cond = p.decoder_conditions(tp.anchors[None], torch.as_tensor(e_a)[None], torch.as_tensor(vis)[None],
+                                torch.zeros(1, 3))
+    memory, _ = p.decoder.build_memory(**cond)
+    return memory.shape[1]
+
+
+def test_each_switch_changes_the_decoder_inputs():
+    imgs = _images(1)[0]
+    lens = {}
+    for mode, kw in MODES.items():
+        p = _policy(**kw)
+        lens[mode] = _memory_len(p, p.plan_trace(imgs, INSTR[0]))
+    full = _policy()
+    t_tau = full.anchors_to_e_tau(np.full((1, 4, 2), 0.5, np.float32)).shape[1]
+    K, M = full.config.num_latent_tokens, full.vlm.num_visual_tokens
+    assert lens == {"full": t_tau + K + M + 1, "no_trace": K + M + 1, "no_latent": t_tau + M + 1,
+                    "conventional": K + M + 1}
+
+
+def test_conventional_variant_e_a_is_the_prompt_and_reaches_the_actions():
+    """Both switches off: E_a = the last K prompt states (teacher-forced forward == plan), the
+    instruction changes E_a and through it the chunk, and editing the packed E_a rows of a TracePlan
+    changes decode_actions."""
+    p = _policy(use_trace=False, use_latent=False)
+    assert p.vlm.grammar is None and p.vlm.num_prompt_states == p.config.num_latent_tokens
+    imgs = _images()
+    plan = p.plan(imgs, INSTR)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    from semanticvla_core.policy import preprocess_images
+    with torch.no_grad():
+        out = p.vlm(preprocess_images(x, 64), INSTR)
+    assert float(out.loss) == 0.0
+    torch.testing.assert_close(out.latent_hidden, torch.from_numpy(plan.latent_hidden), rtol=1e-4, atol=1e-4)
+    other = p.plan(imgs, ["wipe the table", "open the drawer"])
+    assert not np.allclose(other.latent_hidden[0], plan.latent_hidden[0])
+    np.testing.assert_allclose(other.latent_hidden[1], plan.latent_hidden[1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(other.actions[0], plan.actions[0])
+    tp = plan.trace_plan(0)
+    vis = tp.visual_features.copy()
+    vis[p.vlm.num_visual_tokens:] += 1.0
+    moved = p.decode_actions(TracePlan(**{**tp.__dict__, "visual_features": vis})).actions
+    assert not np.allclose(moved, p.decode_actions(tp).actions)
+    with pytest.raises(ValueError, match="visual_features"):
+        p.decode_actions(TracePlan(**{**tp.__dict__, "visual_features": vis[:p.vlm.num_visual_tokens]}))
+
+
+def test_decoder_side_switches_can_change_on_load(tmp_path):
+    full = _policy()
+    full.save_pretrained(tmp_path / "ckpt")
+    q = SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt", config_overrides={"use_latent": False})
+    assert not q.config.use_latent and "e_a" not in q.decoder.cond_proj
+    for k, v in full.vlm.state_dict().items():          # the VLM weights came over unchanged
+        assert torch.equal(v, q.vlm.state_dict()[k]), k
+    assert "<ACT_" not in q.plan(_images(1)[0], INSTR[0]).texts[0]
+    with pytest.raises(ValueError, match="use_trace"):
+        SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt", config_overrides={"use_trace": False})
 
 
 def test_lora_trains_only_the_intended_parameters():
@@ -151,8 +252,8 @@ def test_lora_trains_only_the_intended_parameters():
     expected_lora = lm["num_hidden_layers"] * per_layer
     from semanticvla_core.training.stage3_e2e import trainable_parameter_report
     counts = trainable_parameter_report(p)
-    assert counts == {"lora": expected_lora, "act_tokens": CODEBOOK * h,
-                      "decoder": sum(x.numel() for x in p.decoder.parameters()), "other": 0}
+    assert counts == {"lora": expected_lora, "vision_lora": 0, "act_tokens": CODEBOOK * h,
+                      "decoder": sum(x.numel() for x in p.decoder.parameters()), "projector": 0, "other": 0}
     lora_names = [n for n, x in p.named_parameters() if x.requires_grad and "lora_" in n]
     assert lora_names and all(".towers." not in n and "projector" not in n for n in lora_names)
 
