@@ -293,6 +293,42 @@ def test_lora_trains_only_the_intended_parameters():
     del emb_before
 
 
+def test_conventional_variant_trains_vision_lm_and_decoder_through_the_flow_loss(tmp_path):
+    """Both switches off: L_VLM is 0, yet the flow loss trains the LM LoRA (through the prompt-state E_a),
+    the vision-tower LoRA and the projector (through E_v and the LM); merged, it saves and reloads."""
+    from semanticvla_core.training.stage3_e2e import trainable_parameter_report
+    p = _policy(use_trace=False, use_latent=False)
+    p.apply_lora(r=2, alpha=4, train_act_tokens=False, vision=True)
+    p.decoder.requires_grad_(True)
+    counts = trainable_parameter_report(p)
+    assert counts["lora"] > 0 and counts["vision_lora"] > 0 and counts["projector"] > 0
+    assert counts["other"] == 0 and counts["act_tokens"] == 0
+    before = {k: v.clone() for k, v in p.state_dict().items()}
+    opt = torch.optim.AdamW([x for x in p.parameters() if x.requires_grad], lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    batch = dict(image=torch.rand(2, 3, 64, 64, generator=g), instruction=INSTR, actions=torch.randn(2, 8, 7, generator=g),
+                 actions_pad=torch.zeros(2, 8, dtype=torch.bool), state=torch.randn(2, 3, generator=g))
+    p.train()
+    for _ in range(2):
+        out = p(batch)
+        assert float(out["loss_vlm"]) == 0.0
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    p.eval()
+    changed = {k for k, v in p.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(".towers." in k and "lora_" in k for k in changed)
+    assert any(".lm." in k and "lora_" in k for k in changed)
+    assert any(".projector." in k for k in changed) and any(k.startswith("decoder.") for k in changed)
+    p.merge_lora()
+    assert not any("lora_" in n for n, _ in p.named_parameters())
+    imgs = _images()
+    plan = p.plan(imgs, INSTR, state=np.zeros(3))
+    p.save_pretrained(tmp_path / "ckpt")
+    np.testing.assert_array_equal(SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt").plan(
+        imgs, INSTR, state=np.zeros(3)).actions, plan.actions)
+
+
 def test_cpu_bfloat16_runtime():
     p = _policy().to_runtime("cpu", torch.bfloat16)
     assert next(p.vlm.parameters()).dtype == torch.bfloat16 and p.decoder.pos.dtype == torch.float32
