@@ -62,9 +62,9 @@ TOKENIZER_DIR, LATENT_TOKENIZER_DIR = "tokenizer", "latent_tokenizer"
 # decoder is rebuilt if its inputs change): how variant (3) reuses the full policy's stage 2
 DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder")
 LORA_TARGETS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-# vision towers (DINOv2: attention.attention.query/key/value, attention.output.dense, mlp.fc1/2;
-# SigLIP: self_attn.q/k/v/out_proj, mlp.fc1/2)
-VISION_LORA_TARGETS = r".*layers?\.\d+\..*(query|key|value|attention\.output\.dense|(q|k|v|out)_proj|mlp\.fc[12])"
+# vision towers (DINOv2: attention.q/k/v/o_proj (older transformers: attention.attention.query/key/value,
+# attention.output.dense), mlp.fc1/2; SigLIP: self_attn.q/k/v/out_proj, mlp.fc1/2)
+VISION_LORA_TARGETS = r".*layers?\.\d+\..*(query|key|value|attention\.output\.dense|(q|k|v|o|out)_proj|mlp\.fc[12])"
 
 
 @dataclass
