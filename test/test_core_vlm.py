@@ -193,6 +193,20 @@ def test_use_trace_switch_changes_targets_and_generation():
     res = trace_only.generate(imgs, instr)
     assert all("<ACT_" not in t for t in res.texts) and all(res.parse_ok)
     assert res.latent_hidden.shape == (2, 0, trace_only.hidden_size)
+    # both off (conventional VLA): no target, nothing generated, E_a = the final K prompt states
+    neither = tiny_vlm(use_trace=False, use_latent=False)
+    ids_0, seg_0, mask_0 = neither.build_text_batch(instr, anchors, lat)
+    assert int(seg_0.sum()) == 0 and neither.grammar is None
+    out = neither(imgs, instr)
+    assert float(out.loss) == 0.0 and out.latent_hidden.shape == (2, 4, neither.hidden_size)
+    res = neither.generate(imgs, instr)
+    assert res.texts == ["", ""] and res.token_ids == [[], []] and res.num_decode_steps == 0 and all(res.parse_ok)
+    assert res.latent_ids.shape == (2, 0) and res.anchors.shape == (2, 1, 2)
+    torch.testing.assert_close(out.latent_hidden, res.latent_hidden, rtol=1e-4, atol=1e-4)
+    # the prompt states are the hidden states of the last K prompt tokens of each (right-padded) row
+    assert int(mask_0[0].sum()) != int(mask_0[1].sum())
+    out.latent_hidden.sum().backward()       # E_a is differentiable w.r.t. the LM (trained by the flow loss)
+    assert neither.backbone.lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
 def test_prompt_format():
