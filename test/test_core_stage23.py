@@ -163,3 +163,47 @@ def test_cli_stages_2_and_3_on_a_lerobot_dataset(tmp_path):
     img = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     plan = policy.plan(img, "pick up the red block", state=np.zeros(9))
     assert plan.actions.shape == (1, 8, 7) and plan.image_size == (64, 48) and all(plan.parse_ok)
+
+
+def test_cli_comparison_variants_conventional_and_no_latent_from_stage2(tmp_path, capsys):
+    """Variant (4) (both switches off) trains with the stage-3 CLI from a fresh model (and the stage-2
+    CLI refuses it); variant (3) loads a (full) stage-2 checkpoint with --set use_latent=false."""
+    from semanticvla_core.model.config import get_config
+    from semanticvla_core.training.stage2_vlm import build_policy
+
+    common = ["--synthetic", "16", "--steps", "2", "--batch-size", "4", "--num-workers", "0", "--no-progress",
+              "--save-every", "0", "--eval-fraction", "0.25", "--threads", "1"]
+    assert _cli("stage2_vlm").main(["--no-trace", "--no-latent", "--out", str(tmp_path / "s2x"), *common]) == 2
+    assert "no stage 2" in capsys.readouterr().err and not (tmp_path / "s2x").exists()
+
+    # (4) conventional VLA: fresh model, L_VLM = 0, vision/LM LoRA + projector + decoder
+    assert _cli("stage3_e2e").main(["--set", "use_trace=false", "--set", "use_latent=false",
+                                    "--out", str(tmp_path / "conv"), *common]) == 0
+    rows = _rows(tmp_path / "conv" / "e2e" / "metrics.jsonl")
+    assert rows and rows[-1]["step"] == 2 and all(r["loss_vlm"] == 0.0 and r["loss_flow"] > 0 for r in rows)
+    report = json.loads((tmp_path / "conv" / "policy" / "stage3_report.json").read_text())
+    tp = report["trainable_parameters"]
+    assert tp["vision_lora"] > 0 and tp["projector"] > 0 and tp["lora"] > 0 and tp["act_tokens"] == 0
+    assert tp["other"] == 0 and "anchor_err" not in report["eval"] and report["eval"]["parse_rate"] == 1.0
+    conv = SemanticVLAPolicy.from_pretrained(tmp_path / "conv" / "policy")
+    assert not conv.config.use_trace and not conv.config.use_latent
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    tplan = conv.plan_trace(img, "move the red dot left")
+    assert tplan.raw_text == "" and tplan.anchors.tolist() == [[0.5, 0.5]]
+    np.testing.assert_allclose(conv.decode_actions(tplan).actions, conv.plan(img, "move the red dot left").actions[0],
+                               rtol=1e-5, atol=1e-6)
+
+    # (3) use_latent=False from a stage-2 checkpoint of the full model (here: an untrained one)
+    torch.manual_seed(0)
+    build_policy(get_config("tiny")).save_pretrained(tmp_path / "s2" / "policy")
+    init = ["--init-from", str(tmp_path / "s2" / "policy")]
+    assert _cli("stage3_e2e").main([*init, "--set", "use_trace=false", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "use_trace" in capsys.readouterr().err
+    assert _cli("stage3_e2e").main([*init, "--set", "use_latent=false", "--out", str(tmp_path / "nolat"), *common]) == 0
+    nolat = SemanticVLAPolicy.from_pretrained(tmp_path / "nolat" / "policy")
+    assert nolat.config.use_trace and not nolat.config.use_latent and "e_a" not in nolat.decoder.cond_proj
+    report = json.loads((tmp_path / "nolat" / "policy" / "stage3_report.json").read_text())
+    assert report["trainable_parameters"]["act_tokens"] == 0 and report["trainable_parameters"]["vision_lora"] == 0
+    rows = _rows(tmp_path / "nolat" / "e2e" / "metrics.jsonl")
+    assert all(r["loss_latent"] == 0.0 and r["loss_trace"] > 0 for r in rows)
+    assert "<ACT_" not in nolat.plan(img, "move the red dot left").texts[0]
