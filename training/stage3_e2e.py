@@ -6,10 +6,10 @@
     torchrun --nproc_per_node 2 training/stage3_e2e.py --dataset ... --init-from ... --out ...
 
 The paper's comparison variants (same stage-3 schedule for all):
-    (1) full:              stage 2 (default)            -> stage 3 --init-from <full stage2>/policy
-    (2) use_trace=False:   stage 2 --no-trace           -> stage 3 --init-from <no-trace stage2>/policy
-    (3) use_latent=False:  (the full stage 2)           -> stage 3 --init-from <full stage2>/policy --set use_latent=false
-    (4) both off:          (no stage 2)                 -> stage 3 --set use_trace=false --set use_latent=false
+    (1) full:             stage 2 (default)  -> stage 3 --init-from <full stage2>/policy
+    (2) use_trace=False:  stage 2 --no-trace -> stage 3 --init-from <no-trace stage2>/policy
+    (3) use_latent=False: (the full stage 2) -> stage 3 --init-from <full stage2>/policy --set use_latent=false
+    (4) both off:         (no stage 2)       -> stage 3 --set use_trace=false --set use_latent=false
 ``--set`` on a fresh model takes any SemanticVLAConfig field; with ``--init-from`` only the decoder-side
 switches use_latent and trace_to_decoder.
 
