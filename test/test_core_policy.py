@@ -307,7 +307,8 @@ def test_conventional_variant_trains_vision_lm_and_decoder_through_the_flow_loss
     opt = torch.optim.AdamW([x for x in p.parameters() if x.requires_grad], lr=1e-2)
     g = torch.Generator().manual_seed(0)
     batch = dict(image=torch.rand(2, 3, 64, 64, generator=g), instruction=INSTR,
-                 actions=torch.randn(2, 8, 7, generator=g), actions_pad=torch.zeros(2, 8, dtype=torch.bool), state=torch.randn(2, 3, generator=g))
+                 actions=torch.randn(2, 8, 7, generator=g), actions_pad=torch.zeros(2, 8, dtype=torch.bool),
+                 state=torch.randn(2, 3, generator=g))
     p.train()
     for _ in range(2):
         out = p(batch)
