@@ -63,7 +63,7 @@ class ScriptedLiberoPolicy:
             if env is not None:                 # wide open containers (bowls): grasp the rim, not the middle
                 radius, top = _object_extent(env, self.obj, np.asarray(o))
                 if radius > 0.04:
-                    self.grasp_off = np.array([0.0, -(radius - 0.008)])   # fingers close along y: across the wall
+                    self.grasp_off = np.array([0.0, -radius])   # on the outer wall; fingers close along y, across it
                     self.grasp_z = top - 0.015
         o = np.r_[np.asarray(o[:2]) + self.grasp_off, o[2]]
         plan = [
