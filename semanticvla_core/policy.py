@@ -125,6 +125,10 @@ def preprocess_images(images, size: int, device=None) -> torch.Tensor:
             raise ValueError(f"images: expected uint8 (H, W, 3) or (B, H, W, 3), got {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"images: numpy images must be uint8 HxWx3, got {images.dtype}")
+        if images.shape[1:3] != (size, size):
+            # the same resize the training data went through (data pipelines): OpenCV INTER_AREA when shrinking
+            from .image_convert import resize_rgb
+            images = np.stack([resize_rgb(im, size) for im in images])
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
     elif isinstance(images, torch.Tensor):
         x = images

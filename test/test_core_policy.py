@@ -209,10 +209,9 @@ def test_conventional_variant_e_a_is_the_prompt_and_reaches_the_actions():
     assert p.vlm.grammar is None and p.vlm.num_prompt_states == p.config.num_latent_tokens
     imgs = _images()
     plan = p.plan(imgs, INSTR)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
     from semanticvla_core.policy import preprocess_images
     with torch.no_grad():
-        out = p.vlm(preprocess_images(x, 64), INSTR)
+        out = p.vlm(preprocess_images(imgs, 64), INSTR)     # the same image path plan() takes
     assert float(out.loss) == 0.0
     torch.testing.assert_close(out.latent_hidden, torch.from_numpy(plan.latent_hidden), rtol=1e-4, atol=1e-4)
     other = p.plan(imgs, ["wipe the table", "open the drawer"])

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from semanticvla_core.image_convert import resize_rgb
+
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
 from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
 from semanticvla_core.normalize import DatasetStats, NormStats
@@ -53,7 +55,7 @@ def default_num_workers() -> int:
 def to_chw_float(img: np.ndarray, size: int) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, size, size) in [0, 1]."""
     if img.shape[0] != size or img.shape[1] != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        img = resize_rgb(img, size)       # the one resize, also used by the policy at run time
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
 
 
