@@ -1,6 +1,8 @@
 """Loading a policy checkpoint for a node: never raises; returns (policy or None, error text)."""
 from __future__ import annotations
 
+import os
+
 
 def load_policy(checkpoint: str, device: str, dtype: str, logger):
     if not checkpoint:
@@ -13,7 +15,9 @@ def load_policy(checkpoint: str, device: str, dtype: str, logger):
 
         from semanticvla_core.policy import SemanticVLAPolicy
 
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+        # several nodes share the CPU: one intra-op thread each avoids oversubscription (measured: 2 threads per
+        # node made the 20 Hz controller fall behind on a 2-core machine)
+        torch.set_num_threads(int(os.environ.get("SEMANTICVLA_TORCH_THREADS", "1")))
         policy = SemanticVLAPolicy.from_pretrained(checkpoint, device=device, dtype=dtype)
         logger.info(f"loaded policy from {checkpoint} on {device} ({dtype})")
         return policy, ""

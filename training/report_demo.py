@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     s1 = runs / "stage1" / "tokenizer" / "stage1_report.json"
     if s1.is_file():
         r = json.loads(s1.read_text())
-        held = r.get("heldout") or r.get("eval") or {}
+        held = r.get("eval") or r.get("heldout") or {}
         lines += ["## Stage 1 (latent action tokenizer)", "", "```", json.dumps(held or r.get("train_last_metrics", {}),
                                                                             indent=1)[:1500], "```", ""]
     # example overlays
