@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from semanticvla_core.scheduling import normal_scheduling
+
 from .graph import graph, resolve_arguments
 
 
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(use ros2 launch semanticvla_ros franka.launch.py there)", flush=True)
             continue
         p = subprocess.Popen(node_command(spec, args["config"]), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                             preexec_fn=normal_scheduling)   # never inherit a real-time policy
         threading.Thread(target=_forward, args=(spec.name, p.stdout), daemon=True).start()
         procs.append((spec.name, p))
         print(f"[bringup] started {spec.name} (pid {p.pid})", flush=True)

@@ -14,3 +14,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _normal_scheduling():
+    """Belt and braces: whatever a test ran (AV1 encoders raise their caller to SCHED_FIFO), the next test and the
+    processes it starts run on the normal scheduler."""
+    yield
+    from semanticvla_core.scheduling import normal_scheduling
+    normal_scheduling()

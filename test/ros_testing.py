@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from semanticvla_core.interfaces import ActionChunkData, TracePlan
+from semanticvla_core.scheduling import normal_scheduling
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +45,7 @@ def start_peer(script: str, *args: str, env: dict | None = None) -> subprocess.P
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.Popen([sys.executable, str(HERE / script), *args], env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=normal_scheduling)
 
 
 def stop_peer(proc: subprocess.Popen, timeout: float = 10.0) -> str:
@@ -113,7 +114,7 @@ class Harness:
         cfg = str(HERE.parent / "config" / "franka.yaml")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         p = subprocess.Popen(node_command(spec, cfg), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+                             text=True, start_new_session=True, preexec_fn=normal_scheduling)
         self.procs.append(p)
         return p
 

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from ..scheduling import normal_scheduling
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -200,12 +202,14 @@ class _VideoFileWriter:
                 self.bytes += p.size
                 self.container.mux(p)
             self.frames += 1
+        normal_scheduling()   # SVT-AV1 raises its caller to SCHED_FIFO 99 (see semanticvla_core.scheduling)
 
     def close(self) -> None:
         for p in self.stream.encode(None):
             self.bytes += p.size
             self.container.mux(p)
         self.container.close()
+        normal_scheduling()
 
 
 class LeRobotV3Writer:

@@ -10,6 +10,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..scheduling import normal_scheduling
+
 from semanticvla_core.camera import normalized_to_pixels
 
 _SHIFT = 4  # sub-pixel drawing precision (1/16 px)
@@ -87,6 +89,7 @@ def write_mp4(path, frames: Sequence[np.ndarray], fps: int = 20) -> Path:
                 c.mux(p)
         for p in s.encode(None):
             c.mux(p)
+    normal_scheduling()   # the AV1 fallback raises its caller to SCHED_FIFO (see semanticvla_core.scheduling)
     return path
 
 
