@@ -102,8 +102,9 @@ def main(argv=None) -> int:
         args.append(f"instruction:={a.instruction}")
     log_path = out / "bringup.log"
     log = open(log_path, "w")
+    from semanticvla_core.scheduling import normal_scheduling
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=normal_scheduling)
     print(f"[demo] bring-up started (log: {log_path}); checkpoint {ckpt}", flush=True)
     kin = PandaKinematics()
 
