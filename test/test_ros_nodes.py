@@ -196,7 +196,8 @@ def safety(h):
     state = {"q": READY_Q.copy()}
     h.node.create_timer(0.02, lambda: pub_js.publish(_js(h, state["q"])))
     assert wait_for_output(node, "safety filter: backend", 60), node._seen
-    h.spin_until(lambda: bool(diag), 20)   # watchdog diagnostics flow: the node sees the harness
+    # watchdog diagnostics flow and no longer complain about joint states: the node has the robot state
+    assert h.spin_until(lambda: bool(diag) and "joint_states" not in diag[-1][1].status[0].message, 30), node._seen
 
     def send(actions, action_space="ee_delta_xyz_rotvec_gripper", stamp=None, raw=None):
         msg = raw or chunk_to_msg(ActionChunkData(np.asarray(actions, np.float32), 0.05, action_space,
