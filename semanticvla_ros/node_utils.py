@@ -60,6 +60,11 @@ def run_node(factory, args=None) -> None:
         ex.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        # SIGTERM shuts the context down from the signal handler; a wait set being built at that moment raises
+        # RCLError ("context is not valid"). That is a clean shutdown, not a crash.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)
