@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ def one_run(ckpt: Path, cfg: Path, seconds: float) -> dict:
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
 
+    from semanticvla_ros.bringup import stop_bringup
     from semanticvla_ros.messages import stamp_to_ns
     from semanticvla_ros.msg import ActionChunk, Trace
 
@@ -59,14 +59,9 @@ def one_run(ckpt: Path, cfg: Path, seconds: float) -> dict:
         h.spin_until(lambda: len(trajs) > 20 and len(traces) > 3, 180)
         for lst in (traces, chunks, trajs):
             lst.clear()
-        wall0, ros0 = time.time(), h.now_ns()
         h.spin_for(seconds)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_bringup(proc)
         h.close()
     # receive times are time.monotonic(); convert message stamps (ROS clock = wall clock) via the offset
     off = time.monotonic() - time.time()

@@ -23,6 +23,23 @@ from semanticvla_core.scheduling import normal_scheduling
 from .graph import graph, resolve_arguments
 
 
+def stop_bringup(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """Stop a bring-up started with ``start_new_session=True``: SIGINT to its process group (it then stops its
+    nodes in order), SIGKILL after ``timeout``. Returns what it printed, if its output was a pipe."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            return out or ""
+        except subprocess.TimeoutExpired:
+            continue
+    out, _ = proc.communicate()
+    return out or ""
+
+
 def parse_launch_args(items: list[str]) -> dict[str, str]:
     out = {}
     for it in items:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -78,6 +77,7 @@ def main(argv=None) -> int:
     from semanticvla_core.safety.kinematics import PandaKinematics
     from semanticvla_core.scene_plot import render_scene
 
+    from .bringup import stop_bringup
     from .messages import trace_from_msg
     from .msg import ActionChunk, Trace
     from .ros_conversions import camera_from_info, pose_to_matrix
@@ -160,12 +160,7 @@ def main(argv=None) -> int:
     finally:
         final_trace = rec["traces"][-1][1] if rec["traces"] else None
         final_png = snapshot(out / "rviz_final.png", final_trace, f"{'SUCCESS' if success else status}: {rec['instruction']}")
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_bringup(proc)
         log.close()
         node.destroy_node()
         rclpy.try_shutdown()

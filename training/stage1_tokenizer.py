@@ -37,6 +37,8 @@ def split_by_episode(full, eval_fraction: float, seed: int) -> tuple[Subset, Sub
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from semanticvla_core.training.common import add_train_arguments
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
@@ -47,13 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["sequential", "joint"], default=None)
     p.add_argument("--steps-a", type=int, default=None, help="stage A (trace VQ-VAE) steps")
     p.add_argument("--steps-b", type=int, default=None, help="stage B (latent VQ-VAE) steps")
-    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--save-every", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--amp", choices=["none", "bf16"], default=None)
+    add_train_arguments(p)
     p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the episodes")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--no-progress", action="store_true")

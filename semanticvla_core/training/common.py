@@ -100,6 +100,18 @@ class DistInfo:
         return self.world_size > 1
 
 
+
+def add_train_arguments(p) -> None:
+    """The training-loop options every stage CLI shares (each overrides a TrainConfig field when given)."""
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--amp", choices=["none", "bf16"], default=None)
+
+
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Initialise ``torch.distributed`` from torchrun's environment (env://) if WORLD_SIZE > 1.
 
