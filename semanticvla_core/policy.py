@@ -52,6 +52,7 @@ from .model.config import SemanticVLAConfig
 from .model.flow_decoder import FlowMatchingDecoder
 from .model.latent_tokenizer import LatentTokenizer
 from .model.text_tokenizer import add_act_tokens, build_text_tokenizer, load_text_tokenizer
+from .model.visual_stem import VisualStem
 from .model.vlm import SemanticVLM
 from .traces import resample_trace
 
@@ -60,7 +61,7 @@ CONFIG_NAME, WEIGHTS_NAME, NORM_STATS_NAME = "config.json", "model.safetensors",
 TOKENIZER_DIR, LATENT_TOKENIZER_DIR = "tokenizer", "latent_tokenizer"
 # switches that may be changed when loading a checkpoint (they leave the VLM's weights valid; the
 # decoder is rebuilt if its inputs change): how variant (3) reuses the full policy's stage 2
-DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder")
+DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder", "stem", "decoder")
 LORA_TARGETS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 # vision towers (DINOv2: attention.q/k/v/o_proj (older transformers: attention.attention.query/key/value,
 # attention.output.dense), mlp.fc1/2; SigLIP: self_attn.q/k/v/out_proj, mlp.fc1/2)
@@ -172,6 +173,7 @@ class SemanticVLAPolicy(nn.Module):
         self.vlm = SemanticVLM(config.vlm, tok, act_ids, config.num_anchors, config.num_latent_tokens,
                                config.use_trace, config.use_latent)
         self.decoder = FlowMatchingDecoder(config.decoder_config(self.vlm.hidden_size))
+        self.stem = VisualStem(config.stem, self.vlm.hidden_size) if config.stem.enabled else None
         self.norm_stats = norm_stats
         self.codebook_version = codebook_version or self.latent_tokenizer.codebook_version
         self._peft = None
@@ -217,6 +219,28 @@ class SemanticVLAPolicy(nn.Module):
                     e_v=e_v.float(),
                     state=state.float() if (c.state_dim > 0 and state is not None) else None)
 
+    @property
+    def num_decoder_visual_tokens(self) -> int:
+        """Rows of E_v the decoder sees: the VLM's pooled visual tokens, then the stem's keypoint tokens."""
+        return self.vlm.num_visual_tokens + self.config.stem.num_tokens
+
+    def stem_inputs(self, images, wrist=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full-resolution camera images -> the stem's (agent, wrist) tensors at its configured sizes."""
+        sc = self.config.stem
+        if sc.wrist_size and wrist is None:
+            raise ValueError("this policy's decoder looks at the wrist camera: pass wrist= images")
+        agent = preprocess_images(images, sc.image_size, self.device)
+        w = preprocess_images(wrist, sc.wrist_size, self.device) if sc.wrist_size else None
+        if w is not None and w.shape[0] != agent.shape[0]:
+            raise ValueError(f"wrist: {w.shape[0]} images for {agent.shape[0]} agent-view images")
+        return agent, w
+
+    def visual_features(self, vlm_visual: torch.Tensor, stem_agent=None, stem_wrist=None) -> torch.Tensor:
+        """E_v for the decoder: the VLM's visual tokens, with the stem's tokens appended when it exists."""
+        if self.stem is None:
+            return vlm_visual
+        return torch.cat([vlm_visual.float(), self.stem(stem_agent, stem_wrist)], 1)
+
     def _state_tensor(self, state, batch: int) -> torch.Tensor | None:
         if state is None or self.config.state_dim == 0:
             return None
@@ -243,16 +267,22 @@ class SemanticVLAPolicy(nn.Module):
         return torch.randn((1, c.horizon, c.action_dim), generator=g).expand(batch, -1, -1).to(self.device)
 
     # ---- training forward (stage 3) ----------------------------------------------------------------
-    def forward(self, batch: dict, lambda_vlm: float = 0.1) -> dict:
+    def forward(self, batch: dict, lambda_vlm: float = 0.1, anchor_noise: float = 0.0) -> dict:
         """Stage-3 losses on a batch of action samples (shared_formats: image, instruction, anchors,
         latent_ids, actions (B, H, D) normalized, actions_pad (B, H), optional state (B, S) normalized).
         e_tau comes from the ground-truth anchors (the same anchors -> W -> encoder path as at run time);
-        E_a from the teacher-forced VLM pass. loss = lambda_vlm * L_VLM + L_flow."""
+        E_a from the teacher-forced VLM pass. loss = lambda_vlm * L_VLM + L_flow.
+        anchor_noise: std of Gaussian noise (normalized image units) added to the anchors the decoder's e_tau
+        is computed from (not to the VLM's targets), so the decoder does not learn to trust a trace more
+        than the VLM's own predictions deserve at run time."""
         images = batch["image"]
         out = self.vlm(images, list(batch["instruction"]), batch.get("anchors"), batch.get("latent_ids"))
         state = batch.get("state") if self.config.state_dim > 0 else None
-        cond = self.decoder_conditions(batch["anchors"] if self.config.decoder_uses_trace else None,
-                                       out.latent_hidden, out.visual_tokens, state)
+        e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"))
+        anchors = batch["anchors"] if self.config.decoder_uses_trace else None
+        if anchors is not None and anchor_noise > 0:
+            anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
+        cond = self.decoder_conditions(anchors, out.latent_hidden, e_v, state)
         flow = self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
         loss = lambda_vlm * out.loss + flow
         return {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),
@@ -274,16 +304,19 @@ class SemanticVLAPolicy(nn.Module):
 
     @torch.no_grad()
     def plan(self, images, instruction, state=None, num_flow_steps: int | None = None, seed: int = 0,
-             temperature: float = 0.0) -> Plan:
-        """VLM plan + action chunk for a batch (see the module docstring)."""
+             temperature: float = 0.0, wrist=None) -> Plan:
+        """VLM plan + action chunk for a batch (see the module docstring). ``wrist``: wrist-camera images,
+        required when the decoder's visual stem uses them."""
         t_all = time.perf_counter()
         was_training = self.training
         self.eval()
         x, instr, wh = self._batch_inputs(images, instruction)
         B = x.shape[0]
+        stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
         gen = self.vlm.generate(x, instr, temperature=temperature)
         t0 = time.perf_counter()
-        cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, gen.visual_tokens, self._state_tensor(state, B))
+        e_v = self.visual_features(gen.visual_tokens, *stem_in)
+        cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, e_v, self._state_tensor(state, B))
         a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -295,24 +328,27 @@ class SemanticVLAPolicy(nn.Module):
         return Plan(anchors=gen.anchors, latent_ids=gen.latent_ids, texts=gen.texts, parse_ok=gen.parse_ok,
                     actions=self._unnormalize_actions(a_norm_np), actions_normalized=a_norm_np,
                     latent_hidden=gen.latent_hidden.float().cpu().numpy(),
-                    visual_features=gen.visual_tokens.float().cpu().numpy(), instructions=instr, timings=timings,
+                    visual_features=e_v.float().cpu().numpy(), instructions=instr, timings=timings,
                     image_size=wh)
 
     @torch.no_grad()
-    def plan_trace(self, images, instruction, temperature: float = 0.0, plan_id: int = 0):
+    def plan_trace(self, images, instruction, temperature: float = 0.0, plan_id: int = 0, wrist=None):
         """VLM only -> ``TracePlan`` (a list for batched input: a list of instructions or of images, or a
-        4-D image array/tensor). The controller turns it into actions with ``decode_actions``."""
+        4-D image array/tensor). The controller turns it into actions with ``decode_actions``. With a visual
+        stem its tokens (from ``images`` at full resolution and ``wrist``) travel in E_v."""
         t_all = time.perf_counter()
         was_training = self.training
         self.eval()
         x, instr, wh = self._batch_inputs(images, instruction)
+        stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
         gen = self.vlm.generate(x, instr, temperature=temperature)
+        e_v = self.visual_features(gen.visual_tokens, *stem_in)
         self.train(was_training)
         latency = time.perf_counter() - t_all
         plans = []
         for b in range(x.shape[0]):
             plans.append(make_trace_plan(gen.anchors[b], gen.latent_ids[b], gen.latent_hidden[b].float().cpu().numpy(),
-                                         gen.visual_tokens[b].float().cpu().numpy(), image_size=wh,
+                                         e_v[b].float().cpu().numpy(), image_size=wh,
                                          instruction=instr[b], raw_text=gen.texts[b], parse_ok=bool(gen.parse_ok[b]),
                                          plan_id=plan_id, planning_latency_s=latency))
         batched = not isinstance(instruction, str) or (isinstance(images, (list, tuple)) and len(images) > 1) or \
@@ -333,7 +369,7 @@ class SemanticVLAPolicy(nn.Module):
             raise ValueError(f"trace_plan.anchors: expected ({self.config.num_anchors}, 2), got {tp.anchors.shape}")
         vis, e_a_np = tp.visual_features, tp.latent_hidden
         if self.config.decoder_uses_prompt_states:   # E_a rows travel after the M E_v rows (make_trace_plan)
-            M, Kp = self.vlm.num_visual_tokens, self.vlm.num_prompt_states
+            M, Kp = self.num_decoder_visual_tokens, self.vlm.num_prompt_states
             if vis.shape[0] != M + Kp or tp.latent_hidden.shape[0] != 0:
                 raise ValueError(f"trace_plan.visual_features: expected ({M} + {Kp}, {d}) (E_v then the prompt-state "
                                  f"E_a) and an empty latent_hidden, got {vis.shape} and {tp.latent_hidden.shape}")
@@ -421,7 +457,8 @@ class SemanticVLAPolicy(nn.Module):
                 "decoder_config": dataclasses.asdict(self.decoder.config), "codebook_version": self.codebook_version,
                 "lora": "merged"}
         (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        weights = nn.ModuleDict({"vlm": self.vlm, "decoder": self.decoder})
+        weights = nn.ModuleDict({"vlm": self.vlm, "decoder": self.decoder,
+                                 **({"stem": self.stem} if self.stem is not None else {})})
         save_model(weights, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
         self.text_tokenizer.save_pretrained(str(d / TOKENIZER_DIR))
         self.latent_tokenizer.save_pretrained(d / LATENT_TOKENIZER_DIR, include_decoders=False)
@@ -474,9 +511,13 @@ class SemanticVLAPolicy(nn.Module):
         keep_decoder = dataclasses.asdict(policy.decoder.config) == meta.get("decoder_config")
         parts = {"vlm": policy.vlm, "decoder": policy.decoder} if keep_decoder or not config_overrides else \
             {"vlm": policy.vlm}
+        stored_stem = SemanticVLAConfig.from_dict(meta["config"]).stem
+        if policy.stem is not None and (stored_stem == config.stem or not config_overrides):
+            parts["stem"] = policy.stem          # an overridden stem starts fresh (stage 3 trains it)
         missing, unexpected = load_model(nn.ModuleDict(parts), str(d / WEIGHTS_NAME), strict=False)
-        if "decoder" not in parts:
-            unexpected = [k for k in unexpected if not k.startswith("decoder.")]
+        for part in ("decoder", "stem"):
+            if part not in parts:
+                unexpected = [k for k in unexpected if not k.startswith(part + ".")]
         if missing or unexpected:
             raise ValueError(f"{d / WEIGHTS_NAME}: does not match the config: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")

@@ -36,6 +36,7 @@ PARAMS: dict[str, list[Param]] = {
         Param("max_rate_hz", 5.0, "Upper bound on the planning rate (it plans as fast as the VLM allows up to this)"),
         Param("max_obs_age_s", 1.0, "Do not plan from an observation older than this"),
         Param("camera", "agentview", "Camera whose model-ready observation the VLM sees"),
+        Param("wrist_camera", "wrist", "Wrist camera for checkpoints whose decoder stem looks at it (same stamp as camera)"),
     ],
     "controller": [
         Param("checkpoint", "", "Policy checkpoint directory (the flow decoder and trace encoder are read from it)"),

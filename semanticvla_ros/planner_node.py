@@ -1,7 +1,9 @@
 """planner (System 2): the VLM writes a trace and latent action tokens at its own pace -> Trace.
 
 Subscribes  /semanticvla/observation/{camera} (model-ready rgb8 from perception; the first camera of the
-            checkpoint's view), /semanticvla/instruction (std_msgs/String; overrides the parameter)
+            checkpoint's view), /semanticvla/observation/{wrist_camera} (only for checkpoints whose decoder
+            stem uses the wrist camera: planned only with a wrist frame of the same stamp),
+            /semanticvla/instruction (std_msgs/String; overrides the parameter)
 Publishes   /semanticvla/trace (semanticvla_ros/Trace) with the conditioning the controller needs
 If the checkpoint cannot be loaded the node stays up, publishes nothing (the arm holds) and says why.
 """
@@ -33,11 +35,21 @@ class PlannerNode(Node):
         self.plan_id = 0
         self.pub = self.create_publisher(Trace, "/semanticvla/trace", 5)
         self.create_subscription(Image, f"/semanticvla/observation/{self.p.camera}", self.on_obs, 1)
+        self.wrist: dict[int, Image] = {}     # stamp -> wrist frame (a few, to pair with the main camera's)
+        self.needs_wrist = self.policy is not None and self.policy.stem is not None and \
+            self.policy.config.stem.wrist_size > 0
+        if self.needs_wrist:
+            self.create_subscription(Image, f"/semanticvla/observation/{self.p.wrist_camera}", self.on_wrist, 2)
         self.create_subscription(String, "/semanticvla/instruction", self.on_instruction, 5)
         self.create_timer(1.0 / self.p.max_rate_hz, self.tick)
 
     def on_obs(self, msg: Image) -> None:
         self.obs, self.obs_rx_ns = msg, now_ns(self)
+
+    def on_wrist(self, msg: Image) -> None:
+        self.wrist[stamp_to_ns(msg.header.stamp)] = msg
+        while len(self.wrist) > 4:
+            self.wrist.pop(min(self.wrist))
 
     @guarded()
     def on_instruction(self, msg: String) -> None:
@@ -58,11 +70,16 @@ class PlannerNode(Node):
         age = (now_ns(self) - stamp) * 1e-9
         if age > self.p.max_obs_age_s:
             raise ValueError(f"observation is {age:.2f} s old (max_obs_age_s {self.p.max_obs_age_s}); not planning")
+        wrist = None
+        if self.needs_wrist:
+            if stamp not in self.wrist:
+                return          # perception publishes both cameras with one stamp: wait for the pair
+            wrist = msg_to_model_rgb(self.wrist[stamp])
         self.last_planned_stamp = stamp
         rx, obs = self.obs_rx_ns, self.obs
         rgb = msg_to_model_rgb(obs)
         self.plan_id += 1
-        tp = self.policy.plan_trace(rgb, self.instruction, plan_id=self.plan_id)
+        tp = self.policy.plan_trace(rgb, self.instruction, plan_id=self.plan_id, wrist=wrist)
         tp.stamp_ns, tp.frame_id = stamp, obs.header.frame_id
         tp.planning_latency_s = max(0.0, (now_ns(self) - rx) * 1e-9)
         self.pub.publish(trace_to_msg(tp))

@@ -143,8 +143,9 @@ def wait_for_output(proc: subprocess.Popen, text: str, timeout: float) -> bool:
     return text in seen
 
 
-def tiny_checkpoint(directory: Path) -> Path:
-    """A tiny policy with random weights (seeded), saved as a real checkpoint directory."""
+def tiny_checkpoint(directory: Path, stem: dict | None = None) -> Path:
+    """A tiny policy with random weights (seeded), saved as a real checkpoint directory (``stem``: a
+    ``VisualStemConfig`` dict for a decoder with a keypoint stem)."""
     import torch
 
     from semanticvla_core.model.config import get_config
@@ -152,7 +153,7 @@ def tiny_checkpoint(directory: Path) -> Path:
 
     from semanticvla_core.normalize import DatasetStats, NormStats
 
-    d = Path(directory) / "tiny_policy"
+    d = Path(directory) / ("tiny_policy" if not stem else "tiny_policy_stem")
     if not (d / "config.json").is_file():
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
@@ -162,5 +163,5 @@ def tiny_checkpoint(directory: Path) -> Path:
         acts[:, 6] = rng.uniform(0.0, 0.02, 2000)
         states = rng.normal(0.0, 0.3, (2000, 15))
         stats = DatasetStats(action=NormStats.compute(acts, min_range=1e-4), state=NormStats.compute(states))
-        SemanticVLAPolicy(get_config("tiny"), norm_stats=stats).save_pretrained(d)
+        SemanticVLAPolicy(get_config("tiny", stem=stem or {}), norm_stats=stats).save_pretrained(d)
     return d

@@ -154,3 +154,21 @@ def test_make_loader_batches(ds_root):
     idx = [int(i) for i in b["index"]]
     pos = {int(act.ds.episode(int(e)).start + int(t)): k for k, (e, t) in enumerate(act.samples)}
     torch.testing.assert_close(b["image"][0], act[pos[idx[0]]]["image"])
+
+
+def test_stem_images_and_frame_cache_match_direct_decoding(ds_root):
+    """Stem keys come at their own sizes from the native frames; the in-memory frame cache returns exactly
+    what per-sample decoding returns, for every key of every sample, in any access order."""
+    root, _ = ds_root
+    kw = dict(image_size=S, horizon=8, stem_image_size=40, stem_wrist_size=24)
+    direct = ActionDataset(root, **kw)
+    cached = ActionDataset(root, cache_frames=True, **kw)
+    order = np.random.default_rng(0).permutation(len(direct))
+    for k in order:
+        a, b = direct[int(k)], cached[int(k)]
+        assert a["stem_image"].shape == (3, 40, 40) and a["stem_wrist"].shape == (3, 24, 24)
+        for key in ("image", "wrist_image", "stem_image", "stem_wrist", "actions", "state"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert len(cached._frames) == 2 * len(LENGTHS)   # each (camera, episode) decoded once
+    with pytest.raises(ValueError, match="wrist camera"):
+        ActionDataset(root, wrist_camera=None, **kw)

@@ -148,6 +148,36 @@ def test_planner_answers_an_observation_with_a_trace(h, ckpt):
                                  trace_from_msg(traces[-1][1]).instruction == "stack the blue block")[-1], 30)
 
 
+def test_planner_pairs_the_wrist_frame_for_a_stem_checkpoint(h, tmp_path):
+    """A checkpoint whose decoder stem looks at the wrist camera plans only from an agent-view + wrist pair
+    with one stamp, and its Trace carries the stem tokens in E_v."""
+    from semanticvla_core.policy import SemanticVLAPolicy
+    ckpt = tiny_checkpoint(tmp_path, stem={"image_size": 64, "wrist_size": 48, "channels": 8, "keypoints": 4})
+    node = h.start("planner", {"checkpoint": str(ckpt)})
+    traces = h.record(Trace, "/semanticvla/trace")
+    pub_a = h.publisher(Image, "/semanticvla/observation/agentview")
+    pub_w = h.publisher(Image, "/semanticvla/observation/wrist")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    rng = np.random.default_rng(0)
+    rgb, wrist = [(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    for _ in range(6):   # agent view alone: no plan
+        pub_a.publish(fill_image(Image(), rgb_to_image_fields(rgb), h.now_ns(), "agentview_optical_frame"))
+        h.spin_for(0.3)
+    assert not traces
+    sent = []
+
+    def send():
+        t = h.now_ns()
+        sent.append(t)
+        pub_a.publish(fill_image(Image(), rgb_to_image_fields(rgb), t, "agentview_optical_frame"))
+        pub_w.publish(fill_image(Image(), rgb_to_image_fields(wrist), t, "wrist_optical_frame"))
+    assert h.spin_until(lambda: (send(), h.spin_for(0.3), bool(traces))[-1], 60), node._seen
+    tp = trace_from_msg(traces[-1][1])
+    assert tp.stamp_ns in sent
+    pol = SemanticVLAPolicy.from_pretrained(ckpt)
+    assert tp.visual_features.shape == (pol.num_decoder_visual_tokens, pol.vlm.hidden_size)
+
+
 # ------------------------------------------------------------------------------------------ controller
 def _plan_msg(ckpt, h, plan_id=7):
     from semanticvla_core.policy import SemanticVLAPolicy

@@ -41,9 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-ids", default=None, help="(frames, K) latent ids of --dataset (.safetensors/.npy), "
                    "e.g. <stage2 out>/latent_ids.safetensors")
     p.add_argument("--lambda-vlm", type=float, default=None, help="weight of L_VLM (default 0.1)")
+    p.add_argument("--anchor-noise", type=float, default=None,
+                   help="std of noise on the ground-truth anchors behind e_tau in training (default 0; the demo "
+                        "recipe uses about the VLM's held-out anchor error)")
     p.add_argument("--lora-r", type=int, default=None)
     p.add_argument("--lora-alpha", type=int, default=None)
     p.add_argument("--state-dim", type=int, default=None, help="proprio size (default: from the data)")
+    p.add_argument("--no-frame-cache", action="store_true",
+                   help="decode video frames per sample instead of caching decoded episodes in memory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override (JSON values), e.g. --set use_trace=false --set use_latent=false for "
                         "a fresh model; with --init-from only use_latent / trace_to_decoder")
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from, **overrides)
     cfg.init_overrides = init_overrides
     cfg.latent_tokenizer_dir = args.latent_tokenizer
-    for attr, val in (("lambda_vlm", args.lambda_vlm), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
+    for attr, val in (("lambda_vlm", args.lambda_vlm), ("anchor_noise", args.anchor_noise), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
                       ("state_dim", args.state_dim)):
         if val is not None:
             setattr(cfg, attr, val)
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
-                             latent_ids=args.latent_ids, horizon=m.horizon)
+                             latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
+                             stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache)
         stats = getattr(full, "stats", None)
         g = torch.Generator().manual_seed(t.seed)
         perm = torch.randperm(len(full), generator=g).tolist()

@@ -17,7 +17,9 @@ D = action dim, S_dim = state dim.
 * ``ActionDataset`` (stage 3: end-to-end) = the VLM keys +
     ``actions`` float32 (H, D) NORMALIZED (``NormStats``), ``actions_pad`` bool (H,) (True where the chunk ran
     past the episode end, or hit a non-finite action, and was padded by repeating the last valid action),
-    ``state`` float32 (S_dim,) NORMALIZED, and ``image_tH`` float32 (3, S, S) if ``with_image_tH``.
+    ``state`` float32 (S_dim,) NORMALIZED, and ``image_tH`` float32 (3, S, S) if ``with_image_tH``; with a
+    decoder visual stem also ``stem_image`` (3, Ss, Ss) and ``stem_wrist`` (3, Sw, Sw) (``stem_image_size``,
+    ``stem_wrist_size``).
 
 Images are resized (``cv2.INTER_AREA``, aspect ratio not kept) to S x S; models do their own mean/std
 normalization. Normalization statistics are computed once (robust quantiles, ``normalize.NormStats``), saved
@@ -114,8 +116,13 @@ def load_or_compute_stats(ds: LeRobotV3Dataset, action_key: str = "action",
 
 class _StageDataset(Dataset):
     def __init__(self, root, image_size: int, window: int, camera: str, nan_policy: str = "skip",
-                 reader: LeRobotV3Dataset | None = None):
+                 reader: LeRobotV3Dataset | None = None, cache_frames: bool = False):
         self.ds = reader if reader is not None else LeRobotV3Dataset(root, nan_policy=nan_policy)
+        # cache_frames: decode each (camera, episode) once, sequentially, and keep the native-size uint8 frames
+        # in memory (random access into MP4 otherwise re-decodes from a keyframe for every sample). Costs
+        # H*W*3 bytes per frame and camera (a 300-episode 128+96 px dataset: ~1.2 GB); per process.
+        self.cache_frames = bool(cache_frames)
+        self._frames: dict = {}
         self.root = self.ds.root
         self.image_size, self.window, self.camera = int(image_size), int(window), camera
         if camera not in self.ds.video_keys:
@@ -131,8 +138,18 @@ class _StageDataset(Dataset):
             win = resample_trace(win, self.window)
         return win, bool(np.asarray(cols[TRACE_PRESENT][i]).reshape(-1)[0])
 
-    def _image(self, key: str, e: int, i: int) -> torch.Tensor:
-        return to_chw_float(self.ds.get_video_frame(key, e, i), self.image_size)
+    def _frame(self, key: str, e: int, i: int) -> np.ndarray:
+        """Native-size uint8 frame (from the in-memory cache when ``cache_frames``)."""
+        if not self.cache_frames:
+            return self.ds.get_video_frame(key, e, i)
+        ep = self._frames.get((key, e))
+        if ep is None:
+            ep = np.stack([self.ds.get_video_frame(key, e, j) for j in range(self.ds.episode_length(e))])
+            self._frames[(key, e)] = ep
+        return ep[i]
+
+    def _image(self, key: str, e: int, i: int, size: int | None = None) -> torch.Tensor:
+        return to_chw_float(self._frame(key, e, i), self.image_size if size is None else size)
 
     def reset_readers(self) -> None:
         """Make sure this process opens its own decoders (the reader parks decoders inherited through fork;
@@ -226,8 +243,12 @@ class ActionDataset(VLMDataset):
                  stats: DatasetStats | None = None, camera: str = AGENT_CAMERA,
                  wrist_camera: str | None = WRIST_CAMERA, action_key: str = "action",
                  state_key: str | None = "observation.state", with_image_tH: bool = False,
-                 only_present: bool = True, recompute_stats: bool = False, **kw):
+                 only_present: bool = True, recompute_stats: bool = False, stem_image_size: int = 0,
+                 stem_wrist_size: int = 0, **kw):
         super().__init__(root, image_size, window, num_anchors, latent_ids, camera, wrist_camera, only_present, **kw)
+        self.stem_image_size, self.stem_wrist_size = int(stem_image_size), int(stem_wrist_size)
+        if self.stem_wrist_size and not self.wrist_camera:
+            raise ValueError(f"{self.root}: the visual stem wants a wrist camera but there is no {wrist_camera!r}")
         if action_key not in self.ds.features:
             raise ValueError(f"{self.root}: no action column {action_key!r}")
         if state_key is not None and state_key not in self.ds.features:
@@ -268,6 +289,10 @@ class ActionDataset(VLMDataset):
             out["state"] = torch.from_numpy(self.stats.state.normalize(st).astype(np.float32))
         if self.with_image_tH:
             out["image_tH"] = self._image(self.camera, e, t + self.horizon)
+        if self.stem_image_size:
+            out["stem_image"] = self._image(self.camera, e, t, self.stem_image_size)
+        if self.stem_wrist_size:
+            out["stem_wrist"] = self._image(self.wrist_camera, e, t, self.stem_wrist_size)
         return out
 
 

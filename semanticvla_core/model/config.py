@@ -25,6 +25,8 @@ and the VLM's hidden size: ``decoder_config(vlm_hidden)`` resolves them; the swi
 The four comparison variants: (1) full, (2) ``use_trace=False``, (3) ``use_latent=False``,
 (4) both off (``vlm_generates`` is False, ``decoder_uses_prompt_states`` is True).
 * ``vlm.backbone``: "prismatic" (the paper) or "llava" (the off-the-shelf adapter).
+* ``stem`` (``VisualStemConfig``, off by default): a keypoint CNN on the full-resolution agent view (and the
+  wrist camera) whose tokens are appended to the decoder's E_v (``model/visual_stem.py``); the demo uses it.
 
 Presets (``get_config(name, **overrides)``):
 
@@ -49,6 +51,7 @@ from pathlib import Path
 from .flow_decoder import FlowDecoderConfig
 from .latent_tokenizer import LatentTokenizerConfig, tokenizer_config
 from .text_tokenizer import TextTokenizerConfig
+from .visual_stem import VisualStemConfig
 from .vlm import VisionTowerConfig, VLMConfig
 
 
@@ -60,6 +63,7 @@ class SemanticVLAConfig:
     text_tokenizer: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
     latent_tokenizer: LatentTokenizerConfig = field(default_factory=lambda: tokenizer_config("tiny"))
     decoder: FlowDecoderConfig = field(default_factory=lambda: FlowDecoderConfig(d_model=64, n_layers=2, n_heads=2))
+    stem: VisualStemConfig = field(default_factory=VisualStemConfig)   # decoder-side keypoint CNN (off by default)
     use_trace: bool = True            # explicit trace text before the latent tokens
     use_latent: bool = True           # <ACT_k> tokens + E_a for the decoder
     trace_to_decoder: bool = True     # e_tau (frozen trace encoder of the predicted trace) for the decoder
@@ -81,6 +85,8 @@ class SemanticVLAConfig:
             self.latent_tokenizer = LatentTokenizerConfig.from_dict(self.latent_tokenizer)
         if isinstance(self.decoder, dict):
             self.decoder = FlowDecoderConfig(**self.decoder)
+        if isinstance(self.stem, dict):
+            self.stem = VisualStemConfig(**self.stem)
         for name in ("image_size", "num_anchors", "num_latent_tokens", "horizon", "action_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SemanticVLAConfig.{name} must be >= 1, got {getattr(self, name)}")

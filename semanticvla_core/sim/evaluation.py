@@ -18,6 +18,7 @@ placeholders ``{obj_color}``, ``{dest_color}``, ``{dest_label}`` are filled per 
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,13 +82,17 @@ class _PolicyAdapter:
         if not (hasattr(policy, "plan") or callable(policy)):
             raise ValueError("policy must have a plan() method or be callable")
         self.policy = policy
+        self._takes_wrist = hasattr(policy, "plan") and "wrist" in inspect.signature(policy.plan).parameters
 
     def __call__(self, obs: dict, instruction: str):
         anchors = None
         if hasattr(self.policy, "plan"):
             imgs = obs["agentview"][None]
+            kw = {"state": obs["state"][None]}
+            if self._takes_wrist and "wrist" in obs:
+                kw["wrist"] = obs["wrist"][None]
             try:
-                out = self.policy.plan(imgs, instruction, state=obs["state"][None])
+                out = self.policy.plan(imgs, instruction, **kw)
             except TypeError:
                 out = self.policy.plan(imgs, instruction)
             acts = np.asarray(out.actions, dtype=np.float64)

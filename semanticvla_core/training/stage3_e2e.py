@@ -54,6 +54,8 @@ class Stage3Config:
     lambda_vlm: weight of L_VLM; lora_*: peft LoRA on the LM's attention and MLP projections;
     train_act_tokens: also train the <ACT_k> embedding rows; state_dim: proprio size fed to the decoder
     (None = from the dataset's first sample, 0 = no state); eval_*: held-out evaluation.
+    anchor_noise: std of noise on the ground-truth anchors behind the decoder's e_tau in training
+    (``SemanticVLAPolicy.forward``); about the VLM's held-out anchor error is a sensible value.
     init_overrides: decoder-side switches changed on the ``init_from`` policy
     (``policy.DECODER_SIDE_SWITCHES``: ``use_latent``, ``trace_to_decoder``), e.g. ``{"use_latent": False}``.
     train_vision: LoRA on the vision towers + trainable projector too (None = only for the conventional
@@ -67,6 +69,7 @@ class Stage3Config:
     latent_tokenizer_dir: str | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage3"))
     lambda_vlm: float = 0.1
+    anchor_noise: float = 0.0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -76,6 +79,8 @@ class Stage3Config:
     eval_samples: int = 256
 
     def __post_init__(self) -> None:
+        if self.anchor_noise < 0:
+            raise ValueError(f"Stage3Config.anchor_noise must be >= 0, got {self.anchor_noise}")
         if self.lambda_vlm < 0:
             raise ValueError(f"Stage3Config.lambda_vlm must be >= 0, got {self.lambda_vlm}")
         if self.lora_r < 1:
@@ -114,13 +119,15 @@ def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int)
     policy.apply_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                       train_act_tokens=cfg.train_act_tokens and policy.config.use_latent, vision=vision)
     policy.decoder.requires_grad_(True)
+    if policy.stem is not None:
+        policy.stem.requires_grad_(True)        # the decoder's keypoint CNN trains with it
     return [p for p in policy.parameters() if p.requires_grad]
 
 
 def trainable_parameter_report(policy: SemanticVLAPolicy) -> dict[str, int]:
     """Trainable parameter counts by kind: lora (LM), vision_lora, act_tokens, decoder, projector (the
     projector and image position embedding, with train_vision), other (must be 0 in stage 3)."""
-    out = {"lora": 0, "vision_lora": 0, "act_tokens": 0, "decoder": 0, "projector": 0, "other": 0}
+    out = {"lora": 0, "vision_lora": 0, "act_tokens": 0, "decoder": 0, "stem": 0, "projector": 0, "other": 0}
     for n, p in policy.named_parameters():
         if not p.requires_grad:
             continue
@@ -132,6 +139,8 @@ def trainable_parameter_report(policy: SemanticVLAPolicy) -> dict[str, int]:
             out["act_tokens"] += p.numel()
         elif n.startswith("decoder."):
             out["decoder"] += p.numel()
+        elif n.startswith("stem."):
+            out["stem"] += p.numel()
         else:
             out["other"] += p.numel()
     return out
@@ -150,8 +159,9 @@ def evaluate_policy(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int
         state = b.get("state")
         if state is not None and policy.norm_stats is not None and policy.norm_stats.state is not None:
             state = policy.norm_stats.state.unnormalize(state.numpy())    # plan() takes robot units
-        plan = policy.plan(b["image"], list(b["instruction"]), state=None if state is None else np.asarray(state),
-                           num_flow_steps=num_flow_steps)
+        images = b["stem_image"] if policy.stem is not None else b["image"]   # full resolution for the stem
+        plan = policy.plan(images, list(b["instruction"]), state=None if state is None else np.asarray(state),
+                           num_flow_steps=num_flow_steps, wrist=b.get("stem_wrist"))
         valid = ~b["actions_pad"].numpy()
         err = ((plan.actions_normalized - b["actions"].numpy()) ** 2).mean(-1)
         se += float((err * valid).sum())
@@ -170,9 +180,9 @@ def evaluate_policy(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int
     return res
 
 
-def _e2e_step(lambda_vlm: float):
+def _e2e_step(lambda_vlm: float, anchor_noise: float = 0.0):
     def step(net, batch):
-        return net(batch, lambda_vlm=lambda_vlm)
+        return net(batch, lambda_vlm=lambda_vlm, anchor_noise=anchor_noise)
     return step
 
 
@@ -196,7 +206,7 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
     counts = trainable_parameter_report(policy)
     if counts["other"]:
         raise ValueError(f"stage 3: unexpected trainable parameters outside LoRA/ACT rows/decoder/projector: {counts}")
-    res = train_loop(policy, dataset, _e2e_step(cfg.lambda_vlm), cfg.train, name="e2e", info=info, params=params)
+    res = train_loop(policy, dataset, _e2e_step(cfg.lambda_vlm, cfg.anchor_noise), cfg.train, name="e2e", info=info, params=params)
     policy.merge_lora()
     policy.requires_grad_(False)
     policy.eval()

@@ -1,0 +1,134 @@
+"""Visual stem of the action decoder: small CNNs with spatial-softmax keypoints on the agent view (at a
+higher resolution than the VLM sees) and, optionally, the wrist camera.
+
+Why: E_v, the VLM's pooled patch features, is coarse at the small image sizes a CPU-trained VLM uses
+(a 5 cm cube is ~4 px at 64 px, half a ViT patch). Precise grasping needs pixel-accurate positions; a
+spatial-softmax CNN extracts them cheaply and learns in minutes (Levine et al. 2016; the measured
+reference in the project notes: wrist camera + keypoints removed missed grasps). The stem's tokens are
+appended to E_v, so the decoder still cross-attends to [e_tau, E_a, E_v (+ stem), state] and the paper's
+conditioning is unchanged; the stem is a decoder-side part trained from scratch in stage 3.
+
+Per camera: conv 5x5/2 -> conv 3x3/2 -> conv 3x3 -> 1x1 to ``keypoints`` maps -> spatial softmax ->
+expected (x, y) in [-1, 1] per map, plus one globally pooled feature token. Each keypoint token is
+``Linear([x, y]) + embedding[k]`` (the map identity), in the decoder's E_v width.
+
+Training-time augmentation lives here (one place): random shifts of up to ``shift_pad`` pixels
+(replicate padding + random crop), as in DrQ / diffusion policy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class VisualStemConfig:
+    """``image_size`` 0 = no stem (the paper's decoder: E_v from the VLM only)."""
+
+    image_size: int = 0        # agent-view input side [px] (0 = stem off)
+    wrist_size: int = 0        # wrist-camera input side [px] (0 = no wrist camera)
+    channels: int = 32         # width of the last conv layers (the first has half)
+    keypoints: int = 32        # spatial-softmax maps (tokens) per camera
+    shift_pad: int = 4         # random-shift augmentation in training [px at image_size]; 0 = none
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "wrist_size", "shift_pad"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"VisualStemConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.enabled and (self.image_size < 16 or (self.wrist_size and self.wrist_size < 16)):
+            raise ValueError("VisualStemConfig: image_size / wrist_size must be >= 16 px when set")
+        if self.channels < 2 or self.keypoints < 1:
+            raise ValueError("VisualStemConfig: channels must be >= 2 and keypoints >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.image_size > 0
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return ("agentview", "wrist") if self.wrist_size > 0 else ("agentview",)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.cameras) * (self.keypoints + 1) if self.enabled else 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, K, H, W) maps -> (B, K, 2) expected (x, y) in [-1, 1], with a learned temperature."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_temp = nn.Parameter(torch.zeros(()))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        B, K, H, W = maps.shape
+        p = F.softmax(maps.flatten(2) / self.log_temp.exp(), dim=-1).view(B, K, H, W)
+        xs = torch.linspace(-1, 1, W, device=maps.device, dtype=p.dtype)
+        ys = torch.linspace(-1, 1, H, device=maps.device, dtype=p.dtype)
+        return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
+
+
+class _CameraStem(nn.Module):
+    def __init__(self, c: VisualStemConfig, out_dim: int):
+        super().__init__()
+        h = max(1, c.channels // 2)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, h, 5, stride=2, padding=2), nn.GroupNorm(1, h), nn.ReLU(inplace=True),
+            nn.Conv2d(h, c.channels, 3, stride=2, padding=1), nn.GroupNorm(1, c.channels), nn.ReLU(inplace=True),
+            nn.Conv2d(c.channels, c.channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.maps = nn.Conv2d(c.channels, c.keypoints, 1)
+        self.softmax = SpatialSoftmax()
+        self.kp_proj = nn.Linear(2, out_dim)
+        self.kp_embed = nn.Parameter(torch.randn(c.keypoints, out_dim) * 0.02)
+        self.global_proj = nn.Linear(c.channels, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net(x - 0.5)
+        kp = self.softmax(self.maps(f))                                   # (B, K, 2)
+        tokens = self.kp_proj(kp) + self.kp_embed
+        return torch.cat([tokens, self.global_proj(f.mean((2, 3)))[:, None]], 1)
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample random translation by up to ``pad`` px (replicate padding + crop), (B, 3, S, S)."""
+    if pad <= 0:
+        return x
+    B, _, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    off = torch.randint(0, 2 * pad + 1, (B, 2), generator=generator)
+    return torch.stack([xp[b, :, int(off[b, 0]):int(off[b, 0]) + H, int(off[b, 1]):int(off[b, 1]) + W]
+                        for b in range(B)])
+
+
+class VisualStem(nn.Module):
+    """Keypoint tokens for the decoder's E_v: ``forward(agent (B,3,S,S), wrist (B,3,Sw,Sw) | None)`` ->
+    (B, num_tokens, out_dim). Images are float in [0, 1] at the configured sizes."""
+
+    def __init__(self, config: VisualStemConfig, out_dim: int):
+        super().__init__()
+        if not config.enabled:
+            raise ValueError("VisualStem: config.image_size is 0 (stem off)")
+        self.config = config
+        self.cams = nn.ModuleDict({name: _CameraStem(config, out_dim) for name in config.cameras})
+
+    def forward(self, agent: torch.Tensor, wrist: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.config
+        inputs = {"agentview": (agent, c.image_size), "wrist": (wrist, c.wrist_size)}
+        out = []
+        for name in c.cameras:
+            x, size = inputs[name]
+            if x is None:
+                raise ValueError(f"visual stem: the {name} image is required (this policy was trained with it)")
+            if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (size, size):
+                raise ValueError(f"visual stem: {name} image must be (B, 3, {size}, {size}), got {tuple(x.shape)}")
+            x = x.float()
+            if self.training:
+                x = random_shift(x, c.shift_pad * size // c.image_size if name == "wrist" else c.shift_pad)
+            out.append(self.cams[name](x))
+        return torch.cat(out, 1)
