@@ -271,7 +271,10 @@ class SemanticVLAPolicy(nn.Module):
         """Stage-3 losses on a batch of action samples (shared_formats: image, instruction, anchors,
         latent_ids, actions (B, H, D) normalized, actions_pad (B, H), optional state (B, S) normalized).
         e_tau comes from the ground-truth anchors (the same anchors -> W -> encoder path as at run time);
-        E_a from the teacher-forced VLM pass. loss = lambda_vlm * L_VLM + L_flow.
+        E_a from the teacher-forced VLM pass. loss = lambda_vlm * L_VLM + L_flow. With ``plan_anchors`` /
+        ``plan_latent_ids`` in the batch (the VLM's own greedy plans, ``stage3_e2e.precompute_plans``), e_tau
+        and E_a come from those instead, so the decoder trains on the conditions it gets at run time
+        (L_VLM still uses the ground truth).
         anchor_noise: std of Gaussian noise (normalized image units) added to the anchors the decoder's e_tau
         is computed from (not to the VLM's targets), so the decoder does not learn to trust a trace more
         than the VLM's own predictions deserve at run time."""
@@ -280,9 +283,17 @@ class SemanticVLAPolicy(nn.Module):
         state = batch.get("state") if self.config.state_dim > 0 else None
         e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"))
         anchors = batch["anchors"] if self.config.decoder_uses_trace else None
+        e_a = out.latent_hidden
+        if self.config.vlm_generates and ("plan_anchors" in batch or "plan_latent_ids" in batch):
+            # condition the decoder on the VLM's OWN plan (what it sees at run time): a second teacher-forced
+            # pass over the generated trace + latent tokens gives E_a exactly as generation computes it
+            own = self.vlm(images, list(batch["instruction"]), batch.get("plan_anchors"),
+                           batch.get("plan_latent_ids"))
+            e_a = own.latent_hidden
+            anchors = batch["plan_anchors"] if self.config.decoder_uses_trace else None
         if anchors is not None and anchor_noise > 0:
             anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
-        cond = self.decoder_conditions(anchors, out.latent_hidden, e_v, state)
+        cond = self.decoder_conditions(anchors, e_a, e_v, state)
         flow = self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
         loss = lambda_vlm * out.loss + flow
         return {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),

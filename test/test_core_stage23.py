@@ -207,3 +207,52 @@ def test_cli_comparison_variants_conventional_and_no_latent_from_stage2(tmp_path
     rows = _rows(tmp_path / "nolat" / "e2e" / "metrics.jsonl")
     assert all(r["loss_latent"] == 0.0 and r["loss_trace"] > 0 for r in rows)
     assert "<ACT_" not in nolat.plan(img, "move the red dot left").texts[0]
+
+
+def test_cli_stage3_with_own_plans_and_a_visual_stem(tmp_path):
+    """--own-plans: the stage-2 VLM's greedy plans are generated once per sample frame and cached; the
+    decoder's e_tau / E_a come from them (the flow loss changes with the plan, L_VLM does not); --set stem
+    adds the keypoint stem to a stem-less stage-2 checkpoint and it trains with the decoder."""
+    from safetensors.numpy import load_file as load_np
+    from data_fixtures import make_dataset
+    from semanticvla_core.data.pipelines import ActionDataset
+    from semanticvla_core.model.latent_tokenizer import LatentTokenizer, tokenizer_config
+
+    make_dataset(tmp_path / "ds", lengths=(14, 16))
+    torch.manual_seed(0)
+    LatentTokenizer(tokenizer_config("tiny"), with_decoders=False).save_pretrained(tmp_path / "tok", include_decoders=False)
+    common = ["--steps", "3", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--save-every", "0",
+              "--eval-fraction", "0.2", "--threads", "1"]
+    assert _cli("stage2_vlm").main(["--dataset", str(tmp_path / "ds"), "--latent-tokenizer", str(tmp_path / "tok"),
+                                    "--out", str(tmp_path / "s2"), *common]) == 0
+    ids_file = tmp_path / "s2" / "latent_ids.safetensors"
+    stem = '{"image_size": 32, "wrist_size": 24, "channels": 8, "keypoints": 4}'
+    assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"),
+                                    "--latent-ids", str(ids_file), "--out", str(tmp_path / "s3"), "--own-plans",
+                                    "--anchor-noise", "0.05", "--set", f"stem={stem}", *common]) == 0
+    plans = load_np(str(tmp_path / "s3" / "own_plans.safetensors"))
+    s2 = SemanticVLAPolicy.from_pretrained(tmp_path / "s2" / "policy")
+    ds = ActionDataset(tmp_path / "ds", image_size=s2.config.image_size, latent_ids=ids_file, horizon=8,
+                       stem_image_size=32, stem_wrist_size=24, plans=tmp_path / "s3" / "own_plans.safetensors")
+    assert len(plans["index"]) == len(ds) and plans["anchors"].shape == (len(ds), 4, 2)
+    s = ds[3]
+    gen = s2.vlm.generate(s["image"][None], [s["instruction"]])      # the cached plan is the VLM's own
+    np.testing.assert_allclose(s["plan_anchors"].numpy(), gen.anchors[0], atol=1e-6)
+    np.testing.assert_array_equal(s["plan_latent_ids"].numpy(), gen.latent_ids[0])
+
+    pol = SemanticVLAPolicy.from_pretrained(tmp_path / "s3" / "policy")
+    report = json.loads((tmp_path / "s3" / "policy" / "stage3_report.json").read_text())
+    assert pol.stem is not None and report["trainable_parameters"]["stem"] > 0
+    assert report["config"]["own_plans"] and report["config"]["anchor_noise"] == 0.05
+    # forward: the plan reaches the flow loss only
+    batch = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in s.items()}
+    torch.manual_seed(0)
+    a = pol(batch)
+    batch["plan_latent_ids"] = (batch["plan_latent_ids"] + 1) % pol.config.codebook_size
+    batch["plan_anchors"] = 1.0 - batch["plan_anchors"]
+    torch.manual_seed(0)
+    b = pol(batch)
+    assert float(a["loss_vlm"]) == float(b["loss_vlm"]) and float(a["loss_flow"]) != float(b["loss_flow"])
+    img = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    wrist = (np.random.default_rng(1).random((40, 40, 3)) * 255).astype(np.uint8)
+    assert pol.plan(img, "pick up the red block", state=np.zeros(9), wrist=wrist).actions.shape == (1, 8, 7)

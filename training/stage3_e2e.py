@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-noise", type=float, default=None,
                    help="std of noise on the ground-truth anchors behind e_tau in training (default 0; the demo "
                         "recipe uses about the VLM's held-out anchor error)")
+    p.add_argument("--own-plans", action="store_true",
+                   help="condition the decoder on the VLM's own greedy plans (generated once before training) "
+                        "instead of the ground-truth trace / latent tokens: the conditions it gets at run time")
     p.add_argument("--lora-r", type=int, default=None)
     p.add_argument("--lora-alpha", type=int, default=None)
     p.add_argument("--state-dim", type=int, default=None, help="proprio size (default: from the data)")
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("device", args.device), ("amp", args.amp)):
         if val is not None:
             setattr(t, attr, val)
+    cfg.own_plans = bool(args.own_plans)
     t.resume = not args.no_resume
     t.progress = not args.no_progress
     m = cfg.model

@@ -244,9 +244,12 @@ class ActionDataset(VLMDataset):
                  wrist_camera: str | None = WRIST_CAMERA, action_key: str = "action",
                  state_key: str | None = "observation.state", with_image_tH: bool = False,
                  only_present: bool = True, recompute_stats: bool = False, stem_image_size: int = 0,
-                 stem_wrist_size: int = 0, **kw):
+                 stem_wrist_size: int = 0, plans=None, **kw):
         super().__init__(root, image_size, window, num_anchors, latent_ids, camera, wrist_camera, only_present, **kw)
         self.stem_image_size, self.stem_wrist_size = int(stem_image_size), int(stem_wrist_size)
+        self.plans, self._plan_row = None, None
+        if plans is not None:
+            self.set_plans(plans)
         if self.stem_wrist_size and not self.wrist_camera:
             raise ValueError(f"{self.root}: the visual stem wants a wrist camera but there is no {wrist_camera!r}")
         if action_key not in self.ds.features:
@@ -262,9 +265,32 @@ class ActionDataset(VLMDataset):
         if self.with_image_tH:  # o_{t+H} must exist
             self.samples = self._select(only_present, self.horizon)
 
+    def set_plans(self, plans) -> None:
+        """The VLM's own plans per frame (``{"index": (F,), "anchors": (F, N, 2), "latent_ids": (F, K)}`` or a
+        .safetensors file of it, from ``stage3_e2e.precompute_plans``): samples then carry ``plan_anchors`` /
+        ``plan_latent_ids``. Every sample's frame must have a plan."""
+        if isinstance(plans, (str, Path)):
+            from safetensors.numpy import load_file
+            plans = load_file(str(plans))
+        idx = np.asarray(plans["index"], np.int64)
+        row = np.full(self.ds.num_frames, -1, np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.ds.num_frames):
+            raise ValueError(f"plans: frame index out of range 0..{self.ds.num_frames - 1}")
+        row[idx] = np.arange(len(idx))
+        need = np.array([self.ds.episode(int(e)).start + int(t) for e, t in self.samples], np.int64)
+        if need.size and (row[need] < 0).any():
+            raise ValueError(f"plans: {int((row[need] < 0).sum())} sample frames have no plan")
+        self.plans, self._plan_row = {k: np.asarray(v) for k, v in plans.items() if k != "index"}, row
+
     def __getitem__(self, k: int) -> dict:
         e, t = (int(v) for v in self.samples[k])
         out = self._vlm_sample(e, t)
+        if self.plans is not None:
+            r = self._plan_row[self.ds.episode(e).start + t]
+            if "anchors" in self.plans:
+                out["plan_anchors"] = torch.from_numpy(self.plans["anchors"][r].astype(np.float32))
+            if "latent_ids" in self.plans:
+                out["plan_latent_ids"] = torch.from_numpy(self.plans["latent_ids"][r].astype(np.int64))
         keys = [self.action_key] + ([self.state_key] if self.state_key else [])
         cols = self.ds.get_columns(e, keys)
         acts = np.asarray(cols[self.action_key], np.float64).reshape(self.ds.episode_length(e), -1)

@@ -43,6 +43,7 @@ from .common import TrainConfig, barrier, seed_everything, setup_distributed, tr
 from .stage2_vlm import build_policy
 
 REPORT_NAME = "stage3_report.json"
+PLANS_NAME = "own_plans.safetensors"
 POLICY_DIR = "policy"
 
 
@@ -56,6 +57,9 @@ class Stage3Config:
     (None = from the dataset's first sample, 0 = no state); eval_*: held-out evaluation.
     anchor_noise: std of noise on the ground-truth anchors behind the decoder's e_tau in training
     (``SemanticVLAPolicy.forward``); about the VLM's held-out anchor error is a sensible value.
+    own_plans: condition the decoder on the VLM's own greedy plans (``precompute_plans``, cached as
+    ``<output_dir>/own_plans.safetensors``) instead of the ground-truth trace and latent tokens; the dataset
+    must be an ``ActionDataset`` (or a Subset of one). No effect on the conventional variant.
     init_overrides: decoder-side switches changed on the ``init_from`` policy
     (``policy.DECODER_SIDE_SWITCHES``: ``use_latent``, ``trace_to_decoder``), e.g. ``{"use_latent": False}``.
     train_vision: LoRA on the vision towers + trainable projector too (None = only for the conventional
@@ -70,6 +74,7 @@ class Stage3Config:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage3"))
     lambda_vlm: float = 0.1
     anchor_noise: float = 0.0
+    own_plans: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -180,6 +185,35 @@ def evaluate_policy(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int
     return res
 
 
+@torch.no_grad()
+def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int = 64,
+                     progress: bool = True) -> dict[str, np.ndarray]:
+    """The VLM's own greedy plans for every sample of ``dataset`` (an ``ActionDataset`` or a Subset of one):
+    ``{"index": (F,) global frame, "anchors": (F, N, 2) (use_trace), "latent_ids": (F, K) (use_latent)}``.
+    Stage 3 conditions the decoder on these (``SemanticVLAPolicy.forward``): the plans it gets at run time,
+    not the ground truth the VLM was taught with. Made once from the stage-2 VLM; stage 3's LoRA moves the
+    VLM only a little (small lambda_vlm), so they stay close to the final VLM's plans."""
+    from tqdm import tqdm
+
+    was = policy.training
+    policy.eval()
+    c = policy.config
+    idx, anchors, lat = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for b in tqdm(loader, desc="own plans", unit="batch", disable=not progress):
+        gen = policy.vlm.generate(b["image"].to(policy.device, policy.vlm_dtype), list(b["instruction"]))
+        idx.append(b["index"].numpy())
+        anchors.append(np.asarray(gen.anchors, np.float32))
+        lat.append(np.asarray(gen.latent_ids, np.int64))
+    policy.train(was)
+    out = {"index": np.concatenate(idx).astype(np.int64)}
+    if c.use_trace:
+        out["anchors"] = np.concatenate(anchors)
+    if c.use_latent:
+        out["latent_ids"] = np.concatenate(lat)
+    return out
+
+
 def _e2e_step(lambda_vlm: float, anchor_noise: float = 0.0):
     def step(net, batch):
         return net(batch, lambda_vlm=lambda_vlm, anchor_noise=anchor_noise)
@@ -201,6 +235,19 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
     if state_dim is None:
         first = dataset[0]
         state_dim = int(first["state"].shape[-1]) if "state" in first else 0
+    if cfg.own_plans and policy.config.vlm_generates:
+        base = dataset
+        while isinstance(base, torch.utils.data.Subset):
+            base = base.dataset
+        if not hasattr(base, "set_plans"):
+            raise ValueError("own_plans: the dataset must be an ActionDataset (or a Subset of one)")
+        path = Path(cfg.train.output_dir) / PLANS_NAME
+        if info.is_main and not path.is_file():
+            from safetensors.numpy import save_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(precompute_plans(policy, base, progress=cfg.train.progress), str(path))
+        barrier()
+        base.set_plans(path)
     seed_everything(cfg.train.seed + 1)               # same decoder init on every rank
     params = prepare_stage3(policy, cfg, state_dim)
     counts = trainable_parameter_report(policy)
