@@ -235,11 +235,13 @@ class SemanticVLAPolicy(nn.Module):
             raise ValueError(f"wrist: {w.shape[0]} images for {agent.shape[0]} agent-view images")
         return agent, w
 
-    def visual_features(self, vlm_visual: torch.Tensor, stem_agent=None, stem_wrist=None) -> torch.Tensor:
-        """E_v for the decoder: the VLM's visual tokens, with the stem's tokens appended when it exists."""
+    def visual_features(self, vlm_visual: torch.Tensor, stem_agent=None, stem_wrist=None,
+                        prompt_context: torch.Tensor | None = None) -> torch.Tensor:
+        """E_v for the decoder: the VLM's visual tokens, with the stem's tokens appended when it exists
+        (its keypoints FiLM-conditioned on the VLM's prompt state)."""
         if self.stem is None:
             return vlm_visual
-        return torch.cat([vlm_visual.float(), self.stem(stem_agent, stem_wrist)], 1)
+        return torch.cat([vlm_visual.float(), self.stem(stem_agent, stem_wrist, prompt_context)], 1)
 
     def _state_tensor(self, state, batch: int) -> torch.Tensor | None:
         if state is None or self.config.state_dim == 0:
@@ -281,7 +283,8 @@ class SemanticVLAPolicy(nn.Module):
         images = batch["image"]
         out = self.vlm(images, list(batch["instruction"]), batch.get("anchors"), batch.get("latent_ids"))
         state = batch.get("state") if self.config.state_dim > 0 else None
-        e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"))
+        e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"),
+                                   out.prompt_context)
         anchors = batch["anchors"] if self.config.decoder_uses_trace else None
         e_a = out.latent_hidden
         if self.config.vlm_generates and ("plan_anchors" in batch or "plan_latent_ids" in batch):
@@ -326,7 +329,7 @@ class SemanticVLAPolicy(nn.Module):
         stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
         gen = self.vlm.generate(x, instr, temperature=temperature)
         t0 = time.perf_counter()
-        e_v = self.visual_features(gen.visual_tokens, *stem_in)
+        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context)
         cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, e_v, self._state_tensor(state, B))
         a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed))
         if self.device.type == "cuda":
@@ -353,7 +356,7 @@ class SemanticVLAPolicy(nn.Module):
         x, instr, wh = self._batch_inputs(images, instruction)
         stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
         gen = self.vlm.generate(x, instr, temperature=temperature)
-        e_v = self.visual_features(gen.visual_tokens, *stem_in)
+        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context)
         self.train(was_training)
         latency = time.perf_counter() - t_all
         plans = []

@@ -252,7 +252,8 @@ def test_lora_trains_only_the_intended_parameters():
     from semanticvla_core.training.stage3_e2e import trainable_parameter_report
     counts = trainable_parameter_report(p)
     assert counts == {"lora": expected_lora, "vision_lora": 0, "act_tokens": CODEBOOK * h,
-                      "decoder": sum(x.numel() for x in p.decoder.parameters()), "projector": 0, "other": 0}
+                      "decoder": sum(x.numel() for x in p.decoder.parameters()), "stem": 0, "projector": 0,
+                      "other": 0}
     lora_names = [n for n, x in p.named_parameters() if x.requires_grad and "lora_" in n]
     assert lora_names and all(".towers." not in n and "projector" not in n for n in lora_names)
 

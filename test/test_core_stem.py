@@ -59,10 +59,13 @@ def test_config_validation_and_token_count():
     with pytest.raises(ValueError, match="stem off"):
         VisualStem(VisualStemConfig(), 16)
     s = VisualStem(VisualStemConfig(**STEM), 16)
+    ctx = torch.rand(1, 16)
+    with pytest.raises(ValueError, match="prompt context"):
+        s(torch.rand(1, 3, 48, 48), torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="wrist image is required"):
-        s(torch.rand(1, 3, 48, 48))
+        s(torch.rand(1, 3, 48, 48), None, ctx)
     with pytest.raises(ValueError, match=r"agentview image must be \(B, 3, 48, 48\)"):
-        s(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 32, 32))
+        s(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 32, 32), ctx)
 
 
 def test_policy_with_stem_plans_splits_saves_and_loads(tmp_path):
@@ -102,7 +105,7 @@ def test_stem_learns_where_a_bright_square_is():
     """Regress the (x, y) of a 3x3 white square on a noisy background from the keypoint tokens; a
     held-out error far below the guess-the-mean baseline shows the tokens carry pixel positions."""
     torch.manual_seed(0)
-    cfg = VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0)
+    cfg = VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0, film=False)
     stem, head = VisualStem(cfg, 16), torch.nn.Linear(16 * cfg.num_tokens, 2)
     opt = torch.optim.Adam([*stem.parameters(), *head.parameters()], 3e-3)
 
@@ -127,3 +130,51 @@ def test_stem_learns_where_a_bright_square_is():
         err = (head(stem(x).flatten(1)) - y).pow(2).mean().item()
     baseline = (y - y.mean(0)).pow(2).mean().item()
     assert err < 0.1 * baseline, (err, baseline)
+
+
+def test_film_context_selects_which_square_the_keypoints_report():
+    """Two squares (red, blue) at random places; a context vector names one (as the VLM's prompt state
+    names the instructed cube). With FiLM the stem's tokens give the NAMED square's position; without
+    the context the best a model can do is about halfway between the two."""
+    def batch(n, g):
+        x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
+        pos = torch.randint(2, 30, (n, 2, 2), generator=g)
+        which = torch.randint(0, 2, (n,), generator=g)
+        for i in range(n):
+            for k, ch in ((0, 0), (1, 2)):      # square 0 red, square 1 blue
+                r, c = pos[i, k].tolist()
+                x[i, ch, r - 1:r + 2, c - 1:c + 2] = 1.0
+        y = (pos[torch.arange(n), which].float() - 16) / 16
+        ctx = torch.nn.functional.one_hot(which, 16).float()
+        return x, ctx, y
+
+    def train(film):
+        torch.manual_seed(0)
+        stem = VisualStem(VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0, film=film), 16)
+        head = torch.nn.Linear(16 * stem.config.num_tokens, 2)
+        opt = torch.optim.Adam([*stem.parameters(), *head.parameters()], 3e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(400):
+            x, ctx, y = batch(32, g)
+            loss = (head(stem(x, None, ctx if film else None).flatten(1)) - y).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        x, ctx, y = batch(256, torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            return (head(stem(x, None, ctx if film else None).flatten(1)) - y).pow(2).mean().item()
+
+    with_film, without = train(True), train(False)
+    assert with_film < 0.5 * without, (with_film, without)
+
+
+def test_prompt_context_is_the_same_in_training_and_generation():
+    """The FiLM context the stem gets in training (teacher-forced forward) is the state generation computes
+    at run time (left-padded batch of prompts of different lengths)."""
+    p = _policy()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    instr = ["pick up the red block", "put the small blue cube on the green plate please"]
+    gen = p.vlm.generate(x, instr)
+    out = p.vlm(x, instr, torch.rand(2, 4, 2), torch.randint(0, 32, (2, 4)))
+    torch.testing.assert_close(out.prompt_context, gen.prompt_context, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out.prompt_context[0], out.prompt_context[1])

@@ -12,6 +12,11 @@ Per camera: conv 5x5/2 -> conv 3x3/2 -> conv 3x3 -> 1x1 to ``keypoints`` maps ->
 expected (x, y) in [-1, 1] per map, plus one globally pooled feature token. Each keypoint token is
 ``Linear([x, y]) + embedding[k]`` (the map identity), in the decoder's E_v width.
 
+Language conditioning (``film``): the last two conv layers are FiLM-modulated (Perez et al. 2018) by the
+VLM's last-layer state at the end of the prompt (``VLMOutput.prompt_context``), so the keypoints can
+lock onto what the instruction names ("the cube the colour of the sky") - the VLM's reading of the
+instruction steers where the decoder looks. Zero-initialised: the stem starts unconditioned.
+
 Training-time augmentation lives here (one place): random shifts of up to ``shift_pad`` pixels
 (replicate padding + random crop), as in DrQ / diffusion policy.
 """
@@ -33,6 +38,7 @@ class VisualStemConfig:
     channels: int = 32         # width of the last conv layers (the first has half)
     keypoints: int = 32        # spatial-softmax maps (tokens) per camera
     shift_pad: int = 4         # random-shift augmentation in training [px at image_size]; 0 = none
+    film: bool = True          # FiLM the conv layers with the VLM's prompt state (language-conditioned keypoints)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "wrist_size", "shift_pad"):
@@ -78,18 +84,27 @@ class _CameraStem(nn.Module):
     def __init__(self, c: VisualStemConfig, out_dim: int):
         super().__init__()
         h = max(1, c.channels // 2)
-        self.net = nn.Sequential(
-            nn.Conv2d(3, h, 5, stride=2, padding=2), nn.GroupNorm(1, h), nn.ReLU(inplace=True),
-            nn.Conv2d(h, c.channels, 3, stride=2, padding=1), nn.GroupNorm(1, c.channels), nn.ReLU(inplace=True),
-            nn.Conv2d(c.channels, c.channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(nn.Conv2d(3, h, 5, stride=2, padding=2), nn.GroupNorm(1, h), nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(nn.Conv2d(h, c.channels, 3, stride=2, padding=1), nn.GroupNorm(1, c.channels))
+        self.conv3 = nn.Conv2d(c.channels, c.channels, 3, padding=1)
+        self.film = nn.Linear(out_dim, 4 * c.channels) if c.film else None   # (gamma, beta) x 2 layers
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
         self.maps = nn.Conv2d(c.channels, c.keypoints, 1)
         self.softmax = SpatialSoftmax()
         self.kp_proj = nn.Linear(2, out_dim)
         self.kp_embed = nn.Parameter(torch.randn(c.keypoints, out_dim) * 0.02)
         self.global_proj = nn.Linear(c.channels, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net(x - 0.5)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.conv2(self.conv1(x - 0.5))
+        if self.film is not None:
+            g2, b2, g3, b3 = self.film(context.float())[:, :, None, None].chunk(4, dim=1)
+            f = self.conv3(torch.relu(f * (1 + g2) + b2))
+            f = torch.relu(f * (1 + g3) + b3)
+        else:
+            f = torch.relu(self.conv3(torch.relu(f)))
         kp = self.softmax(self.maps(f))                                   # (B, K, 2)
         tokens = self.kp_proj(kp) + self.kp_embed
         return torch.cat([tokens, self.global_proj(f.mean((2, 3)))[:, None]], 1)
@@ -107,8 +122,9 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = 
 
 
 class VisualStem(nn.Module):
-    """Keypoint tokens for the decoder's E_v: ``forward(agent (B,3,S,S), wrist (B,3,Sw,Sw) | None)`` ->
-    (B, num_tokens, out_dim). Images are float in [0, 1] at the configured sizes."""
+    """Keypoint tokens for the decoder's E_v: ``forward(agent (B,3,S,S), wrist (B,3,Sw,Sw) | None,
+    context (B, out_dim) | None)`` -> (B, num_tokens, out_dim). Images are float in [0, 1] at the configured
+    sizes; ``context`` (the VLM's prompt state) is required with ``film``."""
 
     def __init__(self, config: VisualStemConfig, out_dim: int):
         super().__init__()
@@ -117,8 +133,12 @@ class VisualStem(nn.Module):
         self.config = config
         self.cams = nn.ModuleDict({name: _CameraStem(config, out_dim) for name in config.cameras})
 
-    def forward(self, agent: torch.Tensor, wrist: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, agent: torch.Tensor, wrist: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
+        if c.film and (context is None or context.ndim != 2 or context.shape[0] != agent.shape[0]):
+            raise ValueError("visual stem: film needs the VLM prompt context (B, hidden), got "
+                             f"{None if context is None else tuple(context.shape)}")
         inputs = {"agentview": (agent, c.image_size), "wrist": (wrist, c.wrist_size)}
         out = []
         for name in c.cameras:
@@ -130,5 +150,5 @@ class VisualStem(nn.Module):
             x = x.float()
             if self.training:
                 x = random_shift(x, c.shift_pad * size // c.image_size if name == "wrist" else c.shift_pad)
-            out.append(self.cams[name](x))
+            out.append(self.cams[name](x, context))
         return torch.cat(out, 1)

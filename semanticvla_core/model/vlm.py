@@ -430,6 +430,7 @@ class VLMOutput:
     visual_tokens: torch.Tensor     # pooled E_v (B, M, hidden)
     trace_token_acc: torch.Tensor   # teacher-forced argmax accuracy on trace tokens
     latent_token_acc: torch.Tensor
+    prompt_context: torch.Tensor | None = None   # (B, hidden) last-layer state at the prompt's last token
 
 
 @dataclass
@@ -445,6 +446,7 @@ class GenerationResult:
     visual_tokens: torch.Tensor      # E_v (B, M, hidden)
     timings: dict[str, float]        # seconds: vision, prefill, decode, decode_per_token, latent_hidden
     num_decode_steps: int = 0
+    prompt_context: torch.Tensor | None = None   # (B, hidden) last-layer state at the prompt's last token
 
 
 class SemanticVLM(nn.Module):
@@ -575,10 +577,12 @@ class SemanticVLM(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden, _ = self.backbone.forward_embeds(emb, mask, pos, use_cache=False)
         text_h = hidden[:, P:]
+        ends = torch.tensor([len(self.prompt_ids(s)) - 1 for s in instructions], device=dev)
+        prompt_ctx = text_h[torch.arange(B, device=dev), ends]     # the state that ends "...Out:"
         if self.grammar is None:   # conventional variant: no target, E_a = final K prompt states
             zero = hidden.new_zeros((), dtype=torch.float32)
             e_a = self._prompt_states(text_h, text_mask.sum(1).to(dev))
-            return VLMOutput(zero, zero, zero, e_a, self.pool_visual(img), zero, zero)
+            return VLMOutput(zero, zero, zero, e_a, self.pool_visual(img), zero, zero, prompt_ctx)
         # position i predicts token i+1: gather hidden states that precede target tokens
         tgt_mask = seg[:, 1:] > 0
         h_prev = text_h[:, :-1][tgt_mask]
@@ -597,7 +601,7 @@ class SemanticVLM(nn.Module):
             e_a = text_h[seg == SEGMENT_LATENT].reshape(B, K, -1)
         else:
             e_a = text_h.new_zeros((B, 0, text_h.shape[-1]))
-        return VLMOutput(lt + ll, lt, ll, e_a, self.pool_visual(img), at, al)
+        return VLMOutput(lt + ll, lt, ll, e_a, self.pool_visual(img), at, al, prompt_ctx)
 
     # ---- constrained generation -----------------------------------------------------------------
     def _graph_runner(self, batch: int, max_len: int, dtype, device) -> "CudaGraphDecoder":
@@ -665,7 +669,7 @@ class SemanticVLM(nn.Module):
             timings["prefill"] = time.perf_counter() - t0
             timings.update(decode=0.0, latent_hidden=0.0, decode_per_token=0.0)
             return GenerationResult([""] * B, [[] for _ in range(B)], np.full((B, 1, 2), 0.5, np.float32),
-                                    [True] * B, np.zeros((B, 0), np.int64), e_a, e_v, timings, 0)
+                                    [True] * B, np.zeros((B, 0), np.int64), e_a, e_v, timings, 0, hidden[:, -1])
         runner = None
         if self.cuda_graph and dev.type == "cuda":
             runner = self._graph_runner(B, P + Lp + self.grammar.max_new_tokens + 1, emb.dtype, dev)
@@ -673,6 +677,7 @@ class SemanticVLM(nn.Module):
             cache = None
         else:
             hidden, cache = self.backbone.forward_embeds(emb, mask, pos, use_cache=True)
+        prompt_ctx = hidden[:, -1].clone()   # (a CUDA-graph runner reuses its buffers)
         logits = self.backbone.lm_logits(hidden[:, -1]).float()
         sync()
         timings["prefill"] = time.perf_counter() - t0
@@ -747,4 +752,4 @@ class SemanticVLM(nn.Module):
                 oks.append(len(lat) == K)
             lats.append(lat)
         return GenerationResult(texts, out, np.stack(anchors).astype(np.float32), oks,
-                                np.asarray(lats, dtype=np.int64).reshape(B, K), e_a, e_v, timings, steps)
+                                np.asarray(lats, dtype=np.int64).reshape(B, K), e_a, e_v, timings, steps, prompt_ctx)
