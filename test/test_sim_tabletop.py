@@ -42,6 +42,12 @@ def test_same_seed_same_episode_and_report(env):
     r2 = evaluate(ExpertPolicy, cfg, env=env, progress=False)
     assert json.dumps(r1, sort_keys=True) == json.dumps(r2, sort_keys=True)
     assert r1["success_overall"] >= 0.75
+    # per-kind episode counts: the first seeds are shared, so the kinds stay paired
+    cfg = EvalConfig(tasks=("stack",), kinds=("direct", "reasoning"), episodes=1, episodes_per_kind={"direct": 2},
+                     render=False)
+    r3 = evaluate(ExpertPolicy, cfg, env=env, progress=False)
+    assert [(e["kind"], e["seed"]) for e in r3["episodes"]] == [("direct", 100000), ("direct", 100001),
+                                                                ("reasoning", 100000)]
 
 
 def test_random_policy_scores_near_zero(env):

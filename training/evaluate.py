@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=",".join(TASK_FAMILIES))
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--episodes", type=int, default=10, help="per task and instruction kind")
+    p.add_argument("--episodes-per-kind", default="", metavar="KIND=N,...",
+                   help="per-kind overrides of --episodes, e.g. direct=100 (the same seeds, so kinds stay paired)")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--split", default="eval", choices=["train", "eval"])
     p.add_argument("--execute-steps", type=int, default=None, help="chunk rows executed before replanning")
@@ -59,8 +61,14 @@ def main(argv=None) -> int:
     p.add_argument("--custom-instructions", default=None, help="JSON/YAML {task: [template, ...]}")
     p.add_argument("--out", default="runs/eval_report.json")
     a = p.parse_args(argv)
+    per_kind = {}
+    for item in (x for x in a.episodes_per_kind.split(",") if x.strip()):
+        k, _, n = item.partition("=")
+        if not n.strip().isdigit():
+            raise SystemExit(f"--episodes-per-kind: expected KIND=N, got {item!r}")
+        per_kind[k.strip()] = int(n)
     cfg = EvalConfig(tasks=tuple(t for t in a.tasks.split(",") if t), kinds=tuple(k for k in a.kinds.split(",") if k),
-                     episodes=a.episodes, seed=a.seed, split=a.split, execute_steps=a.execute_steps,
+                     episodes=a.episodes, episodes_per_kind=per_kind, seed=a.seed, split=a.split, execute_steps=a.execute_steps,
                      max_steps=a.max_steps, image_size=a.image_size, wrist_size=a.wrist_size, video_dir=a.videos,
                      videos_per_task=a.videos_per_task,
                      custom_instructions=load_custom_instructions(a.custom_instructions) if a.custom_instructions else {})

@@ -21,8 +21,13 @@ STEPS1A=${STEPS1A:-1000}
 STEPS1B=${STEPS1B:-1500}
 STEPS2=${STEPS2:-4000}
 STEPS3=${STEPS3:-2500}
-EVAL=${EVAL:-100}                  # episodes per instruction kind for the full policy
-EVAL_ABL=${EVAL_ABL:-$EVAL}        # ... and for the ablations
+BATCH3=${BATCH3:-32}
+# the decoder: a keypoint stem on the 128 px agent view + 96 px wrist camera (model/visual_stem.py), a
+# 128-wide 3-layer flow decoder, conditioned on the VLM's own plans (--own-plans) as at run time
+STEM=${STEM:-'{"image_size": 128, "wrist_size": 96, "channels": 32, "keypoints": 32, "shift_pad": 4}'}
+DECODER=${DECODER:-'{"d_model": 128, "n_layers": 3, "n_heads": 4}'}
+EVAL=${EVAL:-100}                  # direct-instruction episodes of the full policy
+EVAL_ABL=${EVAL_ABL:-50}           # episodes of every other (variant, kind); the same seeds throughout
 VARIANTS=${VARIANTS:-"full notrace nolatent conventional"}
 SHIP=${SHIP:-1}
 export OMP_NUM_THREADS=1 MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -51,7 +56,8 @@ s2() {  # variant, extra args
 }
 s3() {  # variant, args
   [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$OUT/data" --config tiny \
-    --out "$OUT/stage3_$1" --steps "$STEPS3" $T "${@:2}" > "$OUT/stage3_$1.log" 2>&1
+    --out "$OUT/stage3_$1" --steps "$STEPS3" --batch-size "$BATCH3" --own-plans --set "stem=$STEM" \
+    --set "decoder=$DECODER" $T "${@:2}" > "$OUT/stage3_$1.log" 2>&1
 }
 has() { [[ " $VARIANTS " == *" $1 "* ]]; }
 
@@ -67,9 +73,9 @@ has nolatent && s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "
 has conventional && s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false &
 wait
 log "6. evaluation"
-ev() {  # variant, episodes
+ev() {  # variant, direct episodes
   [ -f "$OUT/eval_$1.json" ] || $PY training/evaluate.py --checkpoint "$OUT/stage3_$1/policy" --tasks pick_place_plate \
-    --episodes "$2" --videos "$OUT/videos_$1" --videos-per-task 2 --out "$OUT/eval_$1.json" > "$OUT/eval_$1.log" 2>&1
+    --episodes "$EVAL_ABL" --episodes-per-kind "direct=$2" --videos "$OUT/videos_$1" --videos-per-task 2 --out "$OUT/eval_$1.json" > "$OUT/eval_$1.log" 2>&1
 }
 i=0
 for v in $VARIANTS; do

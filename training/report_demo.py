@@ -82,6 +82,22 @@ def main(argv=None) -> int:
         fig.tight_layout()
         fig.savefig(out / "success.png")
         plt.close(fig)
+    # stage-3 held-out metrics: how good the VLM's own plans are and how well the decoder fits
+    rows = []
+    for v in VARIANTS:
+        rp = runs / f"stage3_{v}" / "policy" / "stage3_report.json"
+        if rp.is_file():
+            r = json.loads(rp.read_text())
+            ev, cfg = r.get("eval", {}), r.get("config", {})
+            fmt = lambda x: "n/a" if x is None else f"{x:.3f}"   # noqa: E731
+            rows.append(f"| {VARIANTS[v][0]} | {r.get('steps')} | {fmt(ev.get('action_mse'))} | "
+                        f"{fmt(ev.get('anchor_err'))} | {fmt(ev.get('latent_acc'))} | "
+                        f"{'yes' if cfg.get('own_plans') else 'no'} | "
+                        f"{sum(r.get('trainable_parameters', {}).values()):,} |")
+    if rows:
+        lines += ["## Stage 3 held-out metrics (the VLM's own plans -> decoder, normalized action units)", "",
+                  "| variant | steps | action MSE | anchor error | latent-token accuracy | decoder trained on own plans "
+                  "| trainable parameters |", "|---|---|---|---|---|---|---|", *rows, ""]
     # loss curves
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), dpi=110)
     found = False

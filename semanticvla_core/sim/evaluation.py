@@ -39,6 +39,7 @@ class EvalConfig:
     tasks: tuple = TASK_FAMILIES
     kinds: tuple = KINDS               # plus "custom" when custom_instructions is given
     episodes: int = 10                 # per task and kind
+    episodes_per_kind: dict = field(default_factory=dict)   # {kind: episodes} overrides, e.g. {"direct": 100}
     seed: int = 100_000                # first episode seed (training demos use small seeds)
     split: str = "eval"                # instruction split: eval phrasings are disjoint from training ones
     execute_steps: int | None = None   # rows of each chunk executed before replanning (None: all)
@@ -210,7 +211,7 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
         raise ValueError("a plan() policy needs images: EvalConfig.render must be True")
     adapter = _PolicyAdapter(policy)
     kinds = list(cfg.kinds) + (["custom"] if cfg.custom_instructions else [])
-    jobs = [(t, k, i) for t in cfg.tasks for k in kinds for i in range(cfg.episodes)
+    jobs = [(t, k, i) for t in cfg.tasks for k in kinds for i in range(int(cfg.episodes_per_kind.get(k, cfg.episodes)))
             if k != "custom" or t in cfg.custom_instructions]
     episodes = []
     for t, k, i in tqdm(jobs, desc="evaluate", unit="ep", disable=not progress):
