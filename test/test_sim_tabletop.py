@@ -55,6 +55,15 @@ def test_random_policy_scores_near_zero(env):
     rep = evaluate(RandomPolicy(0), cfg, env=env, progress=False)
     assert rep["num_episodes"] == 12
     assert rep["success_overall"] <= 1 / 12
+    assert sum(rep["outcomes_per_kind"]["direct"].values()) == 12
+
+
+def test_failure_modes_from_cube_positions():
+    from semanticvla_core.sim.evaluation import failure_mode
+    p0 = np.array([[0.4, 0.0, 0.02], [0.5, 0.1, 0.02]])
+    assert failure_mode(p0, p0 + 0.001, 0) == "target_untouched"
+    assert failure_mode(p0, p0 + [[0, 0, 0], [0.05, 0, 0]], 0) == "wrong_object"
+    assert failure_mode(p0, p0 + [[0.1, 0, 0], [0.05, 0, 0]], 0) == "target_moved_not_placed"
 
 
 def test_instruction_splits_disjoint_and_kinds_differ():

@@ -69,6 +69,16 @@ def main(argv=None) -> int:
             dtxt = ["n/a" if d is None else f"{100 * d:.0f}%" for d in drops]
             lines.append(f"| {VARIANTS[v][0]} | {VARIANTS[v][1]} | {e['num_episodes']} | " + " | ".join(cells) +
                          f" | {dtxt[0]} | {dtxt[1]} |")
+        modes = [(v, k, e["outcomes_per_kind"][k]) for v, e in evals.items() for k in kinds
+                 if k in e.get("outcomes_per_kind", {})]
+        if modes:
+            lines += ["", "Outcomes (failures by coarse reason, from the cubes' start and end positions: the named cube "
+                      "never moved / another cube moved instead / the named cube moved but did not end on the named "
+                      "plate):", "", "| variant | kind | success | target untouched | wrong object | moved, not placed |",
+                      "|---|---|---|---|---|---|"]
+            for v, k, m in modes:
+                lines.append(f"| {VARIANTS[v][0]} | {k} | {m.get('success', 0)} | {m.get('target_untouched', 0)} | "
+                             f"{m.get('wrong_object', 0)} | {m.get('target_moved_not_placed', 0)} |")
         lines += ["", "Relative drop = (direct - other) / direct. Success is the simulator's predicate (the named cube "
                   "on the named plate). ![success](success.png)", ""]
         fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)

@@ -164,6 +164,7 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
     render = env.cfg.render
     obs = env.reset(task, seed, kind if kind in KINDS else "direct", split, instruction=instruction, render=render)
     limit = max_steps or env.episode.max_steps
+    p0 = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
     frames, success, steps, n_plans = [], False, 0, 0
     cam = env.camera("agentview") if record else None
     while steps < limit and not success:
@@ -183,7 +184,20 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
                 break
     p = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
     return {"task": task, "seed": int(seed), "kind": kind, "instruction": env.instruction, "success": bool(success),
-            "steps": steps, "plans": n_plans, "final_cube_positions": np.round(p, 6).tolist(), "frames": frames}
+            "steps": steps, "plans": n_plans, "final_cube_positions": np.round(p, 6).tolist(),
+            "outcome": "success" if success else failure_mode(p0, p, env.episode.target), "frames": frames}
+
+
+FAILURE_MODES = ("target_untouched", "wrong_object", "target_moved_not_placed")
+
+
+def failure_mode(p0: np.ndarray, p1: np.ndarray, target: int, moved_m: float = 0.02) -> str:
+    """Coarse reason of a failed episode from the cubes' start and end positions: the named cube never moved
+    (and no other did), another cube moved instead, or the named cube moved but did not end where asked."""
+    moved = np.linalg.norm(np.asarray(p1) - np.asarray(p0), axis=1) > moved_m
+    if moved[target]:
+        return "target_moved_not_placed"
+    return "wrong_object" if moved.any() else "target_untouched"
 
 
 def relative_drop(base: float, other: float) -> float | None:
@@ -252,6 +266,12 @@ def summarize(episodes: list[dict]) -> dict:
     kind_rates = {k: rate(v) for k, v in per_kind.items()}
     d = kind_rates.get("direct", 0.0)
     drops = {f"direct_to_{k}": relative_drop(d, kind_rates[k]) for k in kind_rates if k != "direct"}
+    outcomes: dict = {}
+    for r in episodes:
+        if "outcome" in r:
+            d = outcomes.setdefault(r["kind"], {m: 0 for m in ("success",) + FAILURE_MODES})
+            d[r["outcome"]] = d.get(r["outcome"], 0) + 1
     return {"success_overall": rate([r["success"] for r in episodes]), "success_per_kind": kind_rates,
+            "outcomes_per_kind": outcomes,
             "success_per_task": task_rates, "relative_drop": drops, "num_episodes": len(episodes),
             "episodes": episodes}
