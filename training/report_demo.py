@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             fmt = lambda x: "n/a" if x is None else f"{x:.3f}"   # noqa: E731
             rows.append(f"| {VARIANTS[v][0]} | {r.get('steps')} | {fmt(ev.get('action_mse'))} | "
                         f"{fmt(ev.get('anchor_err'))} | {fmt(ev.get('latent_acc'))} | "
-                        f"{'yes' if cfg.get('own_plans') else 'no'} | "
+                        f"{'n/a (no plan)' if v == 'conventional' else ('yes' if cfg.get('own_plans') else 'no')} | "
                         f"{sum(r.get('trainable_parameters', {}).values()):,} |")
     if rows:
         lines += ["## Stage 3 held-out metrics (the VLM's own plans -> decoder, normalized action units)", "",
