@@ -220,6 +220,11 @@ class SemanticVLAPolicy(nn.Module):
                     state=state.float() if (c.state_dim > 0 and state is not None) else None)
 
     @property
+    def uses_wrist(self) -> bool:
+        """True when plan / plan_trace need ``wrist=`` images (the decoder's stem looks at the wrist camera)."""
+        return self.stem is not None and self.config.stem.wrist_size > 0
+
+    @property
     def num_decoder_visual_tokens(self) -> int:
         """Rows of E_v the decoder sees: the VLM's pooled visual tokens, then the stem's keypoint tokens."""
         return self.vlm.num_visual_tokens + self.config.stem.num_tokens
@@ -227,7 +232,7 @@ class SemanticVLAPolicy(nn.Module):
     def stem_inputs(self, images, wrist=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Full-resolution camera images -> the stem's (agent, wrist) tensors at its configured sizes."""
         sc = self.config.stem
-        if sc.wrist_size and wrist is None:
+        if self.uses_wrist and wrist is None:
             raise ValueError("this policy's decoder looks at the wrist camera: pass wrist= images")
         agent = preprocess_images(images, sc.image_size, self.device)
         w = preprocess_images(wrist, sc.wrist_size, self.device) if sc.wrist_size else None
@@ -303,6 +308,14 @@ class SemanticVLAPolicy(nn.Module):
                 "loss_trace": out.loss_trace.detach(), "loss_latent": out.loss_latent.detach()}
 
     # ---- serving -----------------------------------------------------------------------------------
+    def _generate(self, images, instruction, wrist, temperature: float):
+        """The shared front of plan / plan_trace: inputs -> VLM generation -> decoder E_v (with the stem)."""
+        x, instr, wh = self._batch_inputs(images, instruction)
+        stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
+        gen = self.vlm.generate(x, instr, temperature=temperature)
+        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context)
+        return x, instr, wh, gen, e_v
+
     def _batch_inputs(self, images, instruction):
         x = preprocess_images(images, self.config.image_size)
         h, w = (images.shape[-3], images.shape[-2]) if isinstance(images, np.ndarray) else \
@@ -324,12 +337,9 @@ class SemanticVLAPolicy(nn.Module):
         t_all = time.perf_counter()
         was_training = self.training
         self.eval()
-        x, instr, wh = self._batch_inputs(images, instruction)
+        x, instr, wh, gen, e_v = self._generate(images, instruction, wrist, temperature)
         B = x.shape[0]
-        stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
-        gen = self.vlm.generate(x, instr, temperature=temperature)
         t0 = time.perf_counter()
-        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context)
         cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, e_v, self._state_tensor(state, B))
         a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed))
         if self.device.type == "cuda":
@@ -353,10 +363,7 @@ class SemanticVLAPolicy(nn.Module):
         t_all = time.perf_counter()
         was_training = self.training
         self.eval()
-        x, instr, wh = self._batch_inputs(images, instruction)
-        stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
-        gen = self.vlm.generate(x, instr, temperature=temperature)
-        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context)
+        x, instr, wh, gen, e_v = self._generate(images, instruction, wrist, temperature)
         self.train(was_training)
         latency = time.perf_counter() - t_all
         plans = []

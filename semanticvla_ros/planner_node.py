@@ -36,8 +36,7 @@ class PlannerNode(Node):
         self.pub = self.create_publisher(Trace, "/semanticvla/trace", 5)
         self.create_subscription(Image, f"/semanticvla/observation/{self.p.camera}", self.on_obs, 1)
         self.wrist: dict[int, Image] = {}     # stamp -> wrist frame (a few, to pair with the main camera's)
-        self.needs_wrist = self.policy is not None and self.policy.stem is not None and \
-            self.policy.config.stem.wrist_size > 0
+        self.needs_wrist = self.policy is not None and self.policy.uses_wrist
         if self.needs_wrist:
             self.create_subscription(Image, f"/semanticvla/observation/{self.p.wrist_camera}", self.on_wrist, 2)
         self.create_subscription(String, "/semanticvla/instruction", self.on_instruction, 5)
