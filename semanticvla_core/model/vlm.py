@@ -330,12 +330,17 @@ class FrozenSentenceEncoder(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, sentences: list[str]) -> torch.Tensor:
+    def tokens(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer token states (B, L, dim) float32 and the (B, L) bool attention mask."""
         dev = next(self.bert.parameters()).device
         enc = self.tokenizer(list(sentences), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(dev)
-        h = self.bert(**enc).last_hidden_state.float()
-        m = enc["attention_mask"].unsqueeze(-1).float()
+        return self.bert(**enc).last_hidden_state.float(), enc["attention_mask"].bool()
+
+    @torch.no_grad()
+    def forward(self, sentences: list[str]) -> torch.Tensor:
+        h, mask = self.tokens(sentences)
+        m = mask.unsqueeze(-1).float()
         return F.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
 
 

@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -72,10 +73,14 @@ class TrainConfig:
     amp: str = "none"                # "none" | "bf16" (autocast; CUDA)
     progress: bool = True            # tqdm bar on rank 0
     checkpoint_trainable_only: bool = False  # resumable checkpoints hold only requires_grad params + buffers
+    ema_decay: float = 0.0           # >0: exponential moving average of the trained parameters (e.g. 0.999),
+                                     # warmed up as min(decay, (1+step)/(10+step)); the final weights are the EMA
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"TrainConfig: steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"TrainConfig.amp must be 'none' or 'bf16', got {self.amp!r}")
         self.betas = tuple(self.betas)
@@ -289,8 +294,10 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    step: int, extra: dict | None = None, trainable_only: bool = False) -> Path:
-    """Atomically write ``model.safetensors``, ``optimizer.safetensors``, ``trainer_state.json``.
+                    step: int, extra: dict | None = None, trainable_only: bool = False,
+                    ema: list[torch.Tensor] | None = None) -> Path:
+    """Atomically write ``model.safetensors``, ``optimizer.safetensors``, ``trainer_state.json`` (and
+    ``ema.safetensors``: the moving average of the optimizer's parameters, in their order, when given).
 
     trainable_only: store only parameters with requires_grad (+ buffers), e.g. LoRA and a new decoder
     on a frozen 7B backbone; loading then expects the frozen weights to be in the model already.
@@ -309,6 +316,8 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: t
         tensors, meta = optimizer_state_to_flat(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         state["optimizer"] = meta
+    if ema is not None:
+        save_file({f"p{i}": t.detach().contiguous() for i, t in enumerate(ema)}, str(tmp / EMA_FILE))
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     old = d.with_name(d.name + ".old")
     if d.exists():
@@ -319,6 +328,22 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: t
     if old.exists():
         shutil.rmtree(old)
     return d
+
+
+EMA_FILE = "ema.safetensors"
+
+
+def load_ema(directory: str | os.PathLike, ema: list[torch.Tensor]) -> bool:
+    """Fill ``ema`` in place from ``<directory>/ema.safetensors``; False when the checkpoint has none."""
+    f = Path(directory) / EMA_FILE
+    if not f.is_file():
+        return False
+    sd = load_file(str(f))
+    if len(sd) != len(ema) or any(sd[f"p{i}"].shape != t.shape for i, t in enumerate(ema)):
+        raise ValueError(f"{f}: does not match the trained parameters")
+    for i, t in enumerate(ema):
+        t.copy_(sd[f"p{i}"])
+    return True
 
 
 def load_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -467,6 +492,9 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
     start = 0
     if cfg.resume and ckpt_dir.is_dir():
         start, _ = load_checkpoint(ckpt_dir, model, optimizer, info.device)
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
+    if ema is not None and start and not load_ema(ckpt_dir, ema):
+        warnings.warn(f"{ckpt_dir}: no EMA state in the checkpoint; the average restarts from step {start}")
     logger = MetricsLogger(out_dir, info.is_main, resume_step=start)
     torch.manual_seed(cfg.seed + 100_003 * info.rank + start)
 
@@ -491,7 +519,7 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
     def _save(s):
         if info.is_main:
             save_checkpoint(ckpt_dir, model, optimizer, s, {"name": name, "config": asdict(cfg)},
-                            trainable_only=cfg.checkpoint_trainable_only)
+                            trainable_only=cfg.checkpoint_trainable_only, ema=ema)
             logger.plot(name)
         barrier()
 
@@ -520,6 +548,11 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             out = {**out, "grad_norm": gnorm}
         optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                d = min(cfg.ema_decay, (1 + step) / (10 + step))
+                torch._foreach_mul_(ema, d)
+                torch._foreach_add_(ema, [p.detach() for p in params], alpha=1 - d)
         step += 1
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, (int, float)):
@@ -541,6 +574,10 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
             _save(step)
     if pbar is not None:
         pbar.close()
+    if ema is not None and step > start:
+        with torch.no_grad():     # the final weights are the average (what is evaluated and saved)
+            for p, e in zip(params, ema):
+                p.copy_(e)
     if eval_fn is not None:
         last = {**last, **{f"eval/{k}": v for k, v in _eval(step).items()}}
     model.eval()

@@ -44,6 +44,7 @@ from .stage2_vlm import build_policy
 
 REPORT_NAME = "stage3_report.json"
 PLANS_NAME = "own_plans.safetensors"
+FEATURES_NAME = "own_plans_features.safetensors"   # with the frozen VLM's outputs (freeze_vlm)
 POLICY_DIR = "policy"
 
 
@@ -64,6 +65,10 @@ class Stage3Config:
     (``policy.DECODER_SIDE_SWITCHES``: ``use_latent``, ``trace_to_decoder``), e.g. ``{"use_latent": False}``.
     train_vision: LoRA on the vision towers + trainable projector too (None = only for the conventional
     variant, both switches off, which has no stage 2 to train its vision side).
+    freeze_vlm: keep the stage-2 VLM frozen (no LoRA, no L_VLM) and train only the decoder (and its visual
+    stem). The VLM's generation outputs per frame (plan, E_a, visual tokens, prompt state) are then computed
+    once and cached (``precompute_plans(features=True)``), which makes a step several times cheaper on a CPU;
+    the decoder trains on exactly what it gets at run time. Implies ``own_plans``.
     """
 
     init_from: str | None = None
@@ -75,6 +80,7 @@ class Stage3Config:
     lambda_vlm: float = 0.1
     anchor_noise: float = 0.0
     own_plans: bool = False
+    freeze_vlm: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -84,6 +90,8 @@ class Stage3Config:
     eval_samples: int = 256
 
     def __post_init__(self) -> None:
+        if self.freeze_vlm:
+            self.own_plans = True
         if self.anchor_noise < 0:
             raise ValueError(f"Stage3Config.anchor_noise must be >= 0, got {self.anchor_noise}")
         if self.lambda_vlm < 0:
@@ -120,9 +128,12 @@ def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int)
     policy.config.state_dim = int(state_dim)
     policy.config.decoder.state_dim = int(state_dim)
     policy.decoder = FlowMatchingDecoder(policy.config.decoder_config(policy.vlm.hidden_size)).to(policy.device)
-    vision = policy.config.decoder_uses_prompt_states if cfg.train_vision is None else cfg.train_vision
-    policy.apply_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                      train_act_tokens=cfg.train_act_tokens and policy.config.use_latent, vision=vision)
+    if cfg.freeze_vlm:
+        policy.requires_grad_(False)
+    else:
+        vision = policy.config.decoder_uses_prompt_states if cfg.train_vision is None else cfg.train_vision
+        policy.apply_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                          train_act_tokens=cfg.train_act_tokens and policy.config.use_latent, vision=vision)
     policy.decoder.requires_grad_(True)
     if policy.stem is not None:
         policy.stem.requires_grad_(True)        # the decoder's keypoint CNN trains with it
@@ -187,9 +198,12 @@ def evaluate_policy(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int
 
 @torch.no_grad()
 def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: int = 64,
-                     progress: bool = True) -> dict[str, np.ndarray]:
+                     progress: bool = True, features: bool = False) -> dict[str, np.ndarray]:
     """The VLM's own greedy plans for every sample of ``dataset`` (an ``ActionDataset`` or a Subset of one):
-    ``{"index": (F,) global frame, "anchors": (F, N, 2) (use_trace), "latent_ids": (F, K) (use_latent)}``.
+    ``{"index": (F,) global frame, "anchors": (F, N, 2) (use_trace), "latent_ids": (F, K) (use_latent)}``;
+    with ``features`` also what the decoder takes from the VLM at run time (for a frozen VLM,
+    ``Stage3Config.freeze_vlm``): ``latent_hidden`` (F, K, hidden) = E_a, ``visual_tokens`` (F, V, hidden),
+    ``prompt_context`` (F, hidden). Works for every variant (the conventional one only has features).
     Stage 3 conditions the decoder on these (``SemanticVLAPolicy.forward``): the plans it gets at run time,
     not the ground truth the VLM was taught with. Made once from the stage-2 VLM; stage 3's LoRA moves the
     VLM only a little (small lambda_vlm), so they stay close to the final VLM's plans."""
@@ -198,19 +212,21 @@ def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: in
     was = policy.training
     policy.eval()
     c = policy.config
-    idx, anchors, lat = [], [], []
+    idx, cols = [], {k: [] for k in ("anchors", "latent_ids", "latent_hidden", "visual_tokens", "prompt_context")}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for b in tqdm(loader, desc="own plans", unit="batch", disable=not progress):
         gen = policy.vlm.generate(b["image"].to(policy.device, policy.vlm_dtype), list(b["instruction"]))
         idx.append(b["index"].numpy())
-        anchors.append(np.asarray(gen.anchors, np.float32))
-        lat.append(np.asarray(gen.latent_ids, np.int64))
+        if c.use_trace:
+            cols["anchors"].append(np.asarray(gen.anchors, np.float32))
+        if c.use_latent:
+            cols["latent_ids"].append(np.asarray(gen.latent_ids, np.int64))
+        if features:
+            for k in ("latent_hidden", "visual_tokens", "prompt_context"):
+                cols[k].append(getattr(gen, k).float().cpu().numpy())
     policy.train(was)
     out = {"index": np.concatenate(idx).astype(np.int64)}
-    if c.use_trace:
-        out["anchors"] = np.concatenate(anchors)
-    if c.use_latent:
-        out["latent_ids"] = np.concatenate(lat)
+    out.update({k: np.ascontiguousarray(np.concatenate(v)) for k, v in cols.items() if v})
     return out
 
 
@@ -235,17 +251,18 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
     if state_dim is None:
         first = dataset[0]
         state_dim = int(first["state"].shape[-1]) if "state" in first else 0
-    if cfg.own_plans and policy.config.vlm_generates:
+    if cfg.own_plans and (policy.config.vlm_generates or cfg.freeze_vlm):
         base = dataset
         while isinstance(base, torch.utils.data.Subset):
             base = base.dataset
         if not hasattr(base, "set_plans"):
             raise ValueError("own_plans: the dataset must be an ActionDataset (or a Subset of one)")
-        path = Path(cfg.train.output_dir) / PLANS_NAME
+        path = Path(cfg.train.output_dir) / (FEATURES_NAME if cfg.freeze_vlm else PLANS_NAME)
         if info.is_main and not path.is_file():
             from safetensors.numpy import save_file
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(precompute_plans(policy, base, progress=cfg.train.progress), str(path))
+            save_file(precompute_plans(policy, base, progress=cfg.train.progress, features=cfg.freeze_vlm),
+                      str(path))
         barrier()
         base.set_plans(path)
     seed_everything(cfg.train.seed + 1)               # same decoder init on every rank
