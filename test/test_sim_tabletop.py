@@ -29,6 +29,19 @@ def test_expert_succeeds_on_20_seeds(env, family):
     assert np.mean(results) >= 0.95, f"{family}: expert {sum(results)}/20"
 
 
+def test_slower_expert_takes_smaller_steps_and_still_succeeds(env):
+    """rollout_expert(speed=): the demo recipe's slowed expert (0.01 m per step) moves at most that far per
+    action, takes longer episodes, and still solves the task."""
+    fast = [rollout_expert(env, "pick_place_plate", s, render=False) for s in range(5)]
+    slow = [rollout_expert(env, "pick_place_plate", s, render=False, speed=0.01) for s in range(5)]
+    assert all(r["success"] for r in fast + slow)
+    assert np.mean([r["steps"] for r in slow]) > 1.5 * np.mean([r["steps"] for r in fast])
+    assert max(np.linalg.norm(r["actions"][:, :3], axis=1).max() for r in slow) <= 0.01 + 1e-6
+    assert max(np.linalg.norm(r["actions"][:, :3], axis=1).max() for r in fast) > 0.02
+    with pytest.raises(ValueError, match="speed"):
+        rollout_expert(env, "pick_place_plate", 0, render=False, speed=0.0)
+
+
 def test_same_seed_same_episode_and_report(env):
     a = rollout_expert(env, "pick_place_plate", 7, render=False)
     b = rollout_expert(env, "pick_place_plate", 7, render=False)

@@ -5,11 +5,14 @@
 #   OUT=runs/demo STEPS2=4000 STEPS3=4000 EVAL=100 VARIANTS="full notrace" bash training/recipe_demo.sh
 #
 # Steps (each resumes / is skipped when its output exists, so a rerun continues where it stopped):
-#  1. collect EPISODES scripted demonstrations of pick_place_plate (both cameras, exact projected traces)
+#  1. collect EPISODES scripted demonstrations of pick_place_plate (both cameras, exact projected traces), the
+#     expert slowed to EXPERT_SPEED m per 50 ms step (~95-step episodes instead of ~50)
 #  2. check the traces: re-project the TCP through meta/cameras.json (annotate_traces --method projection)
 #  3. stage 1: latent action tokenizer (trace VQ-VAE, then visual grounding)
 #  4. stage 2: VLM synergy training per variant (full: trace + latents; notrace: latents only)
-#  5. stage 3: LoRA + flow decoder per variant (nolatent reuses the full stage 2; conventional has no stage 2)
+#  5. stage 3 per variant: the flow decoder + its visual stem on the frozen stage-2 VLM's own plans and features
+#     (--freeze-vlm: cached once, ~5 steps/s at batch 64 on 2 cores), EMA weights (nolatent reuses the full
+#     stage 2; conventional has no stage 2, so its frozen VLM is the untrained initial one)
 #  6. evaluate every variant on held-out seeds with the evaluation phrasings of every instruction kind
 #  7. report (training/report_demo.py) and, for the full variant, copy the policy to checkpoints/demo
 set -euo pipefail
@@ -17,14 +20,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/demo}
 EPISODES=${EPISODES:-300}
+EXPERT_SPEED=${EXPERT_SPEED:-0.01}
 STEPS1A=${STEPS1A:-1000}
 STEPS1B=${STEPS1B:-1500}
 STEPS2=${STEPS2:-4000}
-STEPS3=${STEPS3:-2500}
-BATCH3=${BATCH3:-32}
-# the decoder: a keypoint stem on the 128 px agent view + 96 px wrist camera (model/visual_stem.py), a
-# 128-wide 3-layer flow decoder, conditioned on the VLM's own plans (--own-plans) as at run time
-STEM=${STEM:-'{"image_size": 128, "wrist_size": 96, "channels": 32, "keypoints": 32, "shift_pad": 4}'}
+STEPS3=${STEPS3:-8000}
+BATCH3=${BATCH3:-64}
+THREADS3=${THREADS3:-2}            # stage 3 runs one variant at a time on both cores
+# the decoder: a keypoint stem on the 128 px agent view + 96 px wrist camera (model/visual_stem.py), FiLM-
+# conditioned on the instruction through the frozen sentence encoder, a 128-wide 3-layer flow decoder,
+# conditioned on the frozen VLM's own plans as at run time
+STEM=${STEM:-'{"image_size": 128, "wrist_size": 96, "channels": 32, "keypoints": 32, "shift_pad": 4, "language": "sentence"}'}
 DECODER=${DECODER:-'{"d_model": 128, "n_layers": 3, "n_heads": 4}'}
 EVAL=${EVAL:-100}                  # direct-instruction episodes of the full policy
 EVAL_ABL=${EVAL_ABL:-50}           # episodes of every other (variant, kind); the same seeds throughout
@@ -39,7 +45,7 @@ SECONDS=0
 
 [ -f "$OUT/data/meta/info.json" ] || { log "1. collecting $EPISODES demonstrations";
   $PY training/collect_demos.py --task pick_place_plate --episodes "$EPISODES" --workers 2 --out "$OUT/data" \
-    --image-size 128 --wrist-size 96 --seed 0; }
+    --image-size 128 --wrist-size 96 --seed 0 --expert-speed "$EXPERT_SPEED"; }
 log "2. trace check by re-projection"
 $PY training/annotate_traces.py --dataset "$OUT/data" --method projection --camera observation.images.agentview \
   --overlay-episodes 2 --resume > "$OUT/annotate.log" 2>&1 || log "   (trace check failed, see $OUT/annotate.log)"
@@ -56,8 +62,8 @@ s2() {  # variant, extra args
 }
 s3() {  # variant, args
   [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$OUT/data" --config tiny \
-    --out "$OUT/stage3_$1" --steps "$STEPS3" --batch-size "$BATCH3" --own-plans --set "stem=$STEM" \
-    --set "decoder=$DECODER" $T "${@:2}" > "$OUT/stage3_$1.log" 2>&1
+    --out "$OUT/stage3_$1" --steps "$STEPS3" --batch-size "$BATCH3" --freeze-vlm --ema 0.999 --set "stem=$STEM" \
+    --set "decoder=$DECODER" --threads "$THREADS3" "${@:2}" > "$OUT/stage3_$1.log" 2>&1
 }
 has() { [[ " $VARIANTS " == *" $1 "* ]]; }
 
@@ -65,13 +71,11 @@ log "4. stage 2 (full, notrace in parallel)"
 s2 full &
 if has notrace; then (while [ ! -f "$IDS" ]; do sleep 5; done; s2 notrace --no-trace --latent-ids "$IDS") & fi
 wait
-log "5. stage 3"
-has full && s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" &
-has notrace && s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS" &
-wait
-has nolatent && s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" --set use_latent=false &
-has conventional && s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false &
-wait
+log "5. stage 3 (one variant at a time, $THREADS3 threads)"
+has full && s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS"
+has notrace && s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS"
+has nolatent && s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" --set use_latent=false
+has conventional && s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false
 log "6. evaluation"
 ev() {  # variant, direct episodes
   [ -f "$OUT/eval_$1.json" ] || $PY training/evaluate.py --checkpoint "$OUT/stage3_$1/policy" --tasks pick_place_plate \

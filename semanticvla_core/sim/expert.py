@@ -178,8 +178,12 @@ def tcp_track(points_world: np.ndarray, camera) -> tuple[np.ndarray, np.ndarray]
 
 def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split: str = "train",
                    render: bool | None = None, max_steps: int | None = None, extra_steps: int = 3,
-                   window: int = DEFAULT_WINDOW) -> dict:
+                   window: int = DEFAULT_WINDOW, speed: float | None = None) -> dict:
     """Run the expert for one episode; returns frames, actions, states, TCP positions, traces and success.
+
+    ``speed``: cap of the TCP's travel per step [m] for free motion and carrying (default: the expert's own,
+    0.03 / 0.02 m, i.e. 0.6 / 0.4 m/s at 20 Hz). A slower expert gives longer episodes: more frames per
+    demonstration and smaller motions per action chunk, which a learned closed-loop policy can follow.
 
     Keys: ``instruction``, ``actions`` (T, 7), ``states`` (T, 15), ``tcp`` (T, 3), ``images`` {cam: (T,H,W,3)}
     when rendering, ``trace`` (T, W, 2), ``trace_present`` (T,), ``success``, ``steps``. Frame t holds the
@@ -187,6 +191,10 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
     """
     obs = env.reset(task, seed, instruction_kind, split, render=render)
     expert = ScriptedExpert(env)
+    if speed is not None:
+        if not speed > 0:
+            raise ValueError(f"rollout_expert: speed must be > 0 m/step, got {speed}")
+        expert.max_step, expert.carry_step = float(speed), min(expert.carry_step, float(speed))
     limit = max_steps or env.episode.max_steps
     acts, states, tcps, imgs = [], [], [], {"agentview": [], "wrist": []}
     success, after, streak = False, 0, 0
