@@ -210,13 +210,10 @@ def test_cli_comparison_variants_conventional_and_no_latent_from_stage2(tmp_path
     assert "<ACT_" not in nolat.plan(img, "move the red dot left").texts[0]
 
 
-def test_cli_stage3_with_own_plans_and_a_visual_stem(tmp_path):
-    """--own-plans: the stage-2 VLM's greedy plans are generated once per sample frame and cached; the
-    decoder's e_tau / E_a come from them (the flow loss changes with the plan, L_VLM does not); --set stem
-    adds the keypoint stem to a stem-less stage-2 checkpoint and it trains with the decoder."""
-    from safetensors.numpy import load_file as load_np
+def _stage2_for_stage3_cli(tmp_path):
+    """A 2-episode dataset with wrist camera, a tiny untrained tokenizer and a 3-step stage 2 in tmp_path
+    (ds/, tok/, s2/); returns the common CLI flags, the latent-ids file and a small stem config (JSON)."""
     from data_fixtures import make_dataset
-    from semanticvla_core.data.pipelines import ActionDataset
     from semanticvla_core.model.latent_tokenizer import LatentTokenizer, tokenizer_config
 
     make_dataset(tmp_path / "ds", lengths=(14, 16))
@@ -226,8 +223,17 @@ def test_cli_stage3_with_own_plans_and_a_visual_stem(tmp_path):
               "--eval-fraction", "0.2", "--threads", "1"]
     assert _cli("stage2_vlm").main(["--dataset", str(tmp_path / "ds"), "--latent-tokenizer", str(tmp_path / "tok"),
                                     "--out", str(tmp_path / "s2"), *common]) == 0
-    ids_file = tmp_path / "s2" / "latent_ids.safetensors"
-    stem = '{"image_size": 32, "wrist_size": 24, "channels": 8, "keypoints": 4}'
+    return common, tmp_path / "s2" / "latent_ids.safetensors", '{"image_size": 32, "wrist_size": 24, "channels": 8, "keypoints": 4}'
+
+
+def test_cli_stage3_with_own_plans_and_a_visual_stem(tmp_path):
+    """--own-plans: the stage-2 VLM's greedy plans are generated once per sample frame and cached; the
+    decoder's e_tau / E_a come from them (the flow loss changes with the plan, L_VLM does not); --set stem
+    adds the keypoint stem to a stem-less stage-2 checkpoint and it trains with the decoder."""
+    from safetensors.numpy import load_file as load_np
+    from semanticvla_core.data.pipelines import ActionDataset
+
+    common, ids_file, stem = _stage2_for_stage3_cli(tmp_path)
     assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"),
                                     "--latent-ids", str(ids_file), "--out", str(tmp_path / "s3"), "--own-plans",
                                     "--anchor-noise", "0.05", "--set", f"stem={stem}", *common]) == 0
@@ -264,19 +270,9 @@ def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path
     once; stage 3 trains only the decoder + stem on them (with --ema), the VLM leaves stage 3 bit-identical, and
     the cached-feature loss equals the loss of the full forward on the same (own) plan."""
     from safetensors.numpy import load_file as load_np
-    from data_fixtures import make_dataset
     from semanticvla_core.data.pipelines import ActionDataset
-    from semanticvla_core.model.latent_tokenizer import LatentTokenizer, tokenizer_config
 
-    make_dataset(tmp_path / "ds", lengths=(14, 16))
-    torch.manual_seed(0)
-    LatentTokenizer(tokenizer_config("tiny"), with_decoders=False).save_pretrained(tmp_path / "tok", include_decoders=False)
-    common = ["--steps", "3", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--save-every", "0",
-              "--eval-fraction", "0.2", "--threads", "1"]
-    assert _cli("stage2_vlm").main(["--dataset", str(tmp_path / "ds"), "--latent-tokenizer", str(tmp_path / "tok"),
-                                    "--out", str(tmp_path / "s2"), *common]) == 0
-    ids_file = tmp_path / "s2" / "latent_ids.safetensors"
-    stem = '{"image_size": 32, "wrist_size": 24, "channels": 8, "keypoints": 4}'
+    common, ids_file, stem = _stage2_for_stage3_cli(tmp_path)
     assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"),
                                     "--latent-ids", str(ids_file), "--out", str(tmp_path / "s3"), "--freeze-vlm",
                                     "--ema", "0.9", "--set", f"stem={stem}", *common]) == 0

@@ -132,39 +132,45 @@ def test_stem_learns_where_a_bright_square_is():
     assert err < 0.1 * baseline, (err, baseline)
 
 
+def _two_squares(n, g):
+    """Two 3x3 squares (red, blue) at random places on a dark noisy image; ``which`` names one; ``y`` its (x, y)."""
+    x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
+    pos = torch.randint(2, 30, (n, 2, 2), generator=g)
+    which = torch.randint(0, 2, (n,), generator=g)
+    for i in range(n):
+        for k, ch in ((0, 0), (1, 2)):      # square 0 red, square 1 blue
+            r, c = pos[i, k].tolist()
+            x[i, ch, r - 1:r + 2, c - 1:c + 2] = 1.0
+    return x, which, (pos[torch.arange(n), which].float() - 16) / 16
+
+
+def _named_square_error(film: bool, condition, **cfg) -> float:
+    """Train a stem + linear head for 400 steps to report the named square; held-out MSE.
+    ``condition(which) -> (context, instructions)`` is how the name reaches the stem (with ``film``)."""
+    torch.manual_seed(0)
+    stem = VisualStem(VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0, film=film, **cfg), 16)
+    head = torch.nn.Linear(16 * stem.config.num_tokens, 2)
+    opt = torch.optim.Adam([p for p in [*stem.parameters(), *head.parameters()] if p.requires_grad], 3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        x, which, y = _two_squares(32, g)
+        loss = (head(stem(x, None, *(condition(which) if film else (None, None))).flatten(1)) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, which, y = _two_squares(256, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        return (head(stem(x, None, *(condition(which) if film else (None, None))).flatten(1)) - y).pow(2).mean().item()
+
+
 def test_film_context_selects_which_square_the_keypoints_report():
     """Two squares (red, blue) at random places; a context vector names one (as the VLM's prompt state
     names the instructed cube). With FiLM the stem's tokens give the NAMED square's position; without
     the context the best a model can do is about halfway between the two."""
-    def batch(n, g):
-        x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
-        pos = torch.randint(2, 30, (n, 2, 2), generator=g)
-        which = torch.randint(0, 2, (n,), generator=g)
-        for i in range(n):
-            for k, ch in ((0, 0), (1, 2)):      # square 0 red, square 1 blue
-                r, c = pos[i, k].tolist()
-                x[i, ch, r - 1:r + 2, c - 1:c + 2] = 1.0
-        y = (pos[torch.arange(n), which].float() - 16) / 16
-        ctx = torch.nn.functional.one_hot(which, 16).float()
-        return x, ctx, y
+    def one_hot(which):
+        return torch.nn.functional.one_hot(which, 16).float(), None
 
-    def train(film):
-        torch.manual_seed(0)
-        stem = VisualStem(VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0, film=film), 16)
-        head = torch.nn.Linear(16 * stem.config.num_tokens, 2)
-        opt = torch.optim.Adam([*stem.parameters(), *head.parameters()], 3e-3)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(400):
-            x, ctx, y = batch(32, g)
-            loss = (head(stem(x, None, ctx if film else None).flatten(1)) - y).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        x, ctx, y = batch(256, torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            return (head(stem(x, None, ctx if film else None).flatten(1)) - y).pow(2).mean().item()
-
-    with_film, without = train(True), train(False)
+    with_film, without = _named_square_error(True, one_hot), _named_square_error(False, one_hot)
     assert with_film < 0.5 * without, (with_film, without)
 
 
@@ -218,40 +224,15 @@ def test_sentence_language_reads_the_instruction_and_is_not_saved(tmp_path):
 
 
 def test_sentence_film_learns_which_named_square_to_report():
-    """As the FiLM test above, but the square is named in words, in either order ("the red one, not the blue
-    one" / "the blue one, not the red one"): the attention pool over the frozen encoder's token states must
+    """As the FiLM test above, but the square is named in words, in either order ("the red cube on the blue
+    plate" / "the blue cube on the red plate"): the attention pool over the frozen encoder's token states must
     learn that the first colour counts. Without FiLM the error stays near the halfway guess."""
     texts = {0: ["put the red cube on the blue plate", "move the red block onto the blue plate"],
              1: ["put the blue cube on the red plate", "move the blue block onto the red plate"]}
 
-    def batch(n, g):
-        x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
-        pos = torch.randint(2, 30, (n, 2, 2), generator=g)
-        which = torch.randint(0, 2, (n,), generator=g)
-        for i in range(n):
-            for k, ch in ((0, 0), (1, 2)):      # square 0 red, square 1 blue
-                r, c = pos[i, k].tolist()
-                x[i, ch, r - 1:r + 2, c - 1:c + 2] = 1.0
-        y = (pos[torch.arange(n), which].float() - 16) / 16
-        instr = [texts[int(w)][i % 2] for i, w in enumerate(which)]
-        return x, instr, y
+    def words(which):
+        return None, [texts[int(w)][i % 2] for i, w in enumerate(which)]
 
-    def train(film):
-        torch.manual_seed(0)
-        stem = VisualStem(VisualStemConfig(image_size=32, channels=8, keypoints=4, shift_pad=0, film=film,
-                                           language="sentence"), 16)
-        head = torch.nn.Linear(16 * stem.config.num_tokens, 2)
-        opt = torch.optim.Adam([p for p in [*stem.parameters(), *head.parameters()] if p.requires_grad], 3e-3)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(400):
-            x, instr, y = batch(32, g)
-            loss = (head(stem(x, None, None, instr).flatten(1)) - y).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        x, instr, y = batch(256, torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            return (head(stem(x, None, None, instr).flatten(1)) - y).pow(2).mean().item()
-
-    with_film, without = train(True), train(False)
+    with_film = _named_square_error(True, words, language="sentence")
+    without = _named_square_error(False, words, language="sentence")
     assert with_film < 0.5 * without, (with_film, without)
