@@ -290,7 +290,6 @@ class SemanticVLAPolicy(nn.Module):
             return self._forward_cached_vlm(batch, anchor_noise)
         images = batch["image"]
         out = self.vlm(images, list(batch["instruction"]), batch.get("anchors"), batch.get("latent_ids"))
-        state = batch.get("state") if self.config.state_dim > 0 else None
         e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"),
                                    out.prompt_context, list(batch["instruction"]))
         anchors = batch["anchors"] if self.config.decoder_uses_trace else None
@@ -302,13 +301,19 @@ class SemanticVLAPolicy(nn.Module):
                            batch.get("plan_latent_ids"))
             e_a = own.latent_hidden
             anchors = batch["plan_anchors"] if self.config.decoder_uses_trace else None
-        if anchors is not None and anchor_noise > 0:
-            anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
-        cond = self.decoder_conditions(anchors, e_a, e_v, state)
-        flow = self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
+        flow = self._flow_loss(batch, anchors, e_a, e_v, anchor_noise)
         loss = lambda_vlm * out.loss + flow
         return {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),
                 "loss_trace": out.loss_trace.detach(), "loss_latent": out.loss_latent.detach()}
+
+    def _flow_loss(self, batch: dict, anchors, e_a, e_v: torch.Tensor, anchor_noise: float) -> torch.Tensor:
+        """L_flow of the batch's action chunks given the decoder's conditions (the shared tail of both stage-3
+        forwards); ``anchor_noise`` perturbs only the anchors behind e_tau."""
+        if anchors is not None and anchor_noise > 0:
+            anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
+        state = batch.get("state") if self.config.state_dim > 0 else None
+        cond = self.decoder_conditions(anchors, e_a, e_v, state)
+        return self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
 
     def _forward_cached_vlm(self, batch: dict, anchor_noise: float = 0.0) -> dict:
         """Stage 3 with a frozen VLM: its generation outputs per frame were precomputed
@@ -317,14 +322,10 @@ class SemanticVLAPolicy(nn.Module):
         stem) run. Exactly the conditions of run time, as long as the VLM stays frozen."""
         if any(p.requires_grad for p in self.vlm.parameters()):
             raise ValueError("cached VLM outputs in the batch but the VLM is trainable: they would go stale")
-        state = batch.get("state") if self.config.state_dim > 0 else None
         e_v = self.visual_features(batch["plan_visual_tokens"], batch.get("stem_image"), batch.get("stem_wrist"),
                                    batch.get("plan_prompt_context"), list(batch["instruction"]))
         anchors = batch["plan_anchors"] if self.config.decoder_uses_trace else None
-        if anchors is not None and anchor_noise > 0:
-            anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
-        cond = self.decoder_conditions(anchors, batch["plan_latent_hidden"], e_v, state)
-        flow = self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
+        flow = self._flow_loss(batch, anchors, batch["plan_latent_hidden"], e_v, anchor_noise)
         zero = flow.new_zeros(())
         return {"loss": flow, "loss_flow": flow.detach(), "loss_vlm": zero, "loss_trace": zero, "loss_latent": zero}
 
