@@ -275,7 +275,8 @@ class SemanticVLAPolicy(nn.Module):
         return torch.randn((1, c.horizon, c.action_dim), generator=g).expand(batch, -1, -1).to(self.device)
 
     # ---- training forward (stage 3) ----------------------------------------------------------------
-    def forward(self, batch: dict, lambda_vlm: float = 0.1, anchor_noise: float = 0.0) -> dict:
+    def forward(self, batch: dict, lambda_vlm: float = 0.1, anchor_noise: float = 0.0,
+                lambda_keypoints: float = 0.0) -> dict:
         """Stage-3 losses on a batch of action samples (shared_formats: image, instruction, anchors,
         latent_ids, actions (B, H, D) normalized, actions_pad (B, H), optional state (B, S) normalized).
         e_tau comes from the ground-truth anchors (the same anchors -> W -> encoder path as at run time);
@@ -285,9 +286,12 @@ class SemanticVLAPolicy(nn.Module):
         (L_VLM still uses the ground truth).
         anchor_noise: std of Gaussian noise (normalized image units) added to the anchors the decoder's e_tau
         is computed from (not to the VLM's targets), so the decoder does not learn to trust a trace more
-        than the VLM's own predictions deserve at run time."""
+        than the VLM's own predictions deserve at run time.
+        lambda_keypoints: weight of ``loss_keypoints`` (:meth:`_keypoint_loss`; needs ``plan_keypoint_uv`` in
+        the batch and a stem with ``lang_keypoints >= 2``)."""
         if "plan_latent_hidden" in batch:
-            return self._forward_cached_vlm(batch, anchor_noise)
+            out = self._forward_cached_vlm(batch, anchor_noise)
+            return self._add_keypoint_loss(out, batch, lambda_keypoints)
         images = batch["image"]
         out = self.vlm(images, list(batch["instruction"]), batch.get("anchors"), batch.get("latent_ids"))
         e_v = self.visual_features(out.visual_tokens, batch.get("stem_image"), batch.get("stem_wrist"),
@@ -303,8 +307,28 @@ class SemanticVLAPolicy(nn.Module):
             anchors = batch["plan_anchors"] if self.config.decoder_uses_trace else None
         flow = self._flow_loss(batch, anchors, e_a, e_v, anchor_noise)
         loss = lambda_vlm * out.loss + flow
-        return {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),
-                "loss_trace": out.loss_trace.detach(), "loss_latent": out.loss_latent.detach()}
+        return self._add_keypoint_loss(
+            {"loss": loss, "loss_flow": flow.detach(), "loss_vlm": out.loss.detach(),
+             "loss_trace": out.loss_trace.detach(), "loss_latent": out.loss_latent.detach()}, batch, lambda_keypoints)
+
+    def _add_keypoint_loss(self, out: dict, batch: dict, weight: float) -> dict:
+        """Trace keypoint supervision: the agent view's first two language-queried stem keypoints (after the
+        forward that just ran) are pulled towards where the demonstration grasps and places
+        (``plan_keypoint_uv`` (B, 2, 2) normalized, ``plan_keypoint_valid`` (B, 2); ``ActionDataset.
+        keypoint_targets``): squared error in image widths, over valid targets. Adds ``loss_keypoints``."""
+        if weight <= 0:
+            return out
+        if "plan_keypoint_uv" not in batch:
+            raise ValueError("lambda_keypoints > 0 needs plan_keypoint_uv in the batch (ActionDataset.keypoint_targets)")
+        uv = self.stem.last_lang_keypoints.get("agentview") if self.stem is not None else None
+        if uv is None or uv.shape[1] < 2:
+            raise ValueError("lambda_keypoints > 0 needs a visual stem with lang_keypoints >= 2")
+        tgt = batch["plan_keypoint_uv"].to(uv.device).float()
+        valid = batch["plan_keypoint_valid"].to(uv.device).float()
+        err = (uv[:, :2] - tgt).pow(2).sum(-1)                                      # (B, 2)
+        kp = (err * valid).sum() / valid.sum().clamp_min(1.0)
+        out = dict(out, loss=out["loss"] + weight * kp, loss_keypoints=kp.detach())
+        return out
 
     def _flow_loss(self, batch: dict, anchors, e_a, e_v: torch.Tensor, anchor_noise: float) -> torch.Tensor:
         """L_flow of the batch's action chunks given the decoder's conditions (the shared tail of both stage-3

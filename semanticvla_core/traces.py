@@ -41,6 +41,41 @@ def trace_windows(points: np.ndarray, present: np.ndarray | None = None, window:
     return win.astype(np.float32), ok
 
 
+def object_keypoints(gripper: np.ndarray, points: np.ndarray, present: np.ndarray | None = None,
+                     threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame image positions of the manipulated object and of its destination, read off a pick-and-place
+    demonstration's end-effector track: the grasp point (where the gripper first closes) and the place
+    point (where it next opens).
+
+    gripper: (T,) gripper command per frame (> threshold = closed); points: (T, 2) normalized end-effector
+    positions (the trace's first point per frame); present: (T,) visibility.
+    Returns (T, 2, 2) float32 [object, destination] and (T, 2) bool validity. The object sits at the grasp
+    point until the grasp, moves with the hand while held and rests at the place point afterwards; the
+    destination is the place point throughout. Both are invalid when the episode never grasps / releases
+    or when the defining point is not visible.
+    """
+    g = np.asarray(gripper, dtype=np.float64).reshape(-1) > threshold
+    pts = np.asarray(points, dtype=np.float32)
+    T = g.shape[0]
+    if pts.shape != (T, 2):
+        raise ValueError(f"points must have shape ({T}, 2), got {pts.shape}")
+    vis = np.ones(T, bool) if present is None else np.asarray(present, bool).reshape(-1)
+    out, ok = np.zeros((T, 2, 2), np.float32), np.zeros((T, 2), bool)
+    closed = np.flatnonzero(g)
+    if closed.size == 0:
+        return out, ok
+    tg = int(closed[0])
+    opened = np.flatnonzero(~g[tg:])
+    if opened.size == 0:
+        return out, ok
+    tr = tg + int(opened[0])
+    t = np.arange(T)
+    src = np.where(t <= tg, tg, np.where(t < tr, t, tr))       # the frame whose hand position is the object's
+    out[:, 0], ok[:, 0] = pts[src], vis[src]
+    out[:, 1], ok[:, 1] = pts[tr], vis[tr]
+    return out, ok
+
+
 def resample_trace(points: np.ndarray, n: int, mode: str = "time") -> np.ndarray:
     """Resample (..., L, 2) -> (..., n, 2) by linear interpolation.
 

@@ -164,3 +164,43 @@ def test_flow_decoder_learns_conditional_mapping():
     # the context matters: the same noise with shuffled contexts is far off
     shuffled = m.sample(e_a=e_test.roll(1, 0), generator=torch.Generator().manual_seed(0))
     assert (shuffled - a_test).pow(2).mean().item() > 5 * mse
+
+
+def test_global_conditioning_reads_state_and_last_visual_rows():
+    m = _model(global_cond=True, global_tokens=2)
+    with torch.no_grad():                       # zero-initialised output layer: give it weights (see _model)
+        m.global_mlp[2].weight.normal_(0, 0.5)
+        m.global_mlp[2].bias.normal_(0, 0.5)
+    cond = _cond()
+    x, t = torch.randn(B, H, D, generator=torch.Generator().manual_seed(3)), torch.full((B,), 0.4)
+    base = m(x, t, **cond)
+    g = m.global_condition(cond["e_v"], cond["state"])
+    assert g.shape == (B, 32)
+    # a change in the last two e_v rows or the state changes the global vector; an earlier row does not
+    for key, rows in (("e_v", slice(3, 5)), ("state", slice(None))):
+        c2 = {k: v.clone() for k, v in cond.items()}
+        c2[key][:, rows] += 1.0
+        assert not torch.allclose(m.global_condition(c2["e_v"], c2["state"]), g)
+    c3 = {k: v.clone() for k, v in cond.items()}
+    c3["e_v"][:, 0] += 1.0
+    assert torch.allclose(m.global_condition(c3["e_v"], c3["state"]), g)
+    # the vector reaches the blocks: the same memory with the global path's output zeroed gives another result
+    memory, pad = m.build_memory(**cond)
+    assert not torch.allclose(m.velocity(x, t, memory, pad, None), base, atol=1e-5)
+    assert torch.allclose(m.velocity(x, t, memory, pad, g), base, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        m.global_condition(cond["e_v"][:, :1], cond["state"])
+    with pytest.raises(ValueError, match="pass state"):
+        m.global_condition(cond["e_v"], None)
+
+
+def test_global_conditioning_off_by_default_and_starts_as_no_op():
+    plain = _model()
+    assert plain.global_mlp is None and plain.global_condition(_cond()["e_v"], _cond()["state"]) is None
+    assert not any(k.startswith("global_") for k in plain.state_dict())
+    torch.manual_seed(0)
+    m = FlowMatchingDecoder(FlowDecoderConfig(horizon=H, action_dim=D, d_model=32, n_layers=1, n_heads=4,
+                                              visual_dim=12, state_dim=9, global_cond=True, global_tokens=5))
+    cond = _cond()
+    assert torch.count_nonzero(m.global_condition(cond["e_v"], cond["state"])) == 0
+    assert m.global_rows.in_features == 12 and m.global_mlp[0].in_features == 5 * 8 + 9

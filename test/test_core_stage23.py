@@ -310,3 +310,36 @@ def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path
     pol.vlm.requires_grad_(True)
     with pytest.raises(ValueError, match="stale"):
         pol(batch)
+
+
+def test_cli_stage3_trace_keypoint_supervision(tmp_path):
+    """--lambda-keypoints: every frame gets the grasp / place targets of its episode (ActionDataset.
+    keypoint_targets = traces.object_keypoints on the trace and gripper columns), they travel with the cached
+    VLM outputs, and the stem's language-queried keypoints are trained on them (loss_keypoints is logged)."""
+    from semanticvla_core.data.pipelines import ActionDataset
+    from semanticvla_core.traces import object_keypoints
+
+    common, ids_file, stem = _stage2_for_stage3_cli(tmp_path)
+    ds = ActionDataset(tmp_path / "ds", image_size=64, latent_ids=ids_file, horizon=8)
+    kp = ds.keypoint_targets()
+    e = 1
+    cols = ds.ds.get_columns(e, ["action", "trace.x", "trace.y", "trace.present"])
+    L, start = ds.ds.episode_length(e), ds.ds.episode(e).start
+    want, ok = object_keypoints(np.asarray(cols["action"]).reshape(L, 7)[:, 6],
+                                np.stack([np.asarray(cols["trace.x"]).reshape(L, -1)[:, 0],
+                                          np.asarray(cols["trace.y"]).reshape(L, -1)[:, 0]], -1),
+                                np.asarray(cols["trace.present"]).reshape(L))
+    np.testing.assert_array_equal(kp["keypoint_uv"][start:start + L], want)
+    np.testing.assert_array_equal(kp["keypoint_valid"][start:start + L], ok)
+    assert kp["keypoint_valid"].any()
+
+    no_lang = ["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"), "--latent-ids",
+               str(ids_file), "--freeze-vlm", "--lambda-keypoints", "1", *common]
+    with pytest.raises(ValueError, match="lang_keypoints"):
+        _cli("stage3_e2e").main([*no_lang, "--out", str(tmp_path / "bad"), "--set", f"stem={stem}"])
+    stem_kp = stem[:-1] + ', "lang_keypoints": 2}'
+    assert _cli("stage3_e2e").main([*no_lang, "--out", str(tmp_path / "s3"), "--set", f"stem={stem_kp}"]) == 0
+    rows = _rows(tmp_path / "s3" / "e2e" / "metrics.jsonl")
+    assert rows and all(r["loss_keypoints"] > 0 for r in rows)
+    pol = SemanticVLAPolicy.from_pretrained(tmp_path / "s3" / "policy")
+    assert pol.config.stem.lang_keypoints == 2

@@ -87,6 +87,25 @@ def test_policy_with_stem_plans_splits_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(q.plan(agent, "pick up the red block", state=state, wrist=wrist).actions, a.actions)
 
 
+def test_decoder_global_conditioning_reads_the_stem_rows_on_every_path(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(state_dim=3, stem=STEM, decoder={"d_model": 32, "n_layers": 1, "n_heads": 2, "global_cond": True})
+    p = _policy()
+    p = SemanticVLAPolicy(cfg, text_tokenizer=text_tokenizer(), norm_stats=p.norm_stats).eval()
+    assert p.decoder.config.global_tokens == p.config.stem.num_tokens == 2 * (STEM["keypoints"] + 1)
+    with torch.no_grad():
+        for lin in (p.decoder.action_out, p.decoder.global_mlp[2]):
+            lin.weight.normal_(0, 0.3)
+    agent, wrist, state = _imgs(1, 96), _imgs(1, 64, 1), np.array([0.1, -0.2, 0.3])
+    a = p.plan(agent, "pick up the red block", state=state, wrist=wrist)
+    tp = p.plan_trace(agent[0], "pick up the red block", wrist=wrist[0])
+    np.testing.assert_allclose(p.decode_actions(tp, state=state).actions, a.actions[0], atol=1e-5)
+    p.save_pretrained(tmp_path / "gc")
+    q = SemanticVLAPolicy.from_pretrained(tmp_path / "gc")
+    assert q.decoder.config.global_cond and q.decoder.global_mlp is not None
+    np.testing.assert_array_equal(q.plan(agent, "pick up the red block", state=state, wrist=wrist).actions, a.actions)
+
+
 def test_stem_can_be_added_to_a_stemless_checkpoint(tmp_path):
     p = _policy(stem={})
     assert p.stem is None
@@ -132,8 +151,9 @@ def test_stem_learns_where_a_bright_square_is():
     assert err < 0.1 * baseline, (err, baseline)
 
 
-def _two_squares(n, g):
-    """Two 3x3 squares (red, blue) at random places on a dark noisy image; ``which`` names one; ``y`` its (x, y)."""
+def _two_squares(n, g, with_pos=False):
+    """Two 3x3 squares (red, blue) at random places on a dark noisy image; ``which`` names one; ``y`` its (x, y);
+    ``with_pos``: also both squares' centre pixels (n, 2, 2) as (row, col)."""
     x = torch.rand(n, 3, 32, 32, generator=g) * 0.2
     pos = torch.randint(2, 30, (n, 2, 2), generator=g)
     which = torch.randint(0, 2, (n,), generator=g)
@@ -141,7 +161,8 @@ def _two_squares(n, g):
         for k, ch in ((0, 0), (1, 2)):      # square 0 red, square 1 blue
             r, c = pos[i, k].tolist()
             x[i, ch, r - 1:r + 2, c - 1:c + 2] = 1.0
-    return x, which, (pos[torch.arange(n), which].float() - 16) / 16
+    y = (pos[torch.arange(n), which].float() - 16) / 16
+    return (x, which, y, pos) if with_pos else (x, which, y)
 
 
 def _named_square_error(film: bool, condition, **cfg) -> float:
@@ -236,3 +257,58 @@ def test_sentence_film_learns_which_named_square_to_report():
     with_film = _named_square_error(True, words, language="sentence")
     without = _named_square_error(False, words, language="sentence")
     assert with_film < 0.5 * without, (with_film, without)
+
+
+def test_random_shift_reports_how_far_the_content_moved():
+    x = torch.zeros(6, 3, 20, 20)
+    x[:, :, 10, 7] = 1.0                                              # one bright pixel at (x 7, y 10)
+    y, moved = random_shift(x, 3, torch.Generator().manual_seed(0), return_offsets=True)
+    for b in range(6):
+        r, c = divmod(int(y[b, 0].argmax()), 20)
+        assert (c, r) == (7 + int(moved[b, 0]), 10 + int(moved[b, 1]))
+    assert moved.abs().max() <= 3 and len({tuple(m.tolist()) for m in moved}) > 1
+
+
+def test_lang_keypoints_config_and_tokens():
+    with pytest.raises(ValueError, match="lang_keypoints"):
+        VisualStemConfig(image_size=32, film=False, lang_keypoints=2)
+    c = VisualStemConfig(image_size=32, wrist_size=16, keypoints=4, lang_keypoints=2)
+    assert c.num_tokens == 2 * (4 + 2 + 1)
+    stem = VisualStem(c, 16).eval()
+    out = stem(torch.rand(3, 3, 32, 32), torch.rand(3, 3, 16, 16), torch.randn(3, 16))
+    assert out.shape == (3, c.num_tokens, 16)
+    kp = stem.last_lang_keypoints
+    assert set(kp) == {"agentview", "wrist"} and kp["agentview"].shape == (3, 2, 2)
+    assert kp["agentview"].min() >= 0 and kp["agentview"].max() <= 1
+
+
+def test_supervised_lang_keypoint_finds_the_named_square_under_random_shifts():
+    """Trace keypoint supervision in miniature: a language-queried keypoint is trained (only) to sit on the
+    square the context names, with random-shift augmentation on; held out it lands on the named square,
+    not on the other one (the shift is undone in ``last_lang_keypoints``)."""
+    torch.manual_seed(0)
+    stem = VisualStem(VisualStemConfig(image_size=32, channels=8, keypoints=2, lang_keypoints=1, shift_pad=2), 16)
+    opt = torch.optim.Adam(stem.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(1)
+
+    def uv_of(pos):                                                  # pixel (row, col) -> normalized (u, v)
+        return (pos.flip(-1).float() + 0.5) / 32
+
+    stem.train()
+    for _ in range(300):
+        x, which, _, pos = _two_squares(32, g, with_pos=True)
+        stem(x, None, torch.nn.functional.one_hot(which, 16).float())
+        loss = (stem.last_lang_keypoints["agentview"][:, 0] - uv_of(pos[torch.arange(32), which])).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    stem.eval()
+    x, which, _, pos = _two_squares(256, torch.Generator().manual_seed(2), with_pos=True)
+    with torch.no_grad():
+        stem(x, None, torch.nn.functional.one_hot(which, 16).float())
+    pred = stem.last_lang_keypoints["agentview"][:, 0] * 32                 # pixels
+    named = uv_of(pos[torch.arange(256), which]) * 32
+    other = uv_of(pos[torch.arange(256), 1 - which]) * 32
+    err, err_other = (pred - named).norm(dim=-1), (pred - other).norm(dim=-1)
+    print(f"median px error to the named square {err.median():.2f}, to the other {err_other.median():.2f}")
+    assert err.median() < 1.5 and (err < err_other).float().mean() > 0.9

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from semanticvla_core.traces import (COORD_SCALE, DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, encode_trace_text,
+from semanticvla_core.traces import (object_keypoints, COORD_SCALE, DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, encode_trace_text,
                                      parse_trace_text, resample_trace, trace_windows, validate_trace)
 
 
@@ -87,3 +87,22 @@ def test_validate_trace_names_problem():
         validate_trace(np.array([[0.5, 1.2]]), name="anchors")
     with pytest.raises(ValueError, match="non-finite"):
         validate_trace(np.array([[np.nan, 0.2]]))
+
+
+def test_object_keypoints_follow_grasp_carry_and_place():
+    T = 10
+    grip = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0], float)          # closes at 3, opens at 7
+    pts = np.stack([np.arange(T) / 10, np.arange(T) / 20], -1).astype(np.float32)
+    present = np.ones(T, bool)
+    present[7] = False                                              # the place point is hidden
+    uv, ok = object_keypoints(grip, pts, present)
+    np.testing.assert_allclose(uv[:4, 0], np.repeat(pts[3:4], 4, 0))   # at the grasp point until the grasp
+    np.testing.assert_allclose(uv[4:7, 0], pts[4:7])                    # then with the hand
+    np.testing.assert_allclose(uv[7:, 0], np.repeat(pts[7:8], 3, 0))    # then where it was put down
+    np.testing.assert_allclose(uv[:, 1], np.repeat(pts[7:8], T, 0))     # the destination: the place point
+    assert ok[:7, 0].all() and not ok[7:, 0].any() and not ok[:, 1].any()
+    # never grasped, or never released: nothing to supervise
+    assert not object_keypoints(np.zeros(T), pts)[1].any()
+    assert not object_keypoints(np.r_[np.zeros(5), np.ones(5)], pts)[1].any()
+    with pytest.raises(ValueError, match="points"):
+        object_keypoints(grip, pts[:5])

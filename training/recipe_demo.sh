@@ -11,8 +11,10 @@
 #  3. stage 1: latent action tokenizer (trace VQ-VAE, then visual grounding)
 #  4. stage 2: VLM synergy training per variant (full: trace + latents; notrace: latents only)
 #  5. stage 3 per variant: the flow decoder + its visual stem on the frozen stage-2 VLM's own plans and features
-#     (--freeze-vlm: cached once, ~5 steps/s at batch 64 on 2 cores), EMA weights (nolatent reuses the full
-#     stage 2; conventional has no stage 2, so its frozen VLM is the untrained initial one)
+#     (--freeze-vlm: cached once), EMA weights, trace keypoint supervision (--lambda-keypoints: two language-
+#     queried stem keypoints learn where the demonstration grasps and places); two variants at a time, one
+#     thread each (nolatent reuses the full stage 2; conventional has no stage 2, so its frozen VLM is the
+#     untrained initial one). Every variant gets the same decoder, stem, steps and batch.
 #  6. evaluate every variant on held-out seeds with the evaluation phrasings of every instruction kind
 #  7. report (training/report_demo.py) and, for the full variant, copy the policy to checkpoints/demo
 set -euo pipefail
@@ -24,14 +26,16 @@ EXPERT_SPEED=${EXPERT_SPEED:-0.01}
 STEPS1A=${STEPS1A:-1000}
 STEPS1B=${STEPS1B:-1500}
 STEPS2=${STEPS2:-4000}
-STEPS3=${STEPS3:-8000}
+STEPS3=${STEPS3:-6000}
 BATCH3=${BATCH3:-64}
-THREADS3=${THREADS3:-2}            # stage 3 runs one variant at a time on both cores
+THREADS3=${THREADS3:-1}            # stage 3 runs two variants at a time, one thread each
+LAMBDA_KP=${LAMBDA_KP:-1}          # weight of the trace keypoint loss (0 = off)
 # the decoder: a keypoint stem on the 128 px agent view + 96 px wrist camera (model/visual_stem.py), FiLM-
-# conditioned on the instruction through the frozen sentence encoder, a 128-wide 3-layer flow decoder,
-# conditioned on the frozen VLM's own plans as at run time
-STEM=${STEM:-'{"image_size": 128, "wrist_size": 96, "channels": 32, "keypoints": 32, "shift_pad": 4, "language": "sentence"}'}
-DECODER=${DECODER:-'{"d_model": 128, "n_layers": 3, "n_heads": 4}'}
+# conditioned on the instruction through the frozen sentence encoder, with 2 language-queried keypoints per
+# camera; a 128-wide 3-layer flow decoder, conditioned on the frozen VLM's own plans as at run time, whose
+# adaLN also reads the stem's keypoints and the state directly (global_cond)
+STEM=${STEM:-'{"image_size": 128, "wrist_size": 96, "channels": 32, "keypoints": 32, "shift_pad": 4, "language": "sentence", "lang_keypoints": 2}'}
+DECODER=${DECODER:-'{"d_model": 128, "n_layers": 3, "n_heads": 4, "global_cond": true}'}
 EVAL=${EVAL:-100}                  # direct-instruction episodes of the full policy
 EVAL_ABL=${EVAL_ABL:-50}           # episodes of every other (variant, kind); the same seeds throughout
 VARIANTS=${VARIANTS:-"full notrace nolatent conventional"}
@@ -63,7 +67,7 @@ s2() {  # variant, extra args
 s3() {  # variant, args
   [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$OUT/data" --config tiny \
     --out "$OUT/stage3_$1" --steps "$STEPS3" --batch-size "$BATCH3" --freeze-vlm --ema 0.999 --set "stem=$STEM" \
-    --set "decoder=$DECODER" --threads "$THREADS3" "${@:2}" > "$OUT/stage3_$1.log" 2>&1
+    --set "decoder=$DECODER" --lambda-keypoints "$LAMBDA_KP" --threads "$THREADS3" "${@:2}" > "$OUT/stage3_$1.log" 2>&1
 }
 has() { [[ " $VARIANTS " == *" $1 "* ]]; }
 
@@ -71,11 +75,13 @@ log "4. stage 2 (full, notrace in parallel)"
 s2 full &
 if has notrace; then (while [ ! -f "$IDS" ]; do sleep 5; done; s2 notrace --no-trace --latent-ids "$IDS") & fi
 wait
-log "5. stage 3 (one variant at a time, $THREADS3 threads)"
-has full && s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS"
-has notrace && s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS"
-has nolatent && s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" --set use_latent=false
-has conventional && s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false
+log "5. stage 3 (two variants at a time, $THREADS3 thread(s) each)"
+if has full; then s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" & fi
+if has nolatent; then s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" --set use_latent=false & fi
+wait
+if has notrace; then s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS" & fi
+if has conventional; then s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false & fi
+wait
 log "6. evaluation"
 ev() {  # variant, direct episodes
   [ -f "$OUT/eval_$1.json" ] || $PY training/evaluate.py --checkpoint "$OUT/stage3_$1/policy" --tasks pick_place_plate \

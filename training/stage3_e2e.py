@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-noise", type=float, default=None,
                    help="std of noise on the ground-truth anchors behind e_tau in training (default 0; the demo "
                         "recipe uses about the VLM's held-out anchor error)")
+    p.add_argument("--lambda-keypoints", type=float, default=None,
+                   help="weight of the trace keypoint loss (default 0 = off): the stem's first two language-queried "
+                        "keypoints learn where the demonstration grasps and places (needs --set "
+                        "'stem={..., \"lang_keypoints\": 2}'); the demo recipe uses 1")
     p.add_argument("--own-plans", action="store_true",
                    help="condition the decoder on the VLM's own greedy plans (generated once before training) "
                         "instead of the ground-truth trace / latent tokens: the conditions it gets at run time")
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from, **overrides)
     cfg.init_overrides = init_overrides
     cfg.latent_tokenizer_dir = args.latent_tokenizer
-    for attr, val in (("lambda_vlm", args.lambda_vlm), ("anchor_noise", args.anchor_noise), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
+    for attr, val in (("lambda_vlm", args.lambda_vlm), ("anchor_noise", args.anchor_noise),
+                      ("lambda_keypoints", args.lambda_keypoints), ("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha),
                       ("state_dim", args.state_dim)):
         if val is not None:
             setattr(cfg, attr, val)

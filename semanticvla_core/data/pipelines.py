@@ -39,7 +39,7 @@ from semanticvla_core.image_convert import resize_rgb
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
 from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
 from semanticvla_core.normalize import DatasetStats, NormStats
-from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, resample_trace
+from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, object_keypoints, resample_trace
 
 AGENT_CAMERA = "observation.images.agentview"
 WRIST_CAMERA = "observation.images.wrist"
@@ -283,6 +283,26 @@ class ActionDataset(VLMDataset):
             raise ValueError(f"plans: {int((row[need] < 0).sum())} sample frames have no plan")
         self.plans, self._plan_row = {k: np.asarray(v) for k, v in plans.items() if k != "index"}, row
 
+    def keypoint_targets(self, gripper_index: int = -1) -> dict[str, np.ndarray]:
+        """Where the manipulated object and its destination are in the agent view, for every frame
+        (``traces.object_keypoints`` on each episode's trace and gripper command, action column
+        ``gripper_index``): ``{"index": (F,), "keypoint_uv": (F, 2, 2) normalized [object, destination],
+        "keypoint_valid": (F, 2)}``; merge into ``set_plans`` to give samples ``plan_keypoint_uv`` /
+        ``plan_keypoint_valid`` (the targets of ``Stage3Config.lambda_keypoints``)."""
+        uv = np.zeros((self.ds.num_frames, 2, 2), np.float32)
+        ok = np.zeros((self.ds.num_frames, 2), bool)
+        for e in range(self.ds.num_episodes):
+            cols = self.ds.get_columns(e, [self.action_key, TRACE_X, TRACE_Y, TRACE_PRESENT])
+            L = self.ds.episode_length(e)
+            acts = np.asarray(cols[self.action_key], np.float64).reshape(L, -1)
+            first = np.stack([np.asarray(cols[TRACE_X], np.float32).reshape(L, -1)[:, 0],
+                              np.asarray(cols[TRACE_Y], np.float32).reshape(L, -1)[:, 0]], -1)
+            pts, valid = object_keypoints(acts[:, gripper_index], first,
+                                          np.asarray(cols[TRACE_PRESENT], bool).reshape(L, -1)[:, 0])
+            s = self.ds.episode(e).start
+            uv[s:s + L], ok[s:s + L] = pts, valid
+        return {"index": np.arange(self.ds.num_frames, dtype=np.int64), "keypoint_uv": uv, "keypoint_valid": ok}
+
     def __getitem__(self, k: int) -> dict:
         e, t = (int(v) for v in self.samples[k])
         out = self._vlm_sample(e, t)
@@ -290,7 +310,8 @@ class ActionDataset(VLMDataset):
             r = self._plan_row[self.ds.episode(e).start + t]
             for key, col in self.plans.items():     # plan_anchors, plan_latent_ids (+ frozen-VLM features)
                 v = col[r]
-                out["plan_" + key] = torch.from_numpy(np.array(v, np.int64 if key == "latent_ids" else np.float32))
+                dtype = np.int64 if key == "latent_ids" else (bool if key == "keypoint_valid" else np.float32)
+                out["plan_" + key] = torch.from_numpy(np.array(v, dtype))
         keys = [self.action_key] + ([self.state_key] if self.state_key else [])
         cols = self.ds.get_columns(e, keys)
         acts = np.asarray(cols[self.action_key], np.float64).reshape(self.ds.episode_length(e), -1)

@@ -137,6 +137,7 @@ class SemanticVLAConfig:
         d.latent_dim = vlm_hidden if self.decoder_uses_e_a else 0
         d.visual_dim = vlm_hidden
         d.state_dim = self.state_dim
+        d.global_tokens = self.stem.num_tokens if d.global_cond else 0   # the stem's rows at the end of E_v
         return d
 
     # ---- serialization --------------------------------------------------------------------------

