@@ -84,6 +84,8 @@ class Plan:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: vision, prefill, decode,
     #   decode_per_token, latent_hidden, flow, total (for the whole batch)
     image_size: tuple[int, int] = (0, 0)   # (width, height) of the images the anchors refer to
+    keypoints: np.ndarray | None = None    # (B, 2, 2) where the stem's language keypoints put the named object
+    #   and its destination (normalized agent-view coordinates); None without stem lang_keypoints >= 2
 
     def trace_plan(self, b: int = 0, plan_id: int = 0) -> TracePlan:
         """Row ``b`` as the ROS-facing ``TracePlan``."""
@@ -395,7 +397,9 @@ class SemanticVLAPolicy(nn.Module):
         timings["total"] = time.perf_counter() - t_all
         self.train(was_training)
         a_norm_np = a_norm.float().cpu().numpy()
-        return Plan(anchors=gen.anchors, latent_ids=gen.latent_ids, texts=gen.texts, parse_ok=gen.parse_ok,
+        kp = self.stem.last_lang_keypoints.get("agentview") if self.stem is not None else None
+        return Plan(keypoints=kp[:, :2].float().cpu().numpy() if kp is not None and kp.shape[1] >= 2 else None,
+                    anchors=gen.anchors, latent_ids=gen.latent_ids, texts=gen.texts, parse_ok=gen.parse_ok,
                     actions=self._unnormalize_actions(a_norm_np), actions_normalized=a_norm_np,
                     latent_hidden=gen.latent_hidden.float().cpu().numpy(),
                     visual_features=e_v.float().cpu().numpy(), instructions=instr, timings=timings,

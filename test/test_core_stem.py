@@ -100,6 +100,7 @@ def test_decoder_global_conditioning_reads_the_stem_rows_on_every_path(tmp_path)
     a = p.plan(agent, "pick up the red block", state=state, wrist=wrist)
     tp = p.plan_trace(agent[0], "pick up the red block", wrist=wrist[0])
     np.testing.assert_allclose(p.decode_actions(tp, state=state).actions, a.actions[0], atol=1e-5)
+    assert a.keypoints is None                                        # no language keypoints in this stem
     p.save_pretrained(tmp_path / "gc")
     q = SemanticVLAPolicy.from_pretrained(tmp_path / "gc")
     assert q.decoder.config.global_cond and q.decoder.global_mlp is not None
@@ -267,6 +268,15 @@ def test_random_shift_reports_how_far_the_content_moved():
         r, c = divmod(int(y[b, 0].argmax()), 20)
         assert (c, r) == (7 + int(moved[b, 0]), 10 + int(moved[b, 1]))
     assert moved.abs().max() <= 3 and len({tuple(m.tolist()) for m in moved}) > 1
+
+
+def test_plan_reports_the_language_keypoints():
+    p = _policy(stem={**STEM, "lang_keypoints": 2})
+    agent, wrist = _imgs(2, 96), _imgs(2, 64, 1)
+    a = p.plan(agent, "pick up the red block", state=np.zeros((2, 3)), wrist=wrist)
+    assert a.keypoints.shape == (2, 2, 2) and (a.keypoints >= 0).all() and (a.keypoints <= 1).all()
+    b = p.plan(agent, "pick up the blue block", state=np.zeros((2, 3)), wrist=wrist)
+    assert not np.allclose(a.keypoints, b.keypoints)                  # they follow the instruction
 
 
 def test_lang_keypoints_config_and_tokens():

@@ -260,3 +260,13 @@ def test_sim_kinematics_match_urdf():
         assert np.linalg.norm(p_mj - p_pin) < 3e-3, (p_mj, p_pin)
         assert np.abs(R_mj - R_pin).max() < 1e-2
         np.testing.assert_allclose(e.state(), state_from_joints(q, e.finger_positions(), kin), atol=1e-2)
+
+
+def test_video_overlay_marks_the_policys_object_and_destination_keypoints():
+    from semanticvla_core.sim.evaluation import _draw
+    img = _draw(np.zeros((128, 128, 3), np.uint8), None, None, keypoints=np.array([[0.25, 0.25], [0.75, 0.5]]))
+    green = np.argwhere((img[..., 1] == 255) & (img[..., 0] == 0))
+    orange = np.argwhere((img[..., 0] == 255) & (img[..., 1] == 140))
+    np.testing.assert_allclose(green.mean(0), [31.5, 31.5], atol=1.0)     # (row, col) ring centre
+    np.testing.assert_allclose(orange.mean(0), [63.5, 95.5], atol=1.0)
+    assert np.array_equal(_draw(np.zeros((8, 8, 3), np.uint8), None, None), np.zeros((8, 8, 3), np.uint8))

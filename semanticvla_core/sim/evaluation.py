@@ -84,6 +84,7 @@ class _PolicyAdapter:
             raise ValueError("policy must have a plan() method or be callable")
         self.policy = policy
         self._takes_wrist = hasattr(policy, "plan") and "wrist" in inspect.signature(policy.plan).parameters
+        self.last_keypoints = None      # (2, 2) object / destination keypoints of the last plan, when it has them
 
     def __call__(self, obs: dict, instruction: str):
         anchors = None
@@ -101,6 +102,8 @@ class _PolicyAdapter:
                 anchors = np.asarray(out.anchors, dtype=np.float64)
                 anchors = anchors[0] if anchors.ndim == 3 else anchors
             acts = acts[0] if acts.ndim == 3 else acts
+            kp = getattr(out, "keypoints", None)
+            self.last_keypoints = None if kp is None else np.asarray(kp, np.float64).reshape(-1, 2, 2)[0]
         else:
             acts = np.asarray(self.policy(obs, instruction), dtype=np.float64)
         if acts.ndim == 1:
@@ -139,7 +142,9 @@ class RandomPolicy:
         return a
 
 
-def _draw(frame: np.ndarray, anchors, tcp_uv) -> np.ndarray:
+def _draw(frame: np.ndarray, anchors, tcp_uv, keypoints=None) -> np.ndarray:
+    """Agent view with the predicted trace (cyan), the TCP (magenta) and, when the policy reports them, where
+    it locates the named object (green ring) and its destination (orange ring)."""
     import cv2
 
     img = np.ascontiguousarray(frame).copy()
@@ -153,6 +158,10 @@ def _draw(frame: np.ndarray, anchors, tcp_uv) -> np.ndarray:
     if tcp_uv is not None:
         p = np.round(np.asarray(tcp_uv) * np.array([img.shape[1], img.shape[0]]) - 0.5).astype(int)
         cv2.circle(img, tuple(map(int, p)), max(1, S // 64), (255, 0, 255), -1)
+    if keypoints is not None:
+        for uv, color in zip(np.asarray(keypoints), ((0, 255, 0), (255, 140, 0))):
+            p = np.round(uv * np.array([img.shape[1], img.shape[0]]) - 0.5).astype(int)
+            cv2.circle(img, tuple(map(int, p)), max(2, S // 32), color, max(1, S // 128))
     return img
 
 
@@ -174,7 +183,7 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
         for a in acts[:n]:
             if record and "agentview" in obs:
                 uv, _ = cam.project_normalized(obs["tcp_pos"])
-                frames.append(_draw(obs["agentview"], anchors, uv))
+                frames.append(_draw(obs["agentview"], anchors, uv, adapter.last_keypoints))
             obs = env.step(a, render=render)
             steps += 1
             if env.success():
