@@ -109,21 +109,24 @@ def main(argv=None) -> int:
                   "| variant | steps | action MSE | anchor error | latent-token accuracy | decoder trained on own plans "
                   "| trainable parameters |", "|---|---|---|---|---|---|---|", *rows, ""]
     # loss curves
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5), dpi=110)
     found = False
     for v in VARIANTS:
+        s3 = runs / f"stage3_{v}" / "e2e" / "metrics.jsonl"
         for ax, phase, key in ((axes[0], runs / f"stage2_{v}" / "vlm" / "metrics.jsonl", "loss"),
-                               (axes[1], runs / f"stage3_{v}" / "e2e" / "metrics.jsonl", "loss")):
+                               (axes[1], s3, "loss_flow"), (axes[2], s3, "loss_keypoints")):
             m = [r for r in _metrics(phase) if key in r and "step" in r]
             if m:
                 found = True
                 ax.plot([r["step"] for r in m], [r[key] for r in m], label=VARIANTS[v][0])
     axes[0].set_title("stage 2: L_VLM (trace + latent CE)")
-    axes[1].set_title("stage 3: lambda L_VLM + L_flow")
+    axes[1].set_title("stage 3: L_flow")
+    axes[2].set_title("stage 3: trace keypoint loss (image widths^2)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "losses.png")
     plt.close(fig)
