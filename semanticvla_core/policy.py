@@ -289,7 +289,7 @@ class SemanticVLAPolicy(nn.Module):
         anchor_noise: std of Gaussian noise (normalized image units) added to the anchors the decoder's e_tau
         is computed from (not to the VLM's targets), so the decoder does not learn to trust a trace more
         than the VLM's own predictions deserve at run time.
-        lambda_keypoints: weight of ``loss_keypoints`` (:meth:`_keypoint_loss`; needs ``plan_keypoint_uv`` in
+        lambda_keypoints: weight of ``loss_keypoints`` (:meth:`_add_keypoint_loss`; needs ``plan_keypoint_uv`` in
         the batch and a stem with ``lang_keypoints >= 2``)."""
         if "plan_latent_hidden" in batch:
             out = self._forward_cached_vlm(batch, anchor_noise)

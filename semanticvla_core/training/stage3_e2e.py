@@ -65,6 +65,9 @@ class Stage3Config:
     (``policy.DECODER_SIDE_SWITCHES``: ``use_latent``, ``trace_to_decoder``), e.g. ``{"use_latent": False}``.
     train_vision: LoRA on the vision towers + trainable projector too (None = only for the conventional
     variant, both switches off, which has no stage 2 to train its vision side).
+    lambda_keypoints: weight of the trace keypoint loss (``SemanticVLAPolicy._add_keypoint_loss``; 0 = off):
+    the stem's first two language-queried agent-view keypoints learn where each demonstration grasps and
+    places (``ActionDataset.keypoint_targets``, merged into the cached plans). Needs ``stem.lang_keypoints >= 2``.
     freeze_vlm: keep the stage-2 VLM frozen (no LoRA, no L_VLM) and train only the decoder (and its visual
     stem). The VLM's generation outputs per frame (plan, E_a, visual tokens, prompt state) are then computed
     once and cached (``precompute_plans(features=True)``), which makes a step several times cheaper on a CPU;
