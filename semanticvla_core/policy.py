@@ -329,8 +329,7 @@ class SemanticVLAPolicy(nn.Module):
         valid = batch["plan_keypoint_valid"].to(uv.device).float()
         err = (uv[:, :2] - tgt).pow(2).sum(-1)                                      # (B, 2)
         kp = (err * valid).sum() / valid.sum().clamp_min(1.0)
-        out = dict(out, loss=out["loss"] + weight * kp, loss_keypoints=kp.detach())
-        return out
+        return dict(out, loss=out["loss"] + weight * kp, loss_keypoints=kp.detach())
 
     def _flow_loss(self, batch: dict, anchors, e_a, e_v: torch.Tensor, anchor_noise: float) -> torch.Tensor:
         """L_flow of the batch's action chunks given the decoder's conditions (the shared tail of both stage-3

@@ -114,6 +114,14 @@ def load_or_compute_stats(ds: LeRobotV3Dataset, action_key: str = "action",
     return st
 
 
+def load_plans(plans) -> dict[str, np.ndarray]:
+    """Per-frame plans as a dict: a .safetensors path is read, a dict is returned as is."""
+    if isinstance(plans, (str, Path)):
+        from safetensors.numpy import load_file
+        return load_file(str(plans))
+    return plans
+
+
 class _StageDataset(Dataset):
     def __init__(self, root, image_size: int, window: int, camera: str, nan_policy: str = "skip",
                  reader: LeRobotV3Dataset | None = None, cache_frames: bool = False):
@@ -270,9 +278,7 @@ class ActionDataset(VLMDataset):
         with a frozen VLM its features, or a .safetensors file of it, from ``stage3_e2e.precompute_plans``):
         samples then carry ``plan_<key>`` for every key (``plan_anchors``, ``plan_latent_ids``, ...). Every
         sample's frame must have a plan."""
-        if isinstance(plans, (str, Path)):
-            from safetensors.numpy import load_file
-            plans = load_file(str(plans))
+        plans = load_plans(plans)
         idx = np.asarray(plans["index"], np.int64)
         row = np.full(self.ds.num_frames, -1, np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.ds.num_frames):

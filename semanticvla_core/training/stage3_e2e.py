@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.pipelines import load_plans
 from ..model.config import SemanticVLAConfig, get_config
 from ..model.flow_decoder import FlowMatchingDecoder
 from ..policy import DECODER_SIDE_SWITCHES, SemanticVLAPolicy
@@ -236,11 +237,6 @@ def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: in
     return out
 
 
-def load_plans(path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-    return load_file(str(path))
-
-
 def _base_dataset(dataset):
     base = dataset
     while isinstance(base, torch.utils.data.Subset):
@@ -250,13 +246,13 @@ def _base_dataset(dataset):
     return base
 
 
-def _with_keypoint_targets(plans: dict, base, weight: float) -> dict:
+def _with_keypoint_targets(plans: dict | None, base, weight: float) -> dict | None:
     """``plans`` plus the per-frame trace keypoint targets (``ActionDataset.keypoint_targets``) when
-    ``lambda_keypoints`` > 0; with no plans (empty index) the targets' own all-frame index is used."""
+    ``lambda_keypoints`` > 0; with no plans (None) the targets alone, with their own all-frame index."""
     if weight <= 0:
         return plans
     kp = base.keypoint_targets()
-    if len(plans["index"]) == 0:
+    if plans is None:
         return kp
     rows = np.asarray(plans["index"], np.int64)
     return dict(plans, keypoint_uv=kp["keypoint_uv"][rows], keypoint_valid=kp["keypoint_valid"][rows])
@@ -295,7 +291,7 @@ def train_e2e(cfg: Stage3Config, dataset: Dataset, eval_dataset: Dataset | None 
         base.set_plans(_with_keypoint_targets(load_plans(path), base, cfg.lambda_keypoints))
     elif cfg.lambda_keypoints > 0:
         base = _base_dataset(dataset)
-        base.set_plans(_with_keypoint_targets({"index": np.zeros(0, np.int64)}, base, cfg.lambda_keypoints))
+        base.set_plans(_with_keypoint_targets(None, base, cfg.lambda_keypoints))
     seed_everything(cfg.train.seed + 1)               # same decoder init on every rank
     params = prepare_stage3(policy, cfg, state_dim)
     counts = trainable_parameter_report(policy)
