@@ -54,6 +54,7 @@ from .model.latent_tokenizer import LatentTokenizer
 from .model.text_tokenizer import add_act_tokens, build_text_tokenizer, load_text_tokenizer
 from .model.visual_stem import VisualStem
 from .model.vlm import SemanticVLM
+from .robot_state import STATE_DIM, tcp_targets_to_deltas
 from .traces import resample_trace
 
 MODEL_TYPE = "semanticvla_policy"
@@ -61,7 +62,7 @@ CONFIG_NAME, WEIGHTS_NAME, NORM_STATS_NAME = "config.json", "model.safetensors",
 TOKENIZER_DIR, LATENT_TOKENIZER_DIR = "tokenizer", "latent_tokenizer"
 # switches that may be changed when loading a checkpoint (they leave the VLM's weights valid; the
 # decoder is rebuilt if its inputs change): how variant (3) reuses the full policy's stage 2
-DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder", "stem", "decoder")
+DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder", "stem", "decoder", "action_frame")
 LORA_TARGETS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 # vision towers (DINOv2: attention.q/k/v/o_proj (older transformers: attention.attention.query/key/value,
 # attention.output.dense), mlp.fc1/2; SigLIP: self_attn.q/k/v/out_proj, mlp.fc1/2)
@@ -76,8 +77,8 @@ class Plan:
     latent_ids: np.ndarray            # (B, K) int64 <ACT_k> indices ((B, 0) without use_latent)
     texts: list[str]                  # generated text (trace + <ACT_k> rendered; "" when nothing is generated)
     parse_ok: list[bool]              # the trace parsed cleanly and exactly K latents were emitted
-    actions: np.ndarray               # (B, H, D) float32 in robot units (unnormalized)
-    actions_normalized: np.ndarray    # (B, H, D) what the decoder produced
+    actions: np.ndarray               # (B, H, D) float32 ee_delta actions in robot units (unnormalized)
+    actions_normalized: np.ndarray    # (B, H, D) what the decoder produced (rows in config.action_frame)
     latent_hidden: np.ndarray         # E_a (B, K, d) float32 (ACT-token or prompt states; K = 0: none)
     visual_features: np.ndarray       # pooled E_v (B, M, d) float32
     instructions: list[str]
@@ -266,10 +267,20 @@ class SemanticVLAPolicy(nn.Module):
             s = self.norm_stats.state.normalize(s)
         return torch.as_tensor(np.array(s, dtype=np.float32), device=self.device)
 
-    def _unnormalize_actions(self, a: np.ndarray) -> np.ndarray:
-        if self.norm_stats is None or getattr(self.norm_stats, "action", None) is None:
-            return a.astype(np.float32)
-        return np.asarray(self.norm_stats.action.unnormalize(a), dtype=np.float32)
+    def _unnormalize_actions(self, a: np.ndarray, state=None) -> np.ndarray:
+        """Decoder rows (B, H, D), normalized -> ee_delta actions in robot units. ``action_frame="tcp_pose"``:
+        the rows are TCP targets, turned into the ee_delta steps through them from ``state`` (robot units)."""
+        if self.norm_stats is not None and getattr(self.norm_stats, "action", None) is not None:
+            a = self.norm_stats.action.unnormalize(a)
+        a = np.asarray(a, dtype=np.float64)
+        if self.config.action_frame == "tcp_pose":
+            if state is None:
+                raise ValueError("this policy predicts TCP targets (action_frame='tcp_pose'): plan() and "
+                                 "decode_actions() need the robot state")
+            s = np.broadcast_to(np.asarray(state, dtype=np.float64).reshape(-1, STATE_DIM),
+                                (a.shape[0], STATE_DIM))
+            a = np.stack([tcp_targets_to_deltas(s[b], a[b]) for b in range(a.shape[0])])
+        return a.astype(np.float32)
 
     def _noise(self, batch: int, seed: int) -> torch.Tensor:
         c = self.config
@@ -399,7 +410,7 @@ class SemanticVLAPolicy(nn.Module):
         kp = self.stem.last_lang_keypoints.get("agentview") if self.stem is not None else None
         return Plan(keypoints=kp[:, :2].float().cpu().numpy() if kp is not None and kp.shape[1] >= 2 else None,
                     anchors=gen.anchors, latent_ids=gen.latent_ids, texts=gen.texts, parse_ok=gen.parse_ok,
-                    actions=self._unnormalize_actions(a_norm_np), actions_normalized=a_norm_np,
+                    actions=self._unnormalize_actions(a_norm_np, state), actions_normalized=a_norm_np,
                     latent_hidden=gen.latent_hidden.float().cpu().numpy(),
                     visual_features=e_v.float().cpu().numpy(), instructions=instr, timings=timings,
                     image_size=wh)
@@ -449,7 +460,7 @@ class SemanticVLAPolicy(nn.Module):
         e_v = torch.as_tensor(vis, device=dev)[None]
         cond = self.decoder_conditions(tp.anchors[None], e_a, e_v, self._state_tensor(state, 1))
         a = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(1, seed))
-        actions = self._unnormalize_actions(a.float().cpu().numpy())[0]
+        actions = self._unnormalize_actions(a.float().cpu().numpy(), state)[0]
         return ActionChunkData(actions=actions, dt=self.config.control_dt, plan_id=tp.plan_id,
                                stamp_ns=tp.stamp_ns, frame_id="").validate()
 

@@ -40,7 +40,7 @@ def make_dataset(root: Path, lengths=(10, 13, 16), codec: str = "h264", h: int =
                  cameras: dict | None = None, state_fn=None, **writer_kwargs) -> dict:
     """Write a dataset; returns the ground truth {"frames": [(e, i, frame_dict)], "tasks": [...]}."""
     rng = np.random.default_rng(seed)
-    feats = default_features(h, w, wrist, traces)
+    feats = default_features(h, w, wrist, traces, state_dim=len(state_fn(0, 0)) if state_fn else 9)
     writer = LeRobotV3Writer(root, fps=20, features=feats, video_codec=codec, cameras=cameras, **writer_kwargs)
     truth, tasks = [], []
     for e, n in enumerate(lengths):

@@ -107,6 +107,46 @@ def test_split_api_matches_plan():
     assert isinstance(single, TracePlan)
 
 
+
+def test_tcp_pose_action_frame_plans_ee_deltas_through_the_predicted_targets():
+    """action_frame="tcp_pose": the decoder's rows are TCP targets (15-D state representation); plan() and
+    decode_actions() turn them into the ee_delta steps through them from the given state, and refuse to go
+    without a state."""
+    from semanticvla_core.robot_state import STATE_DIM, deltas_to_tcp_targets, tcp_targets_to_deltas
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    targets = np.concatenate([rng.uniform([0.35, -0.25, 0.05], [0.65, 0.25, 0.3], (200, 3)),
+                              rng.normal(0, 0.01, (200, 2)), rng.uniform(-0.7, 0.7, (200, 1)),
+                              rng.integers(0, 2, (200, 1))], axis=1)
+    st = DatasetStats(action=NormStats.compute(targets), state=NormStats.compute(rng.normal(0, 0.3, (200, STATE_DIM))))
+    p = SemanticVLAPolicy(tiny_config(state_dim=STATE_DIM, action_frame="tcp_pose"), text_tokenizer=text_tokenizer(),
+                          norm_stats=st).eval()
+    with torch.no_grad():
+        for lin in (p.decoder.action_out, p.decoder.ada_out[1]):
+            lin.weight.normal_(0, 0.2)
+    state = np.zeros(STATE_DIM)
+    state[9:12], state[12:15] = [0.5, 0.05, 0.25], [0.0, 0.0, 0.3]
+    imgs = _images()
+    plan = p.plan(imgs, INSTR, state=state)
+    for b in range(2):
+        want = tcp_targets_to_deltas(state, st.action.unnormalize(plan.actions_normalized[b].astype(np.float64)))
+        np.testing.assert_allclose(plan.actions[b], want, atol=1e-6)
+        # stepping the deltas from the state passes through the decoder's targets
+        np.testing.assert_allclose(deltas_to_tcp_targets(state, plan.actions[b])[:, :6],
+                                   st.action.unnormalize(plan.actions_normalized[b].astype(np.float64))[:, :6],
+                                   atol=1e-5)
+        # the first step goes from the state's TCP to the first target
+        np.testing.assert_allclose(plan.actions[b, 0, :3], st.action.unnormalize(
+            plan.actions_normalized[b].astype(np.float64))[0, :3] - state[9:12], atol=1e-6)
+    chunk = p.decode_actions(p.plan_trace(imgs[0], INSTR[0]), state=state)
+    np.testing.assert_allclose(chunk.actions, plan.actions[0], atol=1e-5)
+    with pytest.raises(ValueError, match="robot state"):
+        p.plan(imgs, INSTR)
+    with pytest.raises(ValueError, match="action_frame"):
+        tiny_config(action_frame="absolute")
+
+
 def _decode_with_anchors(p, tp, anchors):
     tp2 = TracePlan(**{**tp.__dict__, "anchors": np.asarray(anchors, np.float32)})
     return p.decode_actions(tp2).actions

@@ -120,6 +120,7 @@ def test_action_samples_stats_saved_and_reused(ds_root):
     assert a4[0]["image_tH"].shape == (3, S, S) and len(a4) < len(act)
 
 
+
 def test_nonfinite_future_action_is_padded(ds_root, tmp_path):
     import shutil
     root = tmp_path / "ds"
@@ -137,6 +138,45 @@ def test_nonfinite_future_action_is_padded(ds_root, tmp_path):
     assert len(act) == sum(LENGTHS) - 1  # frame 3 is not a sample
     s = act[0]  # episode 0, t = 0: its chunk hits the NaN at frame 3
     assert s["actions_pad"].tolist() == [False] * 3 + [True] * 5 and torch.isfinite(s["actions"]).all()
+
+
+
+def _robot_state(e, i):   # a 15-D robot state (robot_state.STATE_NAMES): TCP at 9:12, its rotation vector at 12:15
+    s = np.zeros(15)
+    s[9:12] = [0.4 + 0.01 * i, 0.05 * e, 0.2 - 0.005 * i]
+    s[12:15] = [0.0, 0.01, 0.1 * e + 0.02 * i]
+    return s
+
+
+def test_tcp_pose_action_frame_samples_and_stats(tmp_path):
+    """action_frame="tcp_pose": each chunk becomes the TCP targets it steps through from its frame's state
+    (robot_state.deltas_to_tcp_targets), normalized with statistics of exactly those rows, kept in their own
+    file next to the delta statistics; a dataset without the 15-D robot state is refused with the reason."""
+    from semanticvla_core.robot_state import deltas_to_tcp_targets
+
+    root = tmp_path / "ds"
+    gt = make_dataset(root, (12, 10), state_fn=_robot_state)
+    act = ActionDataset(root, image_size=S, horizon=4, action_frame="tcp_pose")
+    assert (root / "meta" / "semanticvla_stats_tcp_pose_h4.json").is_file() and not (root / STATS_FILE).exists()
+    assert act.stats.extra["action_frame"] == "tcp_pose"
+    rows = []
+    for k in range(len(act)):
+        s = act[k]
+        g = int(s["index"])
+        e, t = LeRobotV3Dataset(root).episode_of(g)
+        n = int((~s["actions_pad"].numpy()).sum())
+        raw = np.stack([gt["frames"][g + j][2]["action"] for j in range(n)]).astype(np.float64)
+        want = deltas_to_tcp_targets(gt["frames"][g][2]["observation.state"], raw)
+        got = act.stats.action.unnormalize(s["actions"].numpy().astype(np.float64))[:n]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        rows.append(want)
+    # the statistics are those of the targets (positions near the states' TCP, not of the ~N(0, 1) deltas)
+    assert np.all(act.stats.action.low[:3] >= np.concatenate(rows)[:, :3].min(0) - 1e-9)
+    delta = ActionDataset(root, image_size=S, horizon=4)
+    assert not np.allclose(delta.stats.action.high, act.stats.action.high)
+    with pytest.raises(ValueError, match="15-D robot state"):
+        ActionDataset(tmp_path / "nine", image_size=S, horizon=4, action_frame="tcp_pose") \
+            if make_dataset(tmp_path / "nine", (6,)) else None
 
 
 def test_make_loader_batches(ds_root):

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
                              latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
-                             stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache)
+                             stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache,
+                             action_frame=m.action_frame)
         stats = getattr(full, "stats", None)
         g = torch.Generator().manual_seed(t.seed)
         perm = torch.randperm(len(full), generator=g).tolist()

@@ -39,6 +39,7 @@ from semanticvla_core.image_convert import resize_rgb
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
 from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
 from semanticvla_core.normalize import DatasetStats, NormStats
+from semanticvla_core.robot_state import ACTION_FRAMES, STATE_DIM, deltas_to_tcp_targets
 from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, object_keypoints, resample_trace
 
 AGENT_CAMERA = "observation.images.agentview"
@@ -99,17 +100,54 @@ def compute_dataset_stats(ds: LeRobotV3Dataset, action_key: str = "action", stat
                                "num_frames": int(ds.num_frames)})
 
 
+def tcp_target_stats(ds: LeRobotV3Dataset, horizon: int, action_key: str = "action",
+                     state_key: str = "observation.state", q_low: float = 0.01, q_high: float = 0.99,
+                     min_range: float = 1e-3) -> NormStats:
+    """Statistics of the decoder's rows in the ``tcp_pose`` action frame: every frame's next ``horizon`` actions
+    as TCP targets from that frame's state (``robot_state.deltas_to_tcp_targets``); rows past the episode end or
+    after a non-finite action are left out, as the training loss leaves them out."""
+    rows = []
+    for e in range(ds.num_episodes):
+        c = ds.get_columns(e, [action_key, state_key])
+        L = len(c[action_key])
+        acts = np.asarray(c[action_key], np.float64).reshape(L, -1)
+        states = np.asarray(c[state_key], np.float64).reshape(L, -1)
+        if states.shape[1] != STATE_DIM:
+            raise ValueError(f"{ds.root}: action_frame='tcp_pose' needs the {STATE_DIM}-D robot state "
+                             f"(robot_state.STATE_NAMES); {state_key!r} has {states.shape[1]} dims")
+        finite = np.all(np.isfinite(acts), axis=1)
+        for t in range(L):
+            n = min(horizon, L - t)
+            bad = ~finite[t:t + n]
+            n = int(np.argmax(bad)) if bad.any() else n
+            if n and np.all(np.isfinite(states[t])):
+                rows.append(deltas_to_tcp_targets(states[t], acts[t:t + n]))
+    if not rows:
+        raise ValueError(f"{ds.root}: no finite action chunk to compute tcp_pose statistics from")
+    return NormStats.compute(np.concatenate(rows), q_low, q_high, min_range)
+
+
 def load_or_compute_stats(ds: LeRobotV3Dataset, action_key: str = "action",
-                          state_key: str | None = "observation.state", recompute: bool = False) -> DatasetStats:
-    """``<root>/meta/semanticvla_stats.json`` if it matches (keys, frame count), else compute and save it."""
-    path = ds.root / STATS_FILE
+                          state_key: str | None = "observation.state", recompute: bool = False,
+                          action_frame: str = "delta", horizon: int = DEFAULT_HORIZON) -> DatasetStats:
+    """``<root>/meta/semanticvla_stats.json`` (``action_frame="tcp_pose"``: ``semanticvla_stats_tcp_pose_h<H>.json``,
+    action statistics of the TCP targets of ``horizon``-row chunks) if it matches (keys, frame count), else
+    compute and save it."""
+    if action_frame not in ACTION_FRAMES:
+        raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {action_frame!r}")
+    if action_frame != "delta" and not state_key:
+        raise ValueError(f"action_frame={action_frame!r} needs the robot state (state_key)")
+    path = ds.root / (STATS_FILE if action_frame == "delta" else STATS_FILE.replace(".json", f"_{action_frame}_h{horizon}.json"))
     if path.is_file() and not recompute:
         st = DatasetStats.load(path)
         ex = st.extra
         if ex.get("action_key") == action_key and ex.get("state_key") == state_key \
-                and ex.get("num_frames") == ds.num_frames:
+                and ex.get("num_frames") == ds.num_frames and ex.get("action_frame", "delta") == action_frame:
             return st
     st = compute_dataset_stats(ds, action_key, state_key)
+    if action_frame != "delta":
+        st.action = tcp_target_stats(ds, horizon, action_key, state_key)
+        st.extra.update(action_frame=action_frame, horizon=int(horizon))
     st.save(path)
     return st
 
@@ -252,7 +290,7 @@ class ActionDataset(VLMDataset):
                  wrist_camera: str | None = WRIST_CAMERA, action_key: str = "action",
                  state_key: str | None = "observation.state", with_image_tH: bool = False,
                  only_present: bool = True, recompute_stats: bool = False, stem_image_size: int = 0,
-                 stem_wrist_size: int = 0, plans=None, **kw):
+                 stem_wrist_size: int = 0, plans=None, action_frame: str = "delta", **kw):
         super().__init__(root, image_size, window, num_anchors, latent_ids, camera, wrist_camera, only_present, **kw)
         self.stem_image_size, self.stem_wrist_size = int(stem_image_size), int(stem_wrist_size)
         self.plans, self._plan_row = None, None
@@ -266,8 +304,9 @@ class ActionDataset(VLMDataset):
             raise ValueError(f"{self.root}: no state column {state_key!r} (pass state_key=None to go without)")
         self.horizon, self.action_key, self.state_key = int(horizon), action_key, state_key
         self.with_image_tH = bool(with_image_tH)
+        self.action_frame = action_frame
         self.stats = stats if stats is not None else load_or_compute_stats(self.ds, action_key, state_key,
-                                                                           recompute_stats)
+                                                                           recompute_stats, action_frame, horizon)
         if self.stats.action is None or (state_key is not None and self.stats.state is None):
             raise ValueError("ActionDataset: stats lack action or state statistics")
         if self.with_image_tH:  # o_{t+H} must exist
@@ -335,10 +374,12 @@ class ActionDataset(VLMDataset):
                 chunk[j] = last
             else:
                 last = chunk[j]
+        st = np.asarray(cols[self.state_key][t], np.float64).reshape(-1) if self.state_key else None
+        if self.action_frame == "tcp_pose":     # rows = the TCP targets the chunk steps through
+            chunk = deltas_to_tcp_targets(st, chunk)
         out["actions"] = torch.from_numpy(self.stats.action.normalize(chunk).astype(np.float32))
         out["actions_pad"] = torch.from_numpy(pad)
         if self.state_key:
-            st = np.asarray(cols[self.state_key][t], np.float64).reshape(-1)
             out["state"] = torch.from_numpy(self.stats.state.normalize(st).astype(np.float32))
         if self.with_image_tH:
             out["image_tH"] = self._image(self.camera, e, t + self.horizon)

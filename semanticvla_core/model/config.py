@@ -72,6 +72,9 @@ class SemanticVLAConfig:
     num_latent_tokens: int = 4        # K <ACT_k> tokens per step
     horizon: int = 8                  # H: action chunk length
     action_dim: int = 7               # D: 7-D ee_delta (actions.py)
+    action_frame: str = "delta"       # what a decoder row is: "delta" (the ee_delta action) or "tcp_pose" (the
+                                      # TCP pose the row should reach, robot_state.ACTION_FRAMES); plans are
+                                      # ee_delta either way
     state_dim: int = 0                # proprio state fed to the decoder (0 = none)
     control_dt: float = 0.05          # seconds between chunk rows (20 Hz)
     preset: str = "tiny"              # name of the preset this config came from (informational)
@@ -90,6 +93,12 @@ class SemanticVLAConfig:
         for name in ("image_size", "num_anchors", "num_latent_tokens", "horizon", "action_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SemanticVLAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        from ..robot_state import ACTION_FRAMES, STATE_DIM
+        if self.action_frame not in ACTION_FRAMES:
+            raise ValueError(f"SemanticVLAConfig.action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
+        if self.action_frame == "tcp_pose" and self.state_dim not in (0, STATE_DIM):
+            raise ValueError(f"SemanticVLAConfig.action_frame='tcp_pose' needs the {STATE_DIM}-D robot state "
+                             f"(state_dim {self.state_dim})")
         if self.state_dim < 0:
             raise ValueError(f"SemanticVLAConfig.state_dim must be >= 0, got {self.state_dim}")
         if not self.control_dt > 0:
