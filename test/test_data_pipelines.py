@@ -121,6 +121,30 @@ def test_action_samples_stats_saved_and_reused(ds_root):
 
 
 
+def test_state_ranges_widened_and_stats_files_without_it_recomputed(ds_root, tmp_path):
+    """State dimensions are scaled by at most 2 / normalize.STATE_MIN_RANGE (a near-constant state such as the
+    gripper's tilt must not turn small run-time deviations into huge inputs); a stats file written before that
+    rule (no state_min_range in its provenance) is recomputed, not trusted."""
+    import shutil
+    from semanticvla_core.normalize import STATE_MIN_RANGE
+
+    root = tmp_path / "ds"
+    shutil.copytree(ds_root[0], root)
+    (root / STATS_FILE).unlink(missing_ok=True)
+    st = ActionDataset(root, image_size=S, horizon=8).stats
+    assert st.extra["state_min_range"] == STATE_MIN_RANGE
+    half = st.state.half_range
+    assert half[2] == pytest.approx(STATE_MIN_RANGE / 2)           # the 1e-6 wiggle
+    assert half[0] > STATE_MIN_RANGE                               # a moving dimension keeps its own range
+    assert np.all(half[st.state.high - st.state.low > 1e-8] >= STATE_MIN_RANGE / 2 - 1e-12)
+    d = json.loads((root / STATS_FILE).read_text())
+    del d["extra"]["state_min_range"]
+    d["state"]["high"] = [h + 10.0 for h in d["state"]["high"]]
+    (root / STATS_FILE).write_text(json.dumps(d))
+    again = ActionDataset(root, image_size=S, horizon=8).stats
+    np.testing.assert_allclose(again.state.high, st.state.high)
+
+
 def test_nonfinite_future_action_is_padded(ds_root, tmp_path):
     import shutil
     root = tmp_path / "ds"

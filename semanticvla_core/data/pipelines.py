@@ -38,7 +38,7 @@ from semanticvla_core.image_convert import resize_rgb
 
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
 from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
-from semanticvla_core.normalize import DatasetStats, NormStats
+from semanticvla_core.normalize import STATE_MIN_RANGE, DatasetStats, NormStats
 from semanticvla_core.robot_state import ACTION_FRAMES, STATE_DIM, deltas_to_tcp_targets
 from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, object_keypoints, resample_trace
 
@@ -86,18 +86,20 @@ def load_latent_ids(latent_ids, num_frames: int) -> np.ndarray:
 
 
 def compute_dataset_stats(ds: LeRobotV3Dataset, action_key: str = "action", state_key: str | None = "observation.state",
-                          q_low: float = 0.01, q_high: float = 0.99, min_range: float = 1e-3) -> DatasetStats:
-    """Robust per-dimension action/state statistics over all frames (non-finite rows ignored)."""
+                          q_low: float = 0.01, q_high: float = 0.99, min_range: float = 1e-3,
+                          state_min_range: float = STATE_MIN_RANGE) -> DatasetStats:
+    """Robust per-dimension action/state statistics over all frames (non-finite rows ignored); state dimensions
+    are widened to at least ``state_min_range`` (``normalize.STATE_MIN_RANGE``)."""
     keys = [k for k in (action_key, state_key) if k and k in ds.features]
     cols = {k: [] for k in keys}
     for e in range(ds.num_episodes):
         c = ds.get_columns(e, keys)
         for k in keys:
             cols[k].append(np.asarray(c[k], np.float64).reshape(len(c[k]), -1))
-    get = lambda k: NormStats.compute(np.concatenate(cols[k]), q_low, q_high, min_range) if k in cols else None  # noqa: E731
-    return DatasetStats(action=get(action_key), state=get(state_key) if state_key else None,
+    get = lambda k, r: NormStats.compute(np.concatenate(cols[k]), q_low, q_high, r) if k in cols else None  # noqa: E731
+    return DatasetStats(action=get(action_key, min_range), state=get(state_key, state_min_range) if state_key else None,
                         extra={"dataset": str(ds.root), "action_key": action_key, "state_key": state_key,
-                               "num_frames": int(ds.num_frames)})
+                               "num_frames": int(ds.num_frames), "state_min_range": float(state_min_range)})
 
 
 def tcp_target_stats(ds: LeRobotV3Dataset, horizon: int, action_key: str = "action",
@@ -131,8 +133,8 @@ def load_or_compute_stats(ds: LeRobotV3Dataset, action_key: str = "action",
                           state_key: str | None = "observation.state", recompute: bool = False,
                           action_frame: str = "delta", horizon: int = DEFAULT_HORIZON) -> DatasetStats:
     """``<root>/meta/semanticvla_stats.json`` (``action_frame="tcp_pose"``: ``semanticvla_stats_tcp_pose_h<H>.json``,
-    action statistics of the TCP targets of ``horizon``-row chunks) if it matches (keys, frame count), else
-    compute and save it."""
+    action statistics of the TCP targets of ``horizon``-row chunks) if it matches (keys, frame count, state
+    min_range), else compute and save it."""
     if action_frame not in ACTION_FRAMES:
         raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {action_frame!r}")
     if action_frame != "delta" and not state_key:
@@ -142,7 +144,8 @@ def load_or_compute_stats(ds: LeRobotV3Dataset, action_key: str = "action",
         st = DatasetStats.load(path)
         ex = st.extra
         if ex.get("action_key") == action_key and ex.get("state_key") == state_key \
-                and ex.get("num_frames") == ds.num_frames and ex.get("action_frame", "delta") == action_frame:
+                and ex.get("num_frames") == ds.num_frames and ex.get("action_frame", "delta") == action_frame \
+                and ex.get("state_min_range") == STATE_MIN_RANGE:
             return st
     st = compute_dataset_stats(ds, action_key, state_key)
     if action_frame != "delta":
