@@ -328,19 +328,27 @@ class SemanticVLAPolicy(nn.Module):
         """Trace keypoint supervision: the agent view's first two language-queried stem keypoints (after the
         forward that just ran) are pulled towards where the demonstration grasps and places
         (``plan_keypoint_uv`` (B, 2, 2) normalized, ``plan_keypoint_valid`` (B, 2); ``ActionDataset.
-        keypoint_targets``): squared error in image widths, over valid targets. Adds ``loss_keypoints``."""
+        keypoint_targets``): squared error in image widths, over valid targets; the wrist camera's likewise when
+        the batch has ``plan_wrist_keypoint_uv`` / ``_valid``. Adds ``loss_keypoints`` (and
+        ``loss_wrist_keypoints``)."""
         if weight <= 0:
             return out
         if "plan_keypoint_uv" not in batch:
             raise ValueError("lambda_keypoints > 0 needs plan_keypoint_uv in the batch (ActionDataset.keypoint_targets)")
-        uv = self.stem.last_lang_keypoints.get("agentview") if self.stem is not None else None
-        if uv is None or uv.shape[1] < 2:
-            raise ValueError("lambda_keypoints > 0 needs a visual stem with lang_keypoints >= 2")
-        tgt = batch["plan_keypoint_uv"].to(uv.device).float()
-        valid = batch["plan_keypoint_valid"].to(uv.device).float()
-        err = (uv[:, :2] - tgt).pow(2).sum(-1)                                      # (B, 2)
-        kp = (err * valid).sum() / valid.sum().clamp_min(1.0)
-        return dict(out, loss=out["loss"] + weight * kp, loss_keypoints=kp.detach())
+        out = dict(out)
+        for cam, key, name in (("agentview", "plan_keypoint", "loss_keypoints"),
+                               ("wrist", "plan_wrist_keypoint", "loss_wrist_keypoints")):
+            if key + "_uv" not in batch:
+                continue
+            uv = self.stem.last_lang_keypoints.get(cam) if self.stem is not None else None
+            if uv is None or uv.shape[1] < 2:
+                raise ValueError(f"lambda_keypoints > 0 needs a visual stem with lang_keypoints >= 2 (on the {cam} camera)")
+            tgt = batch[key + "_uv"].to(uv.device).float()
+            valid = batch[key + "_valid"].to(uv.device).float()
+            err = (uv[:, :2] - tgt).pow(2).sum(-1)                                      # (B, 2)
+            kp = (err * valid).sum() / valid.sum().clamp_min(1.0)
+            out.update(loss=out["loss"] + weight * kp, **{name: kp.detach()})
+        return out
 
     def _flow_loss(self, batch: dict, anchors, e_a, e_v: torch.Tensor, anchor_noise: float) -> torch.Tensor:
         """L_flow of the batch's action chunks given the decoder's conditions (the shared tail of both stage-3

@@ -48,8 +48,9 @@ def object_keypoints(gripper: np.ndarray, points: np.ndarray, present: np.ndarra
     point (where it next opens).
 
     gripper: (T,) gripper command per frame (> threshold = closed); points: (T, 2) normalized end-effector
-    positions (the trace's first point per frame); present: (T,) visibility.
-    Returns (T, 2, 2) float32 [object, destination] and (T, 2) bool validity. The object sits at the grasp
+    positions (the trace's first point per frame), or any (T, D) end-effector positions (e.g. 3-D TCP positions);
+    present: (T,) visibility.
+    Returns (T, 2, D) float32 [object, destination] and (T, 2) bool validity. The object sits at the grasp
     point until the grasp, moves with the hand while held and rests at the place point afterwards; the
     destination is the place point throughout. Both are invalid when the episode never grasps / releases
     or when the defining point is not visible.
@@ -57,10 +58,10 @@ def object_keypoints(gripper: np.ndarray, points: np.ndarray, present: np.ndarra
     g = np.asarray(gripper, dtype=np.float64).reshape(-1) > threshold
     pts = np.asarray(points, dtype=np.float32)
     T = g.shape[0]
-    if pts.shape != (T, 2):
-        raise ValueError(f"points must have shape ({T}, 2), got {pts.shape}")
+    if pts.ndim != 2 or pts.shape[0] != T:
+        raise ValueError(f"points must have shape ({T}, D), got {pts.shape}")
     vis = np.ones(T, bool) if present is None else np.asarray(present, bool).reshape(-1)
-    out, ok = np.zeros((T, 2, 2), np.float32), np.zeros((T, 2), bool)
+    out, ok = np.zeros((T, 2, pts.shape[1]), np.float32), np.zeros((T, 2), bool)
     closed = np.flatnonzero(g)
     if closed.size == 0:
         return out, ok

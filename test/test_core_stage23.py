@@ -210,13 +210,13 @@ def test_cli_comparison_variants_conventional_and_no_latent_from_stage2(tmp_path
     assert "<ACT_" not in nolat.plan(img, "move the red dot left").texts[0]
 
 
-def _stage2_for_stage3_cli(tmp_path, state_fn=None):
+def _stage2_for_stage3_cli(tmp_path, state_fn=None, cameras=None):
     """A 2-episode dataset with wrist camera, a tiny untrained tokenizer and a 3-step stage 2 in tmp_path
     (ds/, tok/, s2/); returns the common CLI flags, the latent-ids file and a small stem config (JSON)."""
     from data_fixtures import make_dataset
     from semanticvla_core.model.latent_tokenizer import LatentTokenizer, tokenizer_config
 
-    make_dataset(tmp_path / "ds", lengths=(14, 16), state_fn=state_fn)
+    make_dataset(tmp_path / "ds", lengths=(14, 16), state_fn=state_fn, cameras=cameras)
     torch.manual_seed(0)
     LatentTokenizer(tokenizer_config("tiny"), with_decoders=False).save_pretrained(tmp_path / "tok", include_decoders=False)
     common = ["--steps", "3", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--save-every", "0",
@@ -345,10 +345,12 @@ def test_cli_stage3_trace_keypoint_supervision(tmp_path):
     assert pol.config.stem.lang_keypoints == 2
 
 
-def test_cli_stage3_tcp_pose_action_frame(tmp_path):
+def test_cli_stage3_tcp_pose_action_frame_and_wrist_keypoints(tmp_path):
     """--set action_frame=tcp_pose on a stage-2 checkpoint: the decoder trains on TCP targets (their own
     statistics travel in the checkpoint's norm_stats.json) and the saved policy plans ee_delta chunks that step
-    through its targets from the given state."""
+    through its targets from the given state. The dataset's wrist camera has a mount (T_tcp_cam in
+    cameras.json), so --lambda-keypoints also trains the wrist view's language keypoints (loss_wrist_keypoints)."""
+    from semanticvla_core.camera import PinholeCamera
     from semanticvla_core.robot_state import STATE_DIM, deltas_to_tcp_targets
 
     def robot_state(e, i):
@@ -356,10 +358,17 @@ def test_cli_stage3_tcp_pose_action_frame(tmp_path):
         s[9:12], s[12:15] = [0.45 + 0.01 * i, 0.02 * e, 0.25 - 0.01 * i], [0.0, 0.0, 0.05 * i]
         return s
 
-    common, ids_file, stem = _stage2_for_stage3_cli(tmp_path, state_fn=robot_state)
+    cams = {"observation.images.agentview": PinholeCamera.from_fovy(64, 48, 45.0).to_dict(),
+            "observation.images.wrist": {**PinholeCamera.from_fovy(32, 32, 90.0).to_dict(),
+                                         "T_tcp_cam": np.eye(4).tolist()}}    # looking along the TCP's z (down)
+    common, ids_file, stem = _stage2_for_stage3_cli(tmp_path, state_fn=robot_state, cameras=cams)
+    stem_kp = stem[:-1] + ', "lang_keypoints": 2}'
     assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s2" / "policy"),
                                     "--latent-ids", str(ids_file), "--out", str(tmp_path / "s3"), "--freeze-vlm",
-                                    "--set", "action_frame=tcp_pose", *common]) == 0
+                                    "--set", "action_frame=tcp_pose", "--set", f"stem={stem_kp}",
+                                    "--lambda-keypoints", "1", *common]) == 0
+    rows = _rows(tmp_path / "s3" / "e2e" / "metrics.jsonl")
+    assert rows and all(r["loss_wrist_keypoints"] > 0 and r["loss_keypoints"] > 0 for r in rows)
     pol = SemanticVLAPolicy.from_pretrained(tmp_path / "s3" / "policy")
     assert pol.config.action_frame == "tcp_pose" and pol.config.state_dim == STATE_DIM
     assert pol.norm_stats.extra["action_frame"] == "tcp_pose"
@@ -369,8 +378,9 @@ def test_cli_stage3_tcp_pose_action_frame(tmp_path):
     np.testing.assert_allclose(pol.norm_stats.action.low, want.low)
     np.testing.assert_allclose(pol.norm_stats.action.high, want.high)
     state = robot_state(0, 3)
-    plan = pol.plan((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8), "pick up the cube",
-                    state=state)
+    rng = np.random.default_rng(0)
+    plan = pol.plan((rng.random((64, 64, 3)) * 255).astype(np.uint8), "pick up the cube", state=state,
+                    wrist=(rng.random((32, 32, 3)) * 255).astype(np.uint8))
     np.testing.assert_allclose(deltas_to_tcp_targets(state, plan.actions[0])[:, :3],
                                pol.norm_stats.action.unnormalize(plan.actions_normalized[0].astype(np.float64))[:, :3],
                                atol=1e-5)

@@ -279,6 +279,27 @@ def test_plan_reports_the_language_keypoints():
     assert not np.allclose(a.keypoints, b.keypoints)                  # they follow the instruction
 
 
+
+def test_keypoint_loss_covers_the_wrist_camera_when_its_targets_are_given():
+    """_add_keypoint_loss: the agent view's targets always, the wrist view's when the batch has
+    plan_wrist_keypoint_uv / _valid (ActionDataset.keypoint_targets with a wrist mount); each is the mean squared
+    distance over valid targets, and an invalid target contributes nothing."""
+    p = _policy(stem={**STEM, "lang_keypoints": 2})
+    p.plan(_imgs(2, 96), "pick up the red block", state=np.zeros((2, 3)), wrist=_imgs(2, 64, 1))
+    kp = p.stem.last_lang_keypoints
+    tgt_a, tgt_w = torch.full((2, 2, 2), 0.5), torch.tensor([[[0.1, 0.9], [0.3, 0.3]], [[0.8, 0.2], [0.0, 0.0]]])
+    valid_w = torch.tensor([[True, True], [True, False]])
+    batch = {"plan_keypoint_uv": tgt_a, "plan_keypoint_valid": torch.ones(2, 2, dtype=torch.bool)}
+    base = {"loss": torch.zeros(())}
+    only_agent = p._add_keypoint_loss(base, batch, 2.0)
+    assert "loss_wrist_keypoints" not in only_agent
+    both = p._add_keypoint_loss(base, {**batch, "plan_wrist_keypoint_uv": tgt_w, "plan_wrist_keypoint_valid": valid_w}, 2.0)
+    err = (kp["wrist"][:, :2] - tgt_w).pow(2).sum(-1)
+    want = (err * valid_w).sum() / 3
+    torch.testing.assert_close(both["loss_wrist_keypoints"], want)
+    torch.testing.assert_close(both["loss"], only_agent["loss"] + 2.0 * want)
+
+
 def test_lang_keypoints_config_and_tokens():
     with pytest.raises(ValueError, match="lang_keypoints"):
         VisualStemConfig(image_size=32, film=False, lang_keypoints=2)

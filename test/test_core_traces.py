@@ -106,3 +106,9 @@ def test_object_keypoints_follow_grasp_carry_and_place():
     assert not object_keypoints(np.r_[np.zeros(5), np.ones(5)], pts)[1].any()
     with pytest.raises(ValueError, match="points"):
         object_keypoints(grip, pts[:5])
+    # any point dimension (the wrist targets use 3-D TCP positions): the same phases
+    p3 = np.concatenate([pts, np.arange(T)[:, None] / 30], axis=1).astype(np.float32)
+    xyz, ok3 = object_keypoints(grip, p3)
+    assert xyz.shape == (T, 2, 3) and ok3.all()
+    np.testing.assert_allclose(xyz[:, :, :2], object_keypoints(grip, pts)[0])
+    np.testing.assert_allclose(xyz[4:7, 0, 2], p3[4:7, 2])

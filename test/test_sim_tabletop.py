@@ -204,6 +204,28 @@ def test_collected_dataset_loads_and_traces_overlay_gripper(tmp_path):
         cv2.circle(img, (int(round(u * 96 - 0.5)), int(round(v * 96 - 0.5))), 1, (255, 0, 255) if k == 0 else (0, 255, 255), -1)
     cv2.imwrite(str(tmp_path / "trace_overlay.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
+    # the wrist camera's rigid mount travels in cameras.json, and the wrist keypoint targets computed from it
+    # (ActionDataset.keypoint_targets) sit on the named cube in the wrist images before the grasp
+    from semanticvla_core.data.pipelines import ActionDataset
+    from semanticvla_core.sim.tasks import COLORS
+    env = FrankaTabletopEnv(SimConfig(render=False))
+    np.testing.assert_allclose(cams["observation.images.wrist"]["T_tcp_cam"], env.wrist_mount(), atol=1e-9)
+    env.reset("pick_place_plate", 0, "direct", "train", render=False)       # episode 0 = seed 0, direct
+    rgb = np.array(COLORS[env.episode.cubes[env.episode.target].color]) * 255
+    kp = ActionDataset(out, image_size=32, horizon=4).keypoint_targets()
+    L = ds.episode_length(0)
+    acts = np.stack([ds[t]["action"] for t in range(L)])
+    tg = int(np.argmax(acts[:, 6] > 0.5))
+    hits, n = 0, 0
+    for t in range(max(0, tg - 15), tg):
+        if not kp["wrist_keypoint_valid"][t, 0]:
+            continue
+        x, y = np.round(kp["wrist_keypoint_uv"][t, 0] * 64 - 0.5).astype(int)
+        patch = np.asarray(ds[t]["observation.images.wrist"])[max(0, y - 3):y + 4, max(0, x - 3):x + 4].astype(float)
+        hits += bool((np.linalg.norm(patch - rgb, axis=-1) < 90).any())
+        n += 1
+    assert n >= 5 and hits >= 0.8 * n, (hits, n)
+
 
 class _ExpertPlanPolicy:
     """A plan()-interface policy (privileged): one-row chunks from the expert, anchors = the projected TCP target."""

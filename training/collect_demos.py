@@ -54,7 +54,10 @@ def _run_episode(job: tuple) -> dict:
     ep = rollout_expert(_ENV, task, seed, instruction_kind=kind, split="train", render=True, speed=speed)
     ep["seed"], ep["kind"], ep["task"] = seed, kind, task
     ep["cameras"] = {"observation.images.agentview": _ENV.camera("agentview").to_dict(),
-                     "observation.images.wrist": _ENV.camera("wrist").to_dict()}
+                     # the wrist camera moves with the hand: its pose at the episode end, plus the rigid mount
+                     # (T_tcp_cam) that places it at any frame from that frame's TCP pose (observation.state)
+                     "observation.images.wrist": {**_ENV.camera("wrist").to_dict(),
+                                                  "T_tcp_cam": _ENV.wrist_mount().tolist()}}
     del ep["camera"]
     if not ep["success"]:
         ep.pop("images", None)

@@ -27,6 +27,7 @@ as ``<root>/meta/semanticvla_stats.json`` and reused; pass ``stats=`` (e.g. from
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from semanticvla_core.image_convert import resize_rgb
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
 from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
 from semanticvla_core.normalize import STATE_MIN_RANGE, DatasetStats, NormStats
-from semanticvla_core.robot_state import ACTION_FRAMES, STATE_DIM, deltas_to_tcp_targets
+from semanticvla_core.robot_state import ACTION_FRAMES, STATE_DIM, TCP_POS, deltas_to_tcp_targets, tcp_pose_from_state
 from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, object_keypoints, resample_trace
 
 AGENT_CAMERA = "observation.images.agentview"
@@ -331,16 +332,34 @@ class ActionDataset(VLMDataset):
             raise ValueError(f"plans: {int((row[need] < 0).sum())} sample frames have no plan")
         self.plans, self._plan_row = {k: np.asarray(v) for k, v in plans.items() if k != "index"}, row
 
+    def wrist_mount(self) -> np.ndarray | None:
+        """T_tcp_cam (4x4) of the wrist camera from ``meta/cameras.json`` (``collect_demos`` writes it), or None."""
+        cams = self.ds.meta.cameras or {}
+        m = (cams.get(self.wrist_camera) or {}).get("T_tcp_cam") if self.wrist_camera else None
+        return None if m is None else np.asarray(m, np.float64).reshape(4, 4)
+
     def keypoint_targets(self, gripper_index: int = -1) -> dict[str, np.ndarray]:
         """Where the manipulated object and its destination are in the agent view, for every frame
         (``traces.object_keypoints`` on each episode's trace and gripper command, action column
         ``gripper_index``): ``{"index": (F,), "keypoint_uv": (F, 2, 2) normalized [object, destination],
         "keypoint_valid": (F, 2)}``; merge into ``set_plans`` to give samples ``plan_keypoint_uv`` /
-        ``plan_keypoint_valid`` (the targets of ``Stage3Config.lambda_keypoints``)."""
-        uv = np.zeros((self.ds.num_frames, 2, 2), np.float32)
-        ok = np.zeros((self.ds.num_frames, 2), bool)
+        ``plan_keypoint_valid`` (the targets of ``Stage3Config.lambda_keypoints``).
+
+        When the wrist camera's mount is known (:meth:`wrist_mount`) and the state is the 15-D robot state, the
+        same two points in the *wrist* view as well (``wrist_keypoint_uv`` / ``wrist_keypoint_valid``): the TCP
+        positions where the demonstration grasps and places, projected through each frame's wrist camera
+        (T_world_tcp from ``observation.state`` times the mount); invalid where behind it or outside the image."""
+        F = self.ds.num_frames
+        uv, ok = np.zeros((F, 2, 2), np.float32), np.zeros((F, 2), bool)
+        mount = self.wrist_mount()
+        wrist = mount is not None and self.state_key is not None and \
+            int(np.prod(self.ds.features[self.state_key]["shape"])) == STATE_DIM
+        if wrist:
+            wcam = self.ds.camera(self.wrist_camera)
+            wuv, wok = np.zeros((F, 2, 2), np.float32), np.zeros((F, 2), bool)
         for e in range(self.ds.num_episodes):
-            cols = self.ds.get_columns(e, [self.action_key, TRACE_X, TRACE_Y, TRACE_PRESENT])
+            keys = [self.action_key, TRACE_X, TRACE_Y, TRACE_PRESENT] + ([self.state_key] if wrist else [])
+            cols = self.ds.get_columns(e, keys)
             L = self.ds.episode_length(e)
             acts = np.asarray(cols[self.action_key], np.float64).reshape(L, -1)
             first = np.stack([np.asarray(cols[TRACE_X], np.float32).reshape(L, -1)[:, 0],
@@ -349,7 +368,20 @@ class ActionDataset(VLMDataset):
                                           np.asarray(cols[TRACE_PRESENT], bool).reshape(L, -1)[:, 0])
             s = self.ds.episode(e).start
             uv[s:s + L], ok[s:s + L] = pts, valid
-        return {"index": np.arange(self.ds.num_frames, dtype=np.int64), "keypoint_uv": uv, "keypoint_valid": ok}
+            if wrist:
+                states = np.asarray(cols[self.state_key], np.float64).reshape(L, -1)
+                p3, v3 = object_keypoints(acts[:, gripper_index], states[:, TCP_POS])
+                for t in range(L):
+                    p, R = tcp_pose_from_state(states[t])
+                    T = np.eye(4)
+                    T[:3, :3], T[:3, 3] = R, p
+                    cam = dataclasses.replace(wcam, T_world_cam=T @ mount)
+                    q, vis = cam.project_normalized(p3[t].astype(np.float64))
+                    wuv[s + t], wok[s + t] = np.clip(q, 0.0, 1.0), v3[t] & vis
+        out = {"index": np.arange(F, dtype=np.int64), "keypoint_uv": uv, "keypoint_valid": ok}
+        if wrist:
+            out.update(wrist_keypoint_uv=wuv, wrist_keypoint_valid=wok)
+        return out
 
     def __getitem__(self, k: int) -> dict:
         e, t = (int(v) for v in self.samples[k])
@@ -358,7 +390,7 @@ class ActionDataset(VLMDataset):
             r = self._plan_row[self.ds.episode(e).start + t]
             for key, col in self.plans.items():     # plan_anchors, plan_latent_ids (+ frozen-VLM features)
                 v = col[r]
-                dtype = np.int64 if key == "latent_ids" else (bool if key == "keypoint_valid" else np.float32)
+                dtype = np.int64 if key == "latent_ids" else (bool if key.endswith("keypoint_valid") else np.float32)
                 out["plan_" + key] = torch.from_numpy(np.array(v, dtype))
         keys = [self.action_key] + ([self.state_key] if self.state_key else [])
         cols = self.ds.get_columns(e, keys)

@@ -160,6 +160,13 @@ class FrankaTabletopEnv:
         T[:3, 3] = self.data.cam_xpos[cid]
         return PinholeCamera.from_fovy(size, size, float(self.model.cam_fovy[cid]), T)
 
+    def wrist_mount(self) -> np.ndarray:
+        """T_tcp_cam (4x4): the wrist camera's optical frame in the TCP frame (rigid: the camera rides on the hand)."""
+        p, R = self.tcp_pose()
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, p
+        return np.linalg.inv(T) @ self.camera("wrist").T_world_cam
+
     def cameras(self) -> dict[str, PinholeCamera]:
         return {n: self.camera(n) for n in CAMERA_NAMES}
 

@@ -255,7 +255,7 @@ def _with_keypoint_targets(plans: dict | None, base, weight: float) -> dict | No
     if plans is None:
         return kp
     rows = np.asarray(plans["index"], np.int64)
-    return dict(plans, keypoint_uv=kp["keypoint_uv"][rows], keypoint_valid=kp["keypoint_valid"][rows])
+    return dict(plans, **{k: v[rows] for k, v in kp.items() if k != "index"})
 
 
 def _e2e_step(lambda_vlm: float, anchor_noise: float = 0.0, lambda_keypoints: float = 0.0):
