@@ -29,7 +29,8 @@ to ``visual_features`` ((M + K, d): M pooled E_v rows, then the K E_a rows; ``la
 (0, d)). ``make_trace_plan`` is the one place that packs, ``decode_actions`` unpacks.
 
 Flow-sampling noise is drawn from ``torch.Generator().manual_seed(seed)`` (default seed 0), one
-(H, D) draw shared by every row, so a plan is a deterministic function of the inputs and the seed.
+(H, D) draw shared by every row, times ``config.noise_scale`` (0: every chunk starts from the noise's mean),
+so a plan is a deterministic function of the inputs and the seed.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ CONFIG_NAME, WEIGHTS_NAME, NORM_STATS_NAME = "config.json", "model.safetensors",
 TOKENIZER_DIR, LATENT_TOKENIZER_DIR = "tokenizer", "latent_tokenizer"
 # switches that may be changed when loading a checkpoint (they leave the VLM's weights valid; the
 # decoder is rebuilt if its inputs change): how variant (3) reuses the full policy's stage 2
-DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder", "stem", "decoder", "action_frame")
+DECODER_SIDE_SWITCHES = ("use_latent", "trace_to_decoder", "stem", "decoder", "action_frame", "noise_scale")
 LORA_TARGETS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 # vision towers (DINOv2: attention.q/k/v/o_proj (older transformers: attention.attention.query/key/value,
 # attention.output.dense), mlp.fc1/2; SigLIP: self_attn.q/k/v/out_proj, mlp.fc1/2)
@@ -285,7 +286,8 @@ class SemanticVLAPolicy(nn.Module):
     def _noise(self, batch: int, seed: int) -> torch.Tensor:
         c = self.config
         g = torch.Generator().manual_seed(int(seed))
-        return torch.randn((1, c.horizon, c.action_dim), generator=g).expand(batch, -1, -1).to(self.device)
+        noise = torch.randn((1, c.horizon, c.action_dim), generator=g) * float(c.noise_scale)
+        return noise.expand(batch, -1, -1).to(self.device)
 
     # ---- training forward (stage 3) ----------------------------------------------------------------
     def forward(self, batch: dict, lambda_vlm: float = 0.1, anchor_noise: float = 0.0,

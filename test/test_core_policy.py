@@ -147,6 +147,24 @@ def test_tcp_pose_action_frame_plans_ee_deltas_through_the_predicted_targets():
         tiny_config(action_frame="absolute")
 
 
+
+def test_noise_scale_zero_plans_one_central_chunk_whatever_the_seed():
+    """config.noise_scale scales the flow's initial noise at run time: 0 starts every chunk from the noise's
+    mean, so the seed no longer matters and the chunk is the ODE's image of zero; 1 is the trained sampling."""
+    p = _policy()
+    imgs, state = _images(), np.array([0.1, -0.2, 0.3])
+    noisy = [p.plan(imgs, INSTR, state=state, seed=s).actions for s in (0, 1)]
+    assert not np.allclose(noisy[0], noisy[1])
+    p.config.noise_scale = 0.0
+    a, b = (p.plan(imgs, INSTR, state=state, seed=s).actions for s in (0, 1))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, noisy[0])
+    tp = p.plan_trace(imgs[0], INSTR[0])
+    np.testing.assert_allclose(p.decode_actions(tp, state=state, seed=7).actions, a[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="noise_scale"):
+        tiny_config(noise_scale=-1.0)
+
+
 def _decode_with_anchors(p, tp, anchors):
     tp2 = TracePlan(**{**tp.__dict__, "anchors": np.asarray(anchors, np.float32)})
     return p.decode_actions(tp2).actions

@@ -16,16 +16,24 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-def build_policy(name: str | None, checkpoint: str | None, seed: int):
+def build_policy(name: str | None, checkpoint: str | None, seed: int, noise_scale: float | None = None):
     from semanticvla_core.sim.evaluation import ExpertPolicy, RandomPolicy
 
     if checkpoint:
         from semanticvla_core.policy import SemanticVLAPolicy
-        return SemanticVLAPolicy.from_pretrained(checkpoint)
+        pol = SemanticVLAPolicy.from_pretrained(checkpoint)
+        if noise_scale is not None:
+            if not noise_scale >= 0:
+                raise SystemExit(f"--noise-scale must be >= 0, got {noise_scale}")
+            pol.config.noise_scale = float(noise_scale)
+        return pol
+    if noise_scale is not None:
+        raise SystemExit("--noise-scale applies to --checkpoint policies only")
     if name == "expert":
         return ExpertPolicy   # a class with needs_env: built on the evaluation's env
     if name == "random":
@@ -59,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--videos", default=None, help="directory for MP4s with the predicted trace drawn")
     p.add_argument("--videos-per-task", type=int, default=2)
     p.add_argument("--custom-instructions", default=None, help="JSON/YAML {task: [template, ...]}")
+    p.add_argument("--noise-scale", type=float, default=None,
+                   help="flow sampling noise of a --checkpoint policy (default: its config's noise_scale; 0 = deterministic)")
     p.add_argument("--out", default="runs/eval_report.json")
     a = p.parse_args(argv)
     per_kind = {}
@@ -72,7 +82,11 @@ def main(argv=None) -> int:
                      max_steps=a.max_steps, image_size=a.image_size, wrist_size=a.wrist_size, video_dir=a.videos,
                      videos_per_task=a.videos_per_task,
                      custom_instructions=load_custom_instructions(a.custom_instructions) if a.custom_instructions else {})
-    rep = evaluate(build_policy(a.policy, a.checkpoint, a.seed), cfg, out_json=a.out)
+    policy = build_policy(a.policy, a.checkpoint, a.seed, a.noise_scale)
+    rep = evaluate(policy, cfg, out_json=a.out)
+    if a.checkpoint:   # record how the checkpoint was sampled
+        rep["noise_scale"] = float(policy.config.noise_scale)
+        Path(a.out).write_text(json.dumps(rep, indent=2))
     summary = {k: rep[k] for k in ("success_overall", "success_per_kind", "success_per_task", "relative_drop",
                                    "num_episodes")}
     print(json.dumps(summary, indent=2))

@@ -77,6 +77,8 @@ class SemanticVLAConfig:
                                       # ee_delta either way
     state_dim: int = 0                # proprio state fed to the decoder (0 = none)
     control_dt: float = 0.05          # seconds between chunk rows (20 Hz)
+    noise_scale: float = 1.0          # run time only: std of the noise the flow ODE starts from (1 = as trained;
+                                      # 0 = from its mean: one deterministic "central" chunk per observation)
     preset: str = "tiny"              # name of the preset this config came from (informational)
 
     def __post_init__(self) -> None:
@@ -101,6 +103,8 @@ class SemanticVLAConfig:
                              f"(state_dim {self.state_dim})")
         if self.state_dim < 0:
             raise ValueError(f"SemanticVLAConfig.state_dim must be >= 0, got {self.state_dim}")
+        if not (self.noise_scale >= 0 and self.noise_scale == self.noise_scale):
+            raise ValueError(f"SemanticVLAConfig.noise_scale must be >= 0, got {self.noise_scale}")
         if not self.control_dt > 0:
             raise ValueError(f"SemanticVLAConfig.control_dt must be > 0, got {self.control_dt}")
         self.vlm.image_size = self.image_size
