@@ -31,6 +31,7 @@ BATCH3=${BATCH3:-64}
 THREADS3=${THREADS3:-1}            # stage 3 runs two variants at a time, one thread each
 LAMBDA_KP=${LAMBDA_KP:-1}          # weight of the trace keypoint loss (0 = off)
 ACTION_FRAME=${ACTION_FRAME:-delta}  # decoder rows: the ee_delta actions, or TCP targets (tcp_pose: 0/30 vs 3/30, REPORT)
+NOISE=${NOISE:-0}                  # run-time flow noise scale stored in every checkpoint (0: deterministic, REPORT)
 # the decoder: a keypoint stem on the 128 px agent view + 96 px wrist camera (model/visual_stem.py), FiLM-
 # conditioned on the instruction through the frozen sentence encoder, with 2 language-queried keypoints per
 # camera; a 128-wide 3-layer flow decoder, conditioned on the frozen VLM's own plans as at run time, whose
@@ -68,8 +69,8 @@ s2() {  # variant, extra args
 s3() {  # variant, args
   [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$OUT/data" --config tiny \
     --out "$OUT/stage3_$1" --steps "$STEPS3" --batch-size "$BATCH3" --freeze-vlm --ema 0.999 --set "stem=$STEM" \
-    --set "decoder=$DECODER" --set "action_frame=$ACTION_FRAME" --lambda-keypoints "$LAMBDA_KP" --threads "$THREADS3" \
-    "${@:2}" > "$OUT/stage3_$1.log" 2>&1
+    --set "decoder=$DECODER" --set "action_frame=$ACTION_FRAME" --set "noise_scale=$NOISE" \
+    --lambda-keypoints "$LAMBDA_KP" --threads "$THREADS3" "${@:2}" > "$OUT/stage3_$1.log" 2>&1
 }
 has() { [[ " $VARIANTS " == *" $1 "* ]]; }
 

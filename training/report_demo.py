@@ -113,12 +113,14 @@ def main(argv=None) -> int:
     found = False
     for v in VARIANTS:
         s3 = runs / f"stage3_{v}" / "e2e" / "metrics.jsonl"
-        for ax, phase, key in ((axes[0], runs / f"stage2_{v}" / "vlm" / "metrics.jsonl", "loss"),
-                               (axes[1], s3, "loss_flow"), (axes[2], s3, "loss_keypoints")):
+        for ax, phase, key, suffix in ((axes[0], runs / f"stage2_{v}" / "vlm" / "metrics.jsonl", "loss", ""),
+                                       (axes[1], s3, "loss_flow", ""), (axes[2], s3, "loss_keypoints", " (agent view)"),
+                                       (axes[2], s3, "loss_wrist_keypoints", " (wrist)")):
             m = [r for r in _metrics(phase) if key in r and "step" in r]
             if m:
                 found = True
-                ax.plot([r["step"] for r in m], [r[key] for r in m], label=VARIANTS[v][0])
+                ax.plot([r["step"] for r in m], [r[key] for r in m], label=VARIANTS[v][0] + suffix,
+                        ls="--" if "wrist" in key else "-")
     axes[0].set_title("stage 2: L_VLM (trace + latent CE)")
     axes[1].set_title("stage 3: L_flow")
     axes[2].set_title("stage 3: trace keypoint loss (image widths^2)")
