@@ -70,7 +70,8 @@ class ControllerNode(Node):
         if self.q is None or (t - self.state_rx_ns) * 1e-9 > self.p.state_timeout_s:
             return self._hold("no fresh joint state")
         self.ticks_since_decode += 1
-        if self.trace_new or self.ticks_since_decode >= self.p.decode_every_steps or self.executor_.num_chunks == 0:
+        if (self.trace_new and self.p.decode_on_new_trace) or self.ticks_since_decode >= self.p.decode_every_steps \
+                or self.executor_.num_chunks == 0:
             if self._kin is None:
                 from semanticvla_core.safety.kinematics import PandaKinematics
                 self._kin = PandaKinematics()

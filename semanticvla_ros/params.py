@@ -44,9 +44,14 @@ PARAMS: dict[str, list[Param]] = {
         Param("dtype", "float32", "float32 or bfloat16"),
         Param("control_rate_hz", 20.0, "Rate at which the blended action chunk is published"),
         Param("flow_steps", 10, "Euler steps of the flow-matching sampler"),
-        Param("blend_mode", "ensemble", "Chunk blending: ensemble (ACT temporal ensembling), crossfade or latest"),
+        Param("blend_mode", "latest", "Chunk blending: latest (each chunk as decoded; how the policy is evaluated), "
+              "ensemble (ACT temporal ensembling) or crossfade"),
         Param("ensemble_decay", 0.01, "ACT ensembling weight exponent k: w_i = exp(-k * i), i = 0 the oldest chunk"),
-        Param("decode_every_steps", 4, "Re-decode the latest Trace with fresh state every this many control ticks"),
+        Param("decode_every_steps", 8, "Re-decode the latest Trace with fresh state every this many control ticks "
+              "(default: the demo checkpoint's chunk length H = 8)"),
+        Param("decode_on_new_trace", False, "Also decode as soon as a new Trace arrives (False: only every "
+              "decode_every_steps ticks; with blend_mode latest and decode_every_steps = the chunk length, each "
+              "chunk runs to its end as in training/evaluate.py)"),
         Param("trace_timeout_s", 3.0, "Hold (publish nothing) when the newest Trace is older than this"),
         Param("state_timeout_s", 0.5, "Hold when joint states are older than this"),
         Param("seed", 0, "Seed of the flow sampler's noise (deterministic chunks for a given input)"),
