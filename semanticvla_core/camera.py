@@ -27,6 +27,13 @@ def normalized_to_pixels(uv: np.ndarray, width: int, height: int) -> np.ndarray:
     return uv * np.array([width, height], dtype=np.float64) - 0.5
 
 
+def pose_matrix(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Rotation (3x3) + translation (3,) -> homogeneous 4x4 transform."""
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    return T
+
+
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0)) -> np.ndarray:
     """Pose (4x4, optical frame in world) of a camera at ``eye`` looking at ``target``."""
     eye = np.asarray(eye, dtype=np.float64)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from semanticvla_core.camera import pose_matrix
 from semanticvla_core.image_convert import resize_rgb
 
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
@@ -373,9 +374,7 @@ class ActionDataset(VLMDataset):
                 p3, v3 = object_keypoints(acts[:, gripper_index], states[:, TCP_POS])
                 for t in range(L):
                     p, R = tcp_pose_from_state(states[t])
-                    T = np.eye(4)
-                    T[:3, :3], T[:3, 3] = R, p
-                    cam = dataclasses.replace(wcam, T_world_cam=T @ mount)
+                    cam = dataclasses.replace(wcam, T_world_cam=pose_matrix(R, p) @ mount)
                     q, vis = cam.project_normalized(p3[t].astype(np.float64))
                     wuv[s + t], wok[s + t] = np.clip(q, 0.0, 1.0), v3[t] & vis
         out = {"index": np.arange(F, dtype=np.int64), "keypoint_uv": uv, "keypoint_valid": ok}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..actions import apply_ee_delta, matrix_to_rotvec
-from ..camera import PinholeCamera
+from ..camera import PinholeCamera, pose_matrix
 from ..robot_state import R_DOWN, STATE_NAMES, state_vector
 from .scene import ARM_JOINTS, FINGER_JOINTS, SceneConfig, build_scene_xml
 
@@ -155,17 +155,13 @@ class FrankaTabletopEnv:
             raise ValueError(f"unknown camera {name!r}; expected one of {CAMERA_NAMES}")
         cid = self._cam_ids[name]
         size = self.cfg.image_size if name == "agentview" else self.cfg.wrist_image_size
-        T = np.eye(4)
-        T[:3, :3] = self.data.cam_xmat[cid].reshape(3, 3) @ _MJ_TO_OPTICAL
-        T[:3, 3] = self.data.cam_xpos[cid]
+        T = pose_matrix(self.data.cam_xmat[cid].reshape(3, 3) @ _MJ_TO_OPTICAL, self.data.cam_xpos[cid])
         return PinholeCamera.from_fovy(size, size, float(self.model.cam_fovy[cid]), T)
 
     def wrist_mount(self) -> np.ndarray:
         """T_tcp_cam (4x4): the wrist camera's optical frame in the TCP frame (rigid: the camera rides on the hand)."""
         p, R = self.tcp_pose()
-        T = np.eye(4)
-        T[:3, :3], T[:3, 3] = R, p
-        return np.linalg.inv(T) @ self.camera("wrist").T_world_cam
+        return np.linalg.inv(pose_matrix(R, p)) @ self.camera("wrist").T_world_cam
 
     def cameras(self) -> dict[str, PinholeCamera]:
         return {n: self.camera(n) for n in CAMERA_NAMES}
