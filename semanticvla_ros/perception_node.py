@@ -3,10 +3,11 @@
 Subscribes  /camera/{name}/image_raw (sensor_msgs/Image, any common encoding), /camera/{name}/camera_info,
             /joint_states
             /camera/{name}/depth/image_raw (optional: 16UC1 mm, mono16 or 32FC1 m)
-Publishes   /semanticvla/observation/{name} (sensor_msgs/Image rgb8, image_size^2, all with the main frame's stamp)
+Publishes   /semanticvla/observation/{name} (sensor_msgs/Image rgb8, its image_sizes entry squared, all with the main
+            frame's stamp)
             /semanticvla/observation/joint_states (sensor_msgs/JointState, same stamp)
             /semanticvla/observation/camera_info/{name} (CameraInfo scaled to the model image)
-            /semanticvla/observation/{name}/depth (32FC1 metres, image_size^2, NaN = no reading; passed through)
+            /semanticvla/observation/{name}/depth (32FC1 metres, the camera's size squared, NaN = no reading; passed through)
 Malformed, stale or unsynchronized frames are dropped with a logged reason (throttled) and counted.
 """
 from __future__ import annotations
@@ -30,6 +31,14 @@ class PerceptionNode(Node):
     def __init__(self):
         super().__init__("perception")
         self.p = declare(self, "perception")
+        names = list(self.p.camera_names)
+        sizes = [int(v) for v in self.p.image_sizes]
+        if len(sizes) == 1:
+            sizes = sizes * len(names)
+        if len(sizes) != len(names) or min(sizes) < 8:
+            raise ValueError(f"perception: image_sizes {sizes} must hold one size >= 8 px, or one per camera of "
+                             f"{names}")
+        self.size = dict(zip(names, sizes))
         self.sync = ObservationSync(list(self.p.camera_names), self.p.sync_tolerance_s, self.p.max_age_s)
         self.infos: dict[str, CameraInfo] = {}
         self.pub_img = {n: self.create_publisher(Image, f"/semanticvla/observation/{n}", 5) for n in self.p.camera_names}
@@ -48,7 +57,7 @@ class PerceptionNode(Node):
         self.create_subscription(JointState, self.p.joint_states_topic, self.on_joint_state, 20)
         self.create_timer(1.0 / self.p.publish_rate_hz, self.tick)
         self._last_warn = 0
-        self.get_logger().info(f"perception: cameras {list(self.p.camera_names)} -> {self.p.image_size}px observations")
+        self.get_logger().info(f"perception: cameras {list(self.p.camera_names)} -> {self.size} px observations")
 
     def _warn(self, reason: str | None) -> None:
         if reason:
@@ -61,7 +70,7 @@ class PerceptionNode(Node):
     def on_image(self, name: str, msg: Image) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
         try:
-            rgb = msg_to_model_rgb(msg, self.p.image_size)
+            rgb = msg_to_model_rgb(msg, self.size[name])
         except ValueError as e:
             self.sync._drop(f"malformed image: {e}")
             self._warn(f"malformed image on camera {name}: {e}")
@@ -70,7 +79,7 @@ class PerceptionNode(Node):
 
     @guarded()
     def on_depth(self, name: str, msg: Image) -> None:
-        depth = resize_depth(msg_to_depth_m(msg), self.p.image_size)   # ValueError on malformed data (logged)
+        depth = resize_depth(msg_to_depth_m(msg), self.size[name])   # ValueError on malformed data (logged)
         self.pub_depth[name].publish(fill_image(Image(), depth_to_image_fields(depth), stamp_to_ns(msg.header.stamp),
                                                 msg.header.frame_id))
 
@@ -90,7 +99,7 @@ class PerceptionNode(Node):
             msg = fill_image(Image(), rgb_to_image_fields(rgb), obs.stamp_ns, obs.frame_ids.get(n, ""))
             self.pub_img[n].publish(msg)
             if n in self.infos:
-                cam = camera_from_info(self.infos[n]).resized(self.p.image_size, self.p.image_size)
+                cam = camera_from_info(self.infos[n]).resized(self.size[n], self.size[n])
                 self.pub_info[n].publish(camera_to_info(cam, obs.stamp_ns, self.infos[n].header.frame_id))
         self.pub_js.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS,
                                             list(obs.joint_positions) + list(obs.finger_positions), obs.stamp_ns))

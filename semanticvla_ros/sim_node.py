@@ -34,7 +34,7 @@ class SimNode(Node):
         super().__init__("sim")
         self.p = declare(self, "sim")
         self.env = FrankaTabletopEnv(SimConfig(control_hz=self.p.physics_rate_hz, image_size=self.p.image_size,
-                                               wrist_image_size=self.p.image_size))
+                                               wrist_image_size=self.p.wrist_image_size))
         self.seed = int(self.p.seed)
         self.follower = TrajectoryFollower()
         self.gripper = 0.0

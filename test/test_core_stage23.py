@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -310,6 +311,23 @@ def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path
     pol.vlm.requires_grad_(True)
     with pytest.raises(ValueError, match="stale"):
         pol(batch)
+
+    # --keep-decoder continues the stage-3 policy's own decoder (at lr 0 it leaves unchanged); without it the
+    # decoder starts fresh; without --init-from it is refused
+    cont = ["--dataset", str(tmp_path / "ds"), "--init-from", str(tmp_path / "s3" / "policy"), "--latent-ids",
+            str(ids_file), "--freeze-vlm", "--ema", "0.9", *common, "--lr", "0"]
+    for name in ("kept", "fresh"):
+        (tmp_path / name).mkdir()
+        shutil.copy(feats_file, tmp_path / name / feats_file.name)      # the same frozen VLM: reuse its cache
+    assert _cli("stage3_e2e").main([*cont, "--keep-decoder", "--out", str(tmp_path / "kept")]) == 0
+    assert _cli("stage3_e2e").main([*cont, "--out", str(tmp_path / "fresh")]) == 0
+    kept = SemanticVLAPolicy.from_pretrained(tmp_path / "kept" / "policy").decoder.state_dict()
+    fresh = SemanticVLAPolicy.from_pretrained(tmp_path / "fresh" / "policy").decoder.state_dict()
+    trained = pol.decoder.state_dict()
+    assert all(torch.equal(trained[k], kept[k]) for k in trained)
+    assert not all(torch.equal(trained[k], fresh[k]) for k in trained)
+    assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--keep-decoder", "--latent-ids",
+                                    str(ids_file), "--out", str(tmp_path / "bad"), *common]) == 2
 
 
 def test_cli_stage3_trace_keypoint_supervision(tmp_path):

@@ -63,7 +63,7 @@ def _encode(rgb, enc):
 
 
 def test_perception_converts_every_encoding_and_drops_bad_frames(h):
-    node = h.start("perception", {"image_size": 32, "max_age_s": 2.0})
+    node = h.start("perception", {"image_sizes": [32, 24], "max_age_s": 2.0})
     obs = {n: h.record(Image, f"/semanticvla/observation/{n}") for n in ("agentview", "wrist")}
     js_out = h.record(JointState, "/semanticvla/observation/joint_states")
     depth_out = h.record(Image, "/semanticvla/observation/agentview/depth")
@@ -86,9 +86,12 @@ def test_perception_converts_every_encoding_and_drops_bad_frames(h):
     assert h.spin_until(lambda: (send("rgb8"), h.spin_for(0.15), bool(obs["agentview"]))[-1], 30)
     for enc in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
         t = send(enc)
-        assert h.spin_until(lambda: any(stamp_to_ns(m.header.stamp) == t for _, m in obs["agentview"]), 10), enc
+        assert h.spin_until(lambda: all(any(stamp_to_ns(m.header.stamp) == t for _, m in o) for o in obs.values()),
+                            10), enc
         m = next(m for _, m in obs["agentview"] if stamp_to_ns(m.header.stamp) == t)
         assert (m.encoding, m.height, m.width) == ("rgb8", 32, 32)
+        w = next(m for _, m in obs["wrist"] if stamp_to_ns(m.header.stamp) == t)
+        assert (w.encoding, w.height, w.width) == ("rgb8", 24, 24)      # each camera at its own model size
         img = np.frombuffer(bytes(m.data), np.uint8).reshape(32, 32, 3).astype(int)
         left, right = img[16, 4], img[16, 28]
         if enc == "mono8":
@@ -342,7 +345,7 @@ def test_overlay_draws_where_the_trace_is(h):
 
 # ------------------------------------------------------------------------------------------ sim
 def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
-    node = h.start("sim", {"image_size": 48, "camera_rate_hz": 5.0})
+    node = h.start("sim", {"image_size": 48, "wrist_image_size": 32, "camera_rate_hz": 5.0})
     js = h.record(JointState, "/joint_states")
     imgs = {n: h.record(Image, f"/camera/{n}/image_raw") for n in ("agentview", "wrist")}
     instr = h.record(String, "/semanticvla/instruction")
@@ -350,6 +353,7 @@ def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
     assert h.spin_until(lambda: len(js) > 5 and all(imgs.values()) and bool(instr), 90), node._seen
     m = imgs["agentview"][-1][1]
     assert (m.encoding, m.height, m.width) == ("rgb8", 48, 48)
+    assert (imgs["wrist"][-1][1].height, imgs["wrist"][-1][1].width) == (32, 32)
     assert list(js[-1][1].name) == ARM_JOINTS + FINGER_JOINTS and instr[-1][1].data
     q0 = np.array(js[-1][1].position[:7])
     # malformed trajectories are refused (node stays up, arm keeps its target)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the stage-2 VLM frozen (no LoRA) and train only the decoder and its stem, on the VLM's "
                         "own plans and features computed once before training (implies --own-plans; several "
                         "times cheaper per step on a CPU)")
+    p.add_argument("--keep-decoder", action="store_true",
+                   help="with --init-from a stage-3 policy: continue training its flow decoder (more steps, or "
+                        "fine-tuning on new data) instead of building a fresh one")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="keep an exponential moving average of the trained weights and save it (e.g. 0.999; "
                         "default off)")
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if val is not None:
             setattr(t, attr, val)
     cfg.freeze_vlm = bool(args.freeze_vlm)
+    cfg.keep_decoder = bool(args.keep_decoder)
+    if cfg.keep_decoder and not args.init_from:
+        print("error: --keep-decoder needs --init-from (a stage-3 policy whose decoder continues)", file=sys.stderr)
+        return 2
     cfg.own_plans = bool(args.own_plans) or cfg.freeze_vlm
     if args.ema is not None:
         t.ema_decay = args.ema

@@ -73,6 +73,8 @@ class Stage3Config:
     stem). The VLM's generation outputs per frame (plan, E_a, visual tokens, prompt state) are then computed
     once and cached (``precompute_plans(features=True)``), which makes a step several times cheaper on a CPU;
     the decoder trains on exactly what it gets at run time. Implies ``own_plans``.
+    keep_decoder: continue training the ``init_from`` policy's own flow decoder (a stage-3 checkpoint: more
+    steps, or fine-tuning on new data) instead of building a fresh one; the stem is always kept.
     """
 
     init_from: str | None = None
@@ -93,8 +95,11 @@ class Stage3Config:
     state_dim: int | None = None
     eval_batch_size: int = 32
     eval_samples: int = 256
+    keep_decoder: bool = False
 
     def __post_init__(self) -> None:
+        if self.keep_decoder and not self.init_from:
+            raise ValueError("Stage3Config.keep_decoder: only with init_from (a stage-3 policy whose decoder continues)")
         if self.freeze_vlm:
             self.own_plans = True
         if self.anchor_noise < 0:
@@ -128,13 +133,19 @@ def stage3_config(name: str = "tiny", output_dir: str = "runs/stage3", init_from
 
 
 def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int) -> list[torch.nn.Parameter]:
-    """Rebuild the decoder from scratch (with ``state_dim``), apply LoRA, set requires_grad.
+    """Rebuild the decoder from scratch (with ``state_dim``; with ``cfg.keep_decoder`` the loaded one stays and
+    must already take ``state_dim``), apply LoRA, set requires_grad.
     Returns the trainable parameters: LoRA A/B, the <ACT_k> token rows (only when the VLM writes them),
     the whole flow decoder, and with ``train_vision`` (auto: the conventional variant) vision-tower
     LoRA + the projector."""
-    policy.config.state_dim = int(state_dim)
-    policy.config.decoder.state_dim = int(state_dim)
-    policy.decoder = FlowMatchingDecoder(policy.config.decoder_config(policy.vlm.hidden_size)).to(policy.device)
+    if cfg.keep_decoder:
+        if int(policy.config.decoder.state_dim) != int(state_dim):
+            raise ValueError(f"stage 3 keep_decoder: the loaded decoder takes a state of size "
+                             f"{policy.config.decoder.state_dim}, the data has {state_dim}")
+    else:
+        policy.config.state_dim = int(state_dim)
+        policy.config.decoder.state_dim = int(state_dim)
+        policy.decoder = FlowMatchingDecoder(policy.config.decoder_config(policy.vlm.hidden_size)).to(policy.device)
     if cfg.freeze_vlm:
         policy.requires_grad_(False)
     else:
