@@ -42,6 +42,24 @@ def test_slower_expert_takes_smaller_steps_and_still_succeeds(env):
         rollout_expert(env, "pick_place_plate", 0, render=False, speed=0.0)
 
 
+def test_action_noise_pushes_the_hand_off_course_and_keeps_the_experts_labels(env):
+    """rollout_expert(action_noise=): bursts of pushes move the executed hand further per step than the expert's
+    cap and off the clean path, while the recorded actions stay the expert's capped corrections; the episode
+    still succeeds and the same seed gives the same episode."""
+    clean = rollout_expert(env, "pick_place_plate", 3, render=False, speed=0.01)
+    noisy = rollout_expert(env, "pick_place_plate", 3, render=False, speed=0.01, action_noise=0.01)
+    again = rollout_expert(env, "pick_place_plate", 3, render=False, speed=0.01, action_noise=0.01)
+    assert clean["success"] and noisy["success"]
+    np.testing.assert_array_equal(noisy["actions"], again["actions"])
+    assert np.linalg.norm(noisy["actions"][:, :3], axis=1).max() <= 0.01 + 1e-6       # labels: the expert's own
+    moved = np.linalg.norm(np.diff(noisy["tcp"], axis=0), axis=1)
+    assert moved.max() > 0.0125                                                         # executed: pushed further
+    n = min(len(clean["tcp"]), len(noisy["tcp"]))
+    assert np.linalg.norm(noisy["tcp"][:n] - clean["tcp"][:n], axis=1).max() > 0.01    # off the clean path
+    with pytest.raises(ValueError, match="action_noise"):
+        rollout_expert(env, "pick_place_plate", 0, render=False, action_noise=-1.0)
+
+
 
 def test_tcp_targets_of_an_expert_chunk_replay_the_same_motion(env):
     """robot_state.deltas_to_tcp_targets / tcp_targets_to_deltas (the decoder's action_frame="tcp_pose"): the

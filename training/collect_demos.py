@@ -49,9 +49,10 @@ def _init_worker(image_size: int, wrist_size: int) -> None:
 
 
 def _run_episode(job: tuple) -> dict:
-    task, seed, kind, speed = job
+    task, seed, kind, speed, noise = job
     from semanticvla_core.sim.expert import rollout_expert
-    ep = rollout_expert(_ENV, task, seed, instruction_kind=kind, split="train", render=True, speed=speed)
+    ep = rollout_expert(_ENV, task, seed, instruction_kind=kind, split="train", render=True, speed=speed,
+                        action_noise=noise)
     ep["seed"], ep["kind"], ep["task"] = seed, kind, task
     ep["cameras"] = {"observation.images.agentview": _ENV.camera("agentview").to_dict(),
                      # the wrist camera moves with the hand: its pose at the episode end, plus the rigid mount
@@ -84,9 +85,10 @@ def write_episode(writer, ep: dict) -> None:
 def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_size: int = 128,
             wrist_size: int = 96, seed: int = 0, kinds: tuple = ("direct", "rephrased", "reasoning"),
             window: int = 12, overwrite: bool = False, max_tries_factor: float = 1.5,
-            progress: bool = True, expert_speed: float | None = None) -> dict:
+            progress: bool = True, expert_speed: float | None = None, action_noise: float = 0.0) -> dict:
     """Collect ``episodes`` successful expert demonstrations; returns a summary dict.
-    ``expert_speed``: the expert's travel per step [m] (``rollout_expert(speed=)``; None: its default)."""
+    ``expert_speed``: the expert's travel per step [m] (``rollout_expert(speed=)``; None: its default).
+    ``action_noise``: executed-action drift std [m] (``rollout_expert(action_noise=)``; labels stay clean)."""
     from tqdm import tqdm
 
     from semanticvla_core.data.lerobot_v3 import LeRobotV3Writer
@@ -96,7 +98,7 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     max_jobs = int(np.ceil(episodes * max_tries_factor)) + 2
-    jobs = [(task, seed + i, kinds[i % len(kinds)], expert_speed) for i in range(max_jobs)]
+    jobs = [(task, seed + i, kinds[i % len(kinds)], expert_speed, action_noise) for i in range(max_jobs)]
     t0 = time.time()
     written, failed, frames = 0, 0, 0
     writer = None
@@ -135,7 +137,7 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
     writer.finalize()
     dt = time.time() - t0
     return {"task": task, "episodes": written, "failed": failed, "frames": frames, "seconds": dt,
-            "expert_speed": expert_speed,
+            "expert_speed": expert_speed, "action_noise": action_noise,
             "demos_per_min": 60.0 * written / dt, "out": str(out)}
 
 
@@ -152,11 +154,16 @@ def main(argv=None) -> int:
     p.add_argument("--expert-speed", type=float, default=None, metavar="M_PER_STEP",
                    help="cap of the expert's TCP travel per 50 ms step, > 0 (default 0.03 free / 0.02 carrying; the demo "
                         "recipe uses 0.01: ~95-step episodes instead of ~50)")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="M",
+                   help="std [m] of a correlated drift added to the executed motion while the gripper is open; the "
+                        "recorded actions stay the expert's corrections (DART-style; 0 = clean demonstrations)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
+    if not a.action_noise >= 0:
+        p.error(f"--action-noise must be >= 0, got {a.action_noise}")
     s = collect(a.task, a.episodes, a.out, a.workers, a.image_size, a.wrist_size, a.seed,
                 tuple(k.strip() for k in a.kinds.split(",") if k.strip()), overwrite=a.overwrite,
-                expert_speed=a.expert_speed)
+                expert_speed=a.expert_speed, action_noise=a.action_noise)
     print(f"wrote {s['episodes']} episodes ({s['frames']} frames, {s['failed']} expert failures skipped) to "
           f"{s['out']} in {s['seconds']:.1f} s ({s['demos_per_min']:.1f} demos/min)")
     return 0

@@ -22,6 +22,9 @@ HOVER_Z = 0.16
 CARRY_Z = 0.18
 PUSH_YAW_OFFSET = 0.0         # hand y (finger axis) along the push: the outer face of one finger pushes
 PUSH_Z = CUBE_HALF + 0.027     # TCP height when pushing: pad bottoms ~1 cm above the table, below the cube top
+NOISE_BURST_P = 0.06          # action noise comes in bursts: each open-gripper step starts one with this probability,
+NOISE_BURST_STEPS = (3, 8)    # lasting this many steps (inclusive), one random offset added to every step of it
+NOISE_ROT_PER_M = 4.0         # rotation noise std [rad] per metre of translation noise std
 
 
 def yaw_matrix(yaw: float) -> np.ndarray:
@@ -178,12 +181,19 @@ def tcp_track(points_world: np.ndarray, camera) -> tuple[np.ndarray, np.ndarray]
 
 def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split: str = "train",
                    render: bool | None = None, max_steps: int | None = None, extra_steps: int = 3,
-                   window: int = DEFAULT_WINDOW, speed: float | None = None) -> dict:
+                   window: int = DEFAULT_WINDOW, speed: float | None = None, action_noise: float = 0.0) -> dict:
     """Run the expert for one episode; returns frames, actions, states, TCP positions, traces and success.
 
     ``speed``: cap of the TCP's travel per step [m] for free motion and carrying (default: the expert's own,
     0.03 / 0.02 m, i.e. 0.6 / 0.4 m/s at 20 Hz). A slower expert gives longer episodes: more frames per
     demonstration and smaller motions per action chunk, which a learned closed-loop policy can follow.
+
+    ``action_noise``: per-step std [m] of random pushes added to the *executed* translation while the gripper
+    is commanded open (rotation: ``NOISE_ROT_PER_M`` times as much, in rad), in bursts of 3-8 steps
+    (``NOISE_BURST_*``; 0.008 displaces the hand by a few cm), seeded by ``seed``. The recorded action stays
+    the expert's own, computed from the measured pose (DART-style demonstrations: the data then show how to
+    get back on course from states a learned policy drifts into, e.g. a hand a few cm short of the cube,
+    which clean demonstrations never visit).
 
     Keys: ``instruction``, ``actions`` (T, 7), ``states`` (T, 15), ``tcp`` (T, 3), ``images`` {cam: (T,H,W,3)}
     when rendering, ``trace`` (T, W, 2), ``trace_present`` (T,), ``success``, ``steps``. Frame t holds the
@@ -195,6 +205,11 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
         if not speed > 0:
             raise ValueError(f"rollout_expert: speed must be > 0 m/step, got {speed}")
         expert.max_step, expert.carry_step = float(speed), min(expert.carry_step, float(speed))
+    if not action_noise >= 0:
+        raise ValueError(f"rollout_expert: action_noise must be >= 0 m, got {action_noise}")
+    rng = np.random.default_rng([int(seed), 0xDA27]) if action_noise > 0 else None
+    sd = np.r_[np.full(3, action_noise), np.full(3, action_noise * NOISE_ROT_PER_M)]
+    push, push_left = np.zeros(6), 0
     limit = max_steps or env.episode.max_steps
     acts, states, tcps, imgs = [], [], [], {"agentview": [], "wrist": []}
     success, after, streak = False, 0, 0
@@ -206,6 +221,14 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
             if k in obs:
                 imgs[k].append(obs[k])
         acts.append(a.astype(np.float32))
+        if rng is not None and a[6] < 0.5:
+            if push_left == 0 and rng.random() < NOISE_BURST_P:
+                push_left = int(rng.integers(NOISE_BURST_STEPS[0], NOISE_BURST_STEPS[1] + 1))
+                push = rng.normal(0.0, 1.0, 6) * sd
+            if push_left > 0:
+                a, push_left = np.r_[a[:6] + push, a[6:]], push_left - 1
+        else:
+            push_left = 0
         obs = env.step(a, render=render)
         ok = env.success()
         success |= ok
