@@ -319,7 +319,11 @@ def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path
     for name in ("kept", "fresh"):
         (tmp_path / name).mkdir()
         shutil.copy(feats_file, tmp_path / name / feats_file.name)      # the same frozen VLM: reuse its cache
-    assert _cli("stage3_e2e").main([*cont, "--keep-decoder", "--out", str(tmp_path / "kept")]) == 0
+    # a missing --latent-ids file is computed with the init policy's own stage-1 tokenizer: the same labels
+    new_ids = tmp_path / "kept_ids.safetensors"
+    assert _cli("stage3_e2e").main([*cont, "--keep-decoder", "--out", str(tmp_path / "kept"),
+                                    "--latent-ids", str(new_ids)]) == 0
+    np.testing.assert_array_equal(load_np(str(new_ids))["latent_ids"], load_np(str(ids_file))["latent_ids"])
     assert _cli("stage3_e2e").main([*cont, "--out", str(tmp_path / "fresh")]) == 0
     kept = SemanticVLAPolicy.from_pretrained(tmp_path / "kept" / "policy").decoder.state_dict()
     fresh = SemanticVLAPolicy.from_pretrained(tmp_path / "fresh" / "policy").decoder.state_dict()

@@ -95,23 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from pathlib import Path
 
-        from semanticvla_core.data.pipelines import TokenizerDataset, VLMDataset
+        from semanticvla_core.data.pipelines import VLMDataset
         if not args.latent_tokenizer:
             print("error: --latent-tokenizer is required with --dataset (latent ids come from it)", file=sys.stderr)
             return 2
         ids_path = Path(args.latent_ids) if args.latent_ids else Path(args.out) / "latent_ids.safetensors"
         if not ids_path.is_file():   # label every frame once with the stage-1 tokenizer (rank 0), then reuse
-            from semanticvla_core.model.latent_tokenizer import LatentTokenizer
             from semanticvla_core.training.common import barrier, setup_distributed
-            from semanticvla_core.training.stage2_vlm import compute_latent_ids, save_latent_ids
+            from semanticvla_core.training.stage2_vlm import ensure_latent_ids
             info = setup_distributed(t.device)
             if info.is_main:
-                tok = LatentTokenizer.from_pretrained(args.latent_tokenizer, with_decoders=False)
-                lc = tok.config
-                tds = TokenizerDataset(args.dataset, image_size=lc.image_size, window=lc.window,
-                                       horizon=lc.frame_horizon)
-                ids = compute_latent_ids(tok, tds, tds.ds.num_frames, device=info.device)
-                save_latent_ids(ids_path, ids, tok.codebook_version)
+                ensure_latent_ids(ids_path, args.dataset, args.latent_tokenizer, device=info.device)
             barrier()
         full = VLMDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
                           latent_ids=str(ids_path))

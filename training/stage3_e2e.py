@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (phase e2e/, final policy/)")
     p.add_argument("--latent-tokenizer", default=None, help="stage-1 tokenizer (only without --init-from)")
     p.add_argument("--latent-ids", default=None, help="(frames, K) latent ids of --dataset (.safetensors/.npy), "
-                   "e.g. <stage2 out>/latent_ids.safetensors")
+                   "e.g. <stage2 out>/latent_ids.safetensors; a missing .safetensors file is computed once with the "
+                   "stage-1 tokenizer (--latent-tokenizer, else the --init-from policy's latent_tokenizer/), e.g. "
+                   "to train stage 3 on other demonstrations than stage 2")
     p.add_argument("--lambda-vlm", type=float, default=None, help="weight of L_VLM (default 0.1)")
     p.add_argument("--anchor-noise", type=float, default=None,
                    help="std of noise on the ground-truth anchors behind e_tau in training (default 0; the demo "
@@ -130,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     t.progress = not args.no_progress
     m = cfg.model
     if args.init_from:
-        from pathlib import Path
         m = SemanticVLAConfig.from_dict({**json.loads((Path(args.init_from) / "config.json").read_text())["config"],
                                          **init_overrides})
     stats = None
@@ -144,6 +146,17 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --latent-ids is required with --dataset (stage 2 writes <stage2 out>/latent_ids.safetensors)",
                   file=sys.stderr)
             return 2
+        if args.latent_ids and not Path(args.latent_ids).is_file():
+            if not args.latent_ids.endswith(".safetensors"):
+                print(f"error: --latent-ids {args.latent_ids} does not exist", file=sys.stderr)
+                return 2
+            from semanticvla_core.training.stage2_vlm import ensure_latent_ids
+            tok = args.latent_tokenizer or (Path(args.init_from) / "latent_tokenizer" if args.init_from else None)
+            if tok is None or not Path(tok).is_dir():
+                print(f"error: --latent-ids {args.latent_ids} does not exist and no stage-1 tokenizer to compute it "
+                      f"(--latent-tokenizer)", file=sys.stderr)
+                return 2
+            ensure_latent_ids(args.latent_ids, args.dataset, tok, progress=t.progress)
         full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
                              latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
                              stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache,

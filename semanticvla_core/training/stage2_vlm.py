@@ -207,6 +207,23 @@ def save_latent_ids(path: str | Path, latent_ids: np.ndarray, codebook_version: 
     return p
 
 
+def ensure_latent_ids(path: str | Path, dataset_root: str | Path, tokenizer_dir: str | Path,
+                      device: str | torch.device = "cpu", progress: bool = True) -> Path:
+    """The latent-id labels of every frame of the LeRobot dataset at ``dataset_root``: read from ``path`` when
+    it exists, else computed once with the stage-1 tokenizer at ``tokenizer_dir`` (a stage-1 output or a
+    policy's ``latent_tokenizer/``) and written there."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    from ..data.pipelines import TokenizerDataset
+
+    tok = LatentTokenizer.from_pretrained(tokenizer_dir, with_decoders=False)
+    lc = tok.config
+    tds = TokenizerDataset(dataset_root, image_size=lc.image_size, window=lc.window, horizon=lc.frame_horizon)
+    ids = compute_latent_ids(tok, tds, tds.ds.num_frames, device=device, progress=progress)
+    return save_latent_ids(p, ids, tok.codebook_version)
+
+
 # ------------------------------------------------------------------------------------------------
 # evaluation
 # ------------------------------------------------------------------------------------------------
