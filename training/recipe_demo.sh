@@ -6,7 +6,11 @@
 #
 # Steps (each resumes / is skipped when its output exists, so a rerun continues where it stopped):
 #  1. collect EPISODES scripted demonstrations of pick_place_plate (both cameras, exact projected traces), the
-#     expert slowed to EXPERT_SPEED m per 50 ms step (~95-step episodes instead of ~50)
+#     expert slowed to EXPERT_SPEED m per 50 ms step (~95-step episodes instead of ~50): stages 1 and 2 learn
+#     the trace and latent vocabulary from them
+#  1b. collect NOISY_EPISODES more in which bursts of pushes (ACTION_NOISE m per step) knock the hand off course
+#     and the recorded actions are the expert's corrections (DART-style): stage 3 trains the decoder on these,
+#     so it sees how to get back from the states its own small errors lead to (0 = stage 3 on the clean data)
 #  2. check the traces: re-project the TCP through meta/cameras.json (annotate_traces --method projection)
 #  3. stage 1: latent action tokenizer (trace VQ-VAE, then visual grounding)
 #  4. stage 2: VLM synergy training per variant (full: trace + latents; notrace: latents only)
@@ -23,6 +27,8 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/demo}
 EPISODES=${EPISODES:-300}
 EXPERT_SPEED=${EXPERT_SPEED:-0.01}
+NOISY_EPISODES=${NOISY_EPISODES:-600}
+ACTION_NOISE=${ACTION_NOISE:-0.01}
 STEPS1A=${STEPS1A:-1000}
 STEPS1B=${STEPS1B:-1500}
 STEPS2=${STEPS2:-4000}
@@ -52,6 +58,13 @@ SECONDS=0
 [ -f "$OUT/data/meta/info.json" ] || { log "1. collecting $EPISODES demonstrations";
   $PY training/collect_demos.py --task pick_place_plate --episodes "$EPISODES" --workers 2 --out "$OUT/data" \
     --image-size 128 --wrist-size 96 --seed 0 --expert-speed "$EXPERT_SPEED"; }
+DATA3="$OUT/data"
+if [ "$NOISY_EPISODES" -gt 0 ]; then
+  DATA3="$OUT/data_noisy"
+  [ -f "$DATA3/meta/info.json" ] || { log "1b. collecting $NOISY_EPISODES demonstrations with action noise $ACTION_NOISE";
+    $PY training/collect_demos.py --task pick_place_plate --episodes "$NOISY_EPISODES" --workers 2 --out "$DATA3" \
+      --image-size 128 --wrist-size 96 --seed 0 --expert-speed "$EXPERT_SPEED" --action-noise "$ACTION_NOISE"; }
+fi
 log "2. trace check by re-projection"
 $PY training/annotate_traces.py --dataset "$OUT/data" --method projection --camera observation.images.agentview \
   --overlay-episodes 2 --resume > "$OUT/annotate.log" 2>&1 || log "   (trace check failed, see $OUT/annotate.log)"
@@ -61,13 +74,14 @@ $PY training/annotate_traces.py --dataset "$OUT/data" --method projection --came
     --steps-a "$STEPS1A" --steps-b "$STEPS1B" $T; }
 TOK="$OUT/stage1/tokenizer"
 IDS="$OUT/stage2_full/latent_ids.safetensors"
+IDS3="$IDS"; [ "$DATA3" = "$OUT/data" ] || IDS3="$OUT/data_noisy_latent_ids.safetensors"   # stage-1 labels of stage 3's data
 
 s2() {  # variant, extra args
   [ -f "$OUT/stage2_$1/policy/config.json" ] || $PY training/stage2_vlm.py --dataset "$OUT/data" --latent-tokenizer "$TOK" \
     --config tiny --out "$OUT/stage2_$1" --steps "$STEPS2" $T "${@:2}" > "$OUT/stage2_$1.log" 2>&1
 }
 s3() {  # variant, args
-  [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$OUT/data" --config tiny \
+  [ -f "$OUT/stage3_$1/policy/config.json" ] || $PY training/stage3_e2e.py --dataset "$DATA3" --config tiny \
     --out "$OUT/stage3_$1" --steps "$STEPS3" --batch-size "$BATCH3" --freeze-vlm --ema 0.999 --set "stem=$STEM" \
     --set "decoder=$DECODER" --set "action_frame=$ACTION_FRAME" --set "noise_scale=$NOISE" \
     --lambda-keypoints "$LAMBDA_KP" --threads "$THREADS3" "${@:2}" > "$OUT/stage3_$1.log" 2>&1
@@ -79,11 +93,12 @@ s2 full &
 if has notrace; then (while [ ! -f "$IDS" ]; do sleep 5; done; s2 notrace --no-trace --latent-ids "$IDS") & fi
 wait
 log "5. stage 3 (two variants at a time, $THREADS3 thread(s) each)"
-if has full; then s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" & fi
-if has nolatent; then s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS" --set use_latent=false & fi
+$PY -c "from semanticvla_core.training.stage2_vlm import ensure_latent_ids as f; f('$IDS3', '$DATA3', '$TOK')"
+if has full; then s3 full --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS3" & fi
+if has nolatent; then s3 nolatent --init-from "$OUT/stage2_full/policy" --latent-ids "$IDS3" --set use_latent=false & fi
 wait
-if has notrace; then s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS" & fi
-if has conventional; then s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS" --set use_trace=false --set use_latent=false & fi
+if has notrace; then s3 notrace --init-from "$OUT/stage2_notrace/policy" --latent-ids "$IDS3" & fi
+if has conventional; then s3 conventional --latent-tokenizer "$TOK" --latent-ids "$IDS3" --set use_trace=false --set use_latent=false & fi
 wait
 log "6. evaluation"
 ev() {  # variant, direct episodes
