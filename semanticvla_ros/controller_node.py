@@ -1,7 +1,9 @@
-"""controller (System 1): flow-matching decoder on the latest Trace (+ fresh joint state) -> ActionChunk at the
-control rate, independently of the planner; chunks are blended by the core's ChunkExecutor.
+"""controller (System 1): flow-matching decoder on the latest Trace (+ the joint state of its observation, or the
+fresh one: ``state_source``) -> ActionChunk at the control rate, independently of the planner; chunks are blended
+by the core's ChunkExecutor, aligned by their stamps.
 
-Subscribes  /semanticvla/trace (Trace), /joint_states (sensor_msgs/JointState)
+Subscribes  /semanticvla/trace (Trace), /joint_states (sensor_msgs/JointState),
+            /semanticvla/observation/joint_states (the joint state of each observation, with its stamp)
 Publishes   /semanticvla/action_chunk (ActionChunk): every tick, the blended actions from now on, stamped now
 Holds (publishes nothing; the safety filter's watchdog holds the arm) when the Trace or the state is stale,
 or a Trace is malformed; the reason is logged.
@@ -14,7 +16,7 @@ from sensor_msgs.msg import JointState
 from semanticvla_core.control import ChunkExecutor, ExecutorConfig
 from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS, state_from_joints
 
-from .messages import chunk_to_msg, trace_from_msg
+from .messages import chunk_to_msg, stamp_to_ns, trace_from_msg
 from .msg import ActionChunk, Trace
 from .node_utils import guarded, now_ns, run_node
 from .params import declare
@@ -34,10 +36,14 @@ class ControllerNode(Node):
         self.q = self.fingers = None
         self.state_rx_ns = 0
         self.ticks_since_decode = 0
+        if self.p.state_source not in ("observation", "latest"):
+            raise ValueError(f"controller: state_source must be 'observation' or 'latest', got {self.p.state_source!r}")
+        self.obs_states: dict[int, tuple] = {}     # observation stamp -> (arm q, fingers), the last few
         self._kin = None
         self.pub = self.create_publisher(ActionChunk, "/semanticvla/action_chunk", 5)
         self.create_subscription(Trace, "/semanticvla/trace", self.on_trace, 1)
         self.create_subscription(JointState, "/joint_states", self.on_joint_state, 20)
+        self.create_subscription(JointState, "/semanticvla/observation/joint_states", self.on_obs_state, 20)
         self.create_timer(1.0 / self.p.control_rate_hz, self.tick)
         self._last_hold_log = 0
 
@@ -51,6 +57,25 @@ class ControllerNode(Node):
         self.q = joint_state_arrays(msg, ARM_JOINTS)
         self.fingers = joint_state_arrays(msg, FINGER_JOINTS)
         self.state_rx_ns = now_ns(self)
+
+    @guarded()
+    def on_obs_state(self, msg: JointState) -> None:
+        self.obs_states[stamp_to_ns(msg.header.stamp)] = (joint_state_arrays(msg, ARM_JOINTS),
+                                                          joint_state_arrays(msg, FINGER_JOINTS))
+        while len(self.obs_states) > 32:
+            self.obs_states.pop(min(self.obs_states))
+
+    def _decode(self, q, fingers, stamp_ns: int, t: int) -> None:
+        if self._kin is None:
+            from semanticvla_core.safety.kinematics import PandaKinematics
+            self._kin = PandaKinematics()
+        state = state_from_joints(q, fingers, self._kin)
+        chunk = self.policy.decode_actions(self.trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed)
+        chunk.stamp_ns = stamp_ns
+        bad = self.executor_.add_chunk(chunk, t)
+        if bad is not None:
+            raise ValueError(f"decoded chunk refused: {bad}")
+        self.trace_new, self.ticks_since_decode = False, 0
 
     def _hold(self, why: str) -> None:
         t = now_ns(self)
@@ -70,18 +95,17 @@ class ControllerNode(Node):
         if self.q is None or (t - self.state_rx_ns) * 1e-9 > self.p.state_timeout_s:
             return self._hold("no fresh joint state")
         self.ticks_since_decode += 1
-        if (self.trace_new and self.p.decode_on_new_trace) or self.ticks_since_decode >= self.p.decode_every_steps \
+        if self.p.state_source == "observation":
+            if self.trace_new:
+                self.trace_new = False
+                obs = self.obs_states.get(self.trace.stamp_ns)
+                if obs is None:
+                    raise ValueError(f"no joint state of the Trace's observation (stamp {self.trace.stamp_ns}); "
+                                     "its chunk is skipped")
+                self._decode(*obs, self.trace.stamp_ns, t)     # rows whose time has passed are skipped
+        elif (self.trace_new and self.p.decode_on_new_trace) or self.ticks_since_decode >= self.p.decode_every_steps \
                 or self.executor_.num_chunks == 0:
-            if self._kin is None:
-                from semanticvla_core.safety.kinematics import PandaKinematics
-                self._kin = PandaKinematics()
-            state = state_from_joints(self.q, self.fingers, self._kin)
-            chunk = self.policy.decode_actions(self.trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed)
-            chunk.stamp_ns = t
-            bad = self.executor_.add_chunk(chunk, t)
-            if bad is not None:
-                raise ValueError(f"decoded chunk refused: {bad}")
-            self.trace_new, self.ticks_since_decode = False, 0
+            self._decode(self.q, self.fingers, t, t)
         out = self.executor_.upcoming(t)
         if out is None:
             return self._hold(self.executor_.last_reason or "no action covers now")

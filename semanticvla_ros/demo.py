@@ -175,8 +175,11 @@ def main(argv=None) -> int:
         "checkpoint": str(ckpt), "seconds": None if t_start is None else round(time.monotonic() - t_start, 2),
         "plans": len(rec["traces"]),
         "plan_latency_s": _percentiles([m.planning_latency for _, m in rec["traces"]]),
-        "control_rate_hz": float(1.0 / chunk_dt.mean()) if chunk_dt.size else None,
+        # the loop's rate while it has actions to send (median period), and the time it sent none (waiting for a
+        # plan whose rows are still ahead, or holding on a stale input): gaps longer than 1.5 median periods
+        "control_rate_hz": float(1.0 / np.median(chunk_dt)) if chunk_dt.size else None,
         "control_period_s": _percentiles(chunk_dt),
+        "control_gaps_s": round(float(chunk_dt[chunk_dt > 1.5 * np.median(chunk_dt)].sum()), 2) if chunk_dt.size else None,
         "safety_filter": {k: (int(v) if v.isdigit() else v) for k, v in diag.items()},
         "safety_interventions": sum(int(diag.get(k, 0)) for k in ("clipped", "rejected", "malformed", "watchdog_holds")),
         "outputs": {"video": str(video) if video else None, "rviz_final": str(final_png) if final_png else None,

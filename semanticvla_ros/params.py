@@ -45,14 +45,17 @@ PARAMS: dict[str, list[Param]] = {
         Param("dtype", "float32", "float32 or bfloat16"),
         Param("control_rate_hz", 20.0, "Rate at which the blended action chunk is published"),
         Param("flow_steps", 10, "Euler steps of the flow-matching sampler"),
-        Param("blend_mode", "latest", "Chunk blending: latest (each chunk as decoded; how the policy is evaluated), "
+        Param("blend_mode", "latest", "Chunk blending: latest (the newest chunk only; how the policy is evaluated), "
               "ensemble (ACT temporal ensembling) or crossfade"),
         Param("ensemble_decay", 0.01, "ACT ensembling weight exponent k: w_i = exp(-k * i), i = 0 the oldest chunk"),
-        Param("decode_every_steps", 8, "Re-decode the latest Trace with fresh state every this many control ticks "
-              "(default: the demo checkpoint's chunk length H = 8)"),
-        Param("decode_on_new_trace", False, "Also decode as soon as a new Trace arrives (False: only every "
-              "decode_every_steps ticks; with blend_mode latest and decode_every_steps = the chunk length, each "
-              "chunk runs to its end as in training/evaluate.py)"),
+        Param("state_source", "observation", "observation: decode each new Trace once with the joint state of the "
+              "observation it was planned from (what the policy was trained on: image and state of one instant) and "
+              "stamp the chunk at that instant, so the rows whose time has passed while planning are skipped; "
+              "latest: decode the newest Trace with the fresh joint state every decode_every_steps ticks"),
+        Param("decode_every_steps", 8, "state_source latest: re-decode the newest Trace with fresh state every this "
+              "many control ticks (default: the demo checkpoint's chunk length H = 8)"),
+        Param("decode_on_new_trace", False, "state_source latest: also decode as soon as a new Trace arrives (False: "
+              "only every decode_every_steps ticks; with blend_mode latest each chunk then runs to its end)"),
         Param("trace_timeout_s", 3.0, "Hold (publish nothing) when the newest Trace is older than this"),
         Param("state_timeout_s", 0.5, "Hold when joint states are older than this"),
         Param("seed", 0, "Seed of the flow sampler's noise (deterministic chunks for a given input)"),

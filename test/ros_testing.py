@@ -143,9 +143,10 @@ def wait_for_output(proc: subprocess.Popen, text: str, timeout: float) -> bool:
     return text in seen
 
 
-def tiny_checkpoint(directory: Path, stem: dict | None = None) -> Path:
+def tiny_checkpoint(directory: Path, stem: dict | None = None, state_dim: int = 0) -> Path:
     """A tiny policy with random weights (seeded), saved as a real checkpoint directory (``stem``: a
-    ``VisualStemConfig`` dict for a decoder with a keypoint stem)."""
+    ``VisualStemConfig`` dict for a decoder with a keypoint stem; ``state_dim`` 15: a decoder that reads the
+    robot state)."""
     import torch
 
     from semanticvla_core.model.config import get_config
@@ -153,7 +154,7 @@ def tiny_checkpoint(directory: Path, stem: dict | None = None) -> Path:
 
     from semanticvla_core.normalize import DatasetStats, NormStats
 
-    d = Path(directory) / ("tiny_policy" if not stem else "tiny_policy_stem")
+    d = Path(directory) / (("tiny_policy" if not stem else "tiny_policy_stem") + (f"_state{state_dim}" if state_dim else ""))
     if not (d / "config.json").is_file():
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
@@ -163,5 +164,11 @@ def tiny_checkpoint(directory: Path, stem: dict | None = None) -> Path:
         acts[:, 6] = rng.uniform(0.0, 0.02, 2000)
         states = rng.normal(0.0, 0.3, (2000, 15))
         stats = DatasetStats(action=NormStats.compute(acts, min_range=1e-4), state=NormStats.compute(states))
-        SemanticVLAPolicy(get_config("tiny", stem=stem or {}), norm_stats=stats).save_pretrained(d)
+        pol = SemanticVLAPolicy(get_config("tiny", stem=stem or {}, state_dim=state_dim), norm_stats=stats)
+        if state_dim:   # the decoder's output layers start at zero (its output ignores every input): make it react
+            with torch.no_grad():
+                for n, w in pol.decoder.named_parameters():
+                    if n.endswith(".weight") and w.ndim == 2 and not w.any():
+                        w.normal_(0.0, 0.3)
+        pol.save_pretrained(d)
     return d

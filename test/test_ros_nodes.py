@@ -191,7 +191,8 @@ def _plan_msg(ckpt, h, plan_id=7):
 
 
 def test_controller_turns_a_trace_into_chunks_at_its_rate(h, ckpt):
-    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 1.0, "control_rate_hz": 20.0})
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 1.0, "control_rate_hz": 20.0,
+                                  "state_source": "latest"})
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
     pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
     assert wait_for_output(node, "loaded policy", 90), node._seen
@@ -205,7 +206,7 @@ def test_controller_turns_a_trace_into_chunks_at_its_rate(h, ckpt):
     rate = (len(chunks) - n0) / (chunks[-1][0] - t0)
     assert rate > 12.0, f"control rate {rate:.1f} Hz (configured 20 Hz)"
     m = chunks[-1][1]
-    # the remainder from now on: by default (decode_every_steps 8, not on every new Trace, blend_mode latest) each
+    # the remainder from now on: with state_source latest (decode_every_steps 8, not on every new Trace, blend_mode latest) each
     # H = 8 chunk runs to its end before the next decode, as in training/evaluate.py: 8, 7, ..., 1 rows
     rows = {c[1].horizon for c in chunks[n0:]}
     assert max(rows) == 8 and min(rows) <= 2 and len(rows) >= 6, rows
@@ -220,6 +221,55 @@ def test_controller_turns_a_trace_into_chunks_at_its_rate(h, ckpt):
     h.spin_for(1.0)
     assert len(chunks) == n1, "controller kept publishing on a stale Trace"
     assert wait_for_output(node, "holding: Trace is", 5)
+
+
+def test_controller_decodes_each_trace_with_the_state_of_its_observation(h, tmp_path):
+    """state_source observation (the default): a new Trace is decoded with the joint state perception published for
+    the Trace's observation, not the fresh one, and its chunk is aligned to the observation's stamp: what goes out
+    at time t is the decoded chunk from row round((t - stamp) / dt) on. A Trace whose observation state never
+    arrived gives no chunk, with a logged reason."""
+    from semanticvla_core.policy import SemanticVLAPolicy
+    from semanticvla_core.robot_state import state_from_joints
+
+    ckpt = tiny_checkpoint(tmp_path, state_dim=15)       # a decoder that reads the state
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 2.0})
+    chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
+    pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
+    pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h)))            # the fresh state: READY_Q
+    q_obs = READY_Q + np.array([0.15, -0.1, 0.1, 0.1, 0.0, -0.1, 0.2])  # the observation's (older) state
+    pol = SemanticVLAPolicy.from_pretrained(ckpt)
+    tp = _plan_msg(ckpt, h)
+    stamps = {}
+    for attempt in range(1, 60):
+        s = h.now_ns() - int(0.1e9)
+        stamps[attempt] = s
+        pub_obs.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS, list(q_obs) + [0.04, 0.04], s))
+        h.spin_for(0.05)
+        tp.plan_id, tp.stamp_ns = attempt, s
+        pub_t.publish(trace_to_msg(tp))
+        if h.spin_until(lambda: bool(chunks), 0.5):
+            break
+    assert chunks, node._seen
+    m = chunks[0][1]
+    s = stamps[m.plan_id]
+    kin = PandaKinematics()
+    tp.stamp_ns = s
+    want = pol.decode_actions(tp, state_from_joints(q_obs, np.array([0.04, 0.04]), kin), num_flow_steps=10, seed=0)
+    fresh = pol.decode_actions(tp, state_from_joints(READY_Q, np.array([0.04, 0.04]), kin), num_flow_steps=10, seed=0)
+    k = int(np.floor((stamp_to_ns(m.header.stamp) - s) / 0.05e9 + 0.5))
+    got = np.frombuffer(bytes(np.asarray(m.actions, np.float32)), np.float32).reshape(m.horizon, m.action_dim)
+    assert 1 <= k < 8 and m.horizon == 8 - k, (k, m.horizon)
+    err_obs, err_fresh = np.abs(got - want.actions[k:]).max(), np.abs(got - fresh.actions[k:]).max()
+    assert err_obs < 1e-6 and err_fresh > 1e-4, (err_obs, err_fresh)
+    # a Trace whose observation state never arrived: nothing decoded, the reason logged
+    for _ in range(10):                       # (spinning keeps the fresh joint states flowing)
+        tp.plan_id, tp.stamp_ns = 999, h.now_ns()
+        pub_t.publish(trace_to_msg(tp))
+        h.spin_for(0.2)
+    assert wait_for_output(node, "no joint state of the Trace's observation", 10), node._seen
+    assert all(c.plan_id != 999 for _, c in chunks)
 
 
 # ------------------------------------------------------------------------------------------ safety filter
