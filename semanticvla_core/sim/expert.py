@@ -190,7 +190,7 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
 
     ``action_noise``: per-step std [m] of random pushes added to the *executed* translation while the gripper
     is commanded open (rotation: ``NOISE_ROT_PER_M`` times as much, in rad), in bursts of 3-8 steps
-    (``NOISE_BURST_*``; 0.008 displaces the hand by a few cm), seeded by ``seed``. The recorded action stays
+    (``NOISE_BURST_*``; the recipe's 0.01 displaces the hand by a few cm), seeded by ``seed``. The recorded action stays
     the expert's own, computed from the measured pose (DART-style demonstrations: the data then show how to
     get back on course from states a learned policy drifts into, e.g. a hand a few cm short of the cube,
     which clean demonstrations never visit).
