@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     if rec["frames"]:
         write_png(out / "overlay_last.png", rec["frames"][-1])
     chunk_dt = np.diff(rec["chunks"]) if len(rec["chunks"]) > 1 else np.zeros(0)
+    period = float(np.median(chunk_dt)) if chunk_dt.size else None
     diag = {kv.key: kv.value for kv in rec["diag"].status[0].values} if rec["diag"] else {}
     result = {
         "success": success, "status": status, "instruction": rec["instruction"], "task": a.task, "seed": a.seed,
@@ -177,9 +178,9 @@ def main(argv=None) -> int:
         "plan_latency_s": _percentiles([m.planning_latency for _, m in rec["traces"]]),
         # the loop's rate while it has actions to send (median period), and the time it sent none (waiting for a
         # plan whose rows are still ahead, or holding on a stale input): gaps longer than 1.5 median periods
-        "control_rate_hz": float(1.0 / np.median(chunk_dt)) if chunk_dt.size else None,
+        "control_rate_hz": float(1.0 / period) if period else None,
         "control_period_s": _percentiles(chunk_dt),
-        "control_gaps_s": round(float(chunk_dt[chunk_dt > 1.5 * np.median(chunk_dt)].sum()), 2) if chunk_dt.size else None,
+        "control_gaps_s": round(float(chunk_dt[chunk_dt > 1.5 * period].sum()), 2) if period else None,
         "safety_filter": {k: (int(v) if v.isdigit() else v) for k, v in diag.items()},
         "safety_interventions": sum(int(diag.get(k, 0)) for k in ("clipped", "rejected", "malformed", "watchdog_holds")),
         "outputs": {"video": str(video) if video else None, "rviz_final": str(final_png) if final_png else None,

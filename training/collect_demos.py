@@ -88,7 +88,8 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
             progress: bool = True, expert_speed: float | None = None, action_noise: float = 0.0) -> dict:
     """Collect ``episodes`` successful expert demonstrations; returns a summary dict.
     ``expert_speed``: the expert's travel per step [m] (``rollout_expert(speed=)``; None: its default).
-    ``action_noise``: executed-action drift std [m] (``rollout_expert(action_noise=)``; labels stay clean)."""
+    ``action_noise``: per-step std [m] of the bursts of pushes on the executed motion (``rollout_expert(
+    action_noise=)``; the recorded actions stay the expert's)."""
     from tqdm import tqdm
 
     from semanticvla_core.data.lerobot_v3 import LeRobotV3Writer
@@ -97,6 +98,8 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
     get_task(task)   # validates the name
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if not action_noise >= 0:     # before any worker starts
+        raise ValueError(f"--action-noise must be >= 0, got {action_noise}")
     max_jobs = int(np.ceil(episodes * max_tries_factor)) + 2
     jobs = [(task, seed + i, kinds[i % len(kinds)], expert_speed, action_noise) for i in range(max_jobs)]
     t0 = time.time()
@@ -155,12 +158,10 @@ def main(argv=None) -> int:
                    help="cap of the expert's TCP travel per 50 ms step, > 0 (default 0.03 free / 0.02 carrying; the demo "
                         "recipe uses 0.01: ~95-step episodes instead of ~50)")
     p.add_argument("--action-noise", type=float, default=0.0, metavar="M",
-                   help="std [m] of a correlated drift added to the executed motion while the gripper is open; the "
+                   help="per-step std [m] of bursts of pushes on the executed motion while the gripper is open; the "
                         "recorded actions stay the expert's corrections (DART-style; 0 = clean demonstrations)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    if not a.action_noise >= 0:
-        p.error(f"--action-noise must be >= 0, got {a.action_noise}")
     s = collect(a.task, a.episodes, a.out, a.workers, a.image_size, a.wrist_size, a.seed,
                 tuple(k.strip() for k in a.kinds.split(",") if k.strip()), overwrite=a.overwrite,
                 expert_speed=a.expert_speed, action_noise=a.action_noise)

@@ -83,10 +83,11 @@ def main(argv=None) -> int:
                      videos_per_task=a.videos_per_task,
                      custom_instructions=load_custom_instructions(a.custom_instructions) if a.custom_instructions else {})
     policy = build_policy(a.policy, a.checkpoint, a.seed, a.noise_scale)
-    rep = evaluate(policy, cfg, out_json=a.out)
+    rep = evaluate(policy, cfg)
     if a.checkpoint:   # record how the checkpoint was sampled
         rep["noise_scale"] = float(policy.config.noise_scale)
-        Path(a.out).write_text(json.dumps(rep, indent=2))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rep, indent=2))
     summary = {k: rep[k] for k in ("success_overall", "success_per_kind", "success_per_task", "relative_drop",
                                    "num_episodes")}
     print(json.dumps(summary, indent=2))

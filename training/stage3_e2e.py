@@ -19,6 +19,7 @@ The library function is ``semanticvla_core.training.stage3_e2e.train_e2e``. Re-r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -122,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         if val is not None:
             setattr(t, attr, val)
     cfg.freeze_vlm = bool(args.freeze_vlm)
-    cfg.keep_decoder = bool(args.keep_decoder)
-    if cfg.keep_decoder and not args.init_from:
-        print("error: --keep-decoder needs --init-from (a stage-3 policy whose decoder continues)", file=sys.stderr)
+    try:   # Stage3Config checks the combination (keep_decoder needs init_from)
+        cfg = dataclasses.replace(cfg, keep_decoder=bool(args.keep_decoder))
+    except ValueError as e:
+        print(f"error: --keep-decoder: {e}", file=sys.stderr)
         return 2
     cfg.own_plans = bool(args.own_plans) or cfg.freeze_vlm
     if args.ema is not None:
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --latent-ids {args.latent_ids} does not exist", file=sys.stderr)
                 return 2
             from semanticvla_core.training.stage2_vlm import ensure_latent_ids
-            tok = args.latent_tokenizer or (Path(args.init_from) / "latent_tokenizer" if args.init_from else None)
+            from semanticvla_core.policy import LATENT_TOKENIZER_DIR
+            tok = args.latent_tokenizer or (Path(args.init_from) / LATENT_TOKENIZER_DIR if args.init_from else None)
             if tok is None or not Path(tok).is_dir():
                 print(f"error: --latent-ids {args.latent_ids} does not exist and no stage-1 tokenizer to compute it "
                       f"(--latent-tokenizer)", file=sys.stderr)
