@@ -11,13 +11,14 @@ from .checker import (BuiltinSafetyChecker, EnvBox, SafetyChecker, SafetyConfig,
                       ViolationKind, Watchdog, WatchdogConfig, WatchdogStatus, make_checker, violations_text,
                       watchdog_check)
 from .kinematics import (GRIPPER_MAX_WIDTH_M, PANDA_ACCEL_LIMITS, PANDA_ARM_JOINTS, PANDA_FINGER_JOINTS, PANDA_JERK_LIMITS,
-                         PANDA_VELOCITY_LIMITS, READY_Q, TCP_OFFSET_M, ChunkIK, IKConfig, IKResult, PandaKinematics,
+                         PANDA_REST_Q, PANDA_VELOCITY_LIMITS, READY_Q, TCP_OFFSET_M, ChunkIK, IKConfig, IKResult,
+                         PandaKinematics,
                          find_panda_description, gripper_to_width, width_to_gripper)
 
 __all__ = [
     "BuiltinSafetyChecker", "EnvBox", "SafetyChecker", "SafetyConfig", "SafetyResult", "SafetyStatus", "Violation",
     "ViolationKind", "Watchdog", "WatchdogConfig", "WatchdogStatus", "make_checker", "violations_text", "watchdog_check",
     "GRIPPER_MAX_WIDTH_M", "PANDA_ACCEL_LIMITS", "PANDA_ARM_JOINTS", "PANDA_FINGER_JOINTS", "PANDA_JERK_LIMITS",
-    "PANDA_VELOCITY_LIMITS", "READY_Q", "TCP_OFFSET_M", "ChunkIK", "IKConfig", "IKResult", "PandaKinematics",
+    "PANDA_REST_Q", "PANDA_VELOCITY_LIMITS", "READY_Q", "TCP_OFFSET_M", "ChunkIK", "IKConfig", "IKResult", "PandaKinematics",
     "find_panda_description", "gripper_to_width", "width_to_gripper",
 ]

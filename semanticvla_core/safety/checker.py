@@ -6,9 +6,10 @@ executed in full, time-scaled, or not at all):
 1. input sanity: the robot state (7 finite joints), the chunk's shape, NaN/inf, ``dt``, action space,
    and its age (``STALE``) -> anything wrong: reject, hold position;
 2. ee_delta chunks: TCP targets from :func:`semanticvla_core.actions.integrate_chunk` (the one
-   convention) starting at FK(q_current); a TCP target below the table plane + margin ->
-   ``TABLE_COLLISION``; outside the workspace box -> clipped into it when the excess is small
-   (``WORKSPACE``, clipped) or rejected; then damped-least-squares IK per step (``IK_FAILED``);
+   convention) starting at FK(q_current); a TCP target below the table plane + margin -> raised onto
+   it when the excess is small (``TABLE_COLLISION``, clipped) or rejected; outside the workspace box ->
+   clipped into it when the excess is small (``WORKSPACE``, clipped) or rejected; then damped-least-squares
+   IK per step, redundancy pulled toward a rest posture (``IK_FAILED``);
    ``joint_position`` chunks are taken as joint targets directly;
 3. joint position limits of the URDF minus a margin (``JOINT_LIMIT``, always reject);
 4. collisions of every step: self-collision on the SRDF's pairs, the table plane and configured
@@ -170,6 +171,8 @@ class SafetyConfig:
     # --- table plane and environment (always reject)
     table_z: float = 0.0                  # table top plane z (robot base on the table at the origin)
     tcp_table_margin_m: float = 0.01      # TCP targets must stay this far above the table (fingertips reach ~1 cm below the TCP)
+    table_policy: str = "clip"            # ee_delta targets below table + margin: "clip": raised onto it | "reject"
+    table_clip_max_m: float = 0.02        # targets further below than this are rejected even with "clip"
     link_table_margin_m: float = 0.0      # robot links (except the fixed base link0) must stay above table_z + this
     table_half_extent_m: float = 2.0      # the table collision box spans +-this in x and y around the base
     env_boxes: list[EnvBox] = field(default_factory=list)
@@ -185,6 +188,8 @@ class SafetyConfig:
             raise ValueError(f"dynamics_policy: 'time_scale' or 'reject', got {self.dynamics_policy!r}")
         if self.workspace_policy not in ("clip", "reject"):
             raise ValueError(f"workspace_policy: 'clip' or 'reject', got {self.workspace_policy!r}")
+        if self.table_policy not in ("clip", "reject"):
+            raise ValueError(f"table_policy: 'clip' or 'reject', got {self.table_policy!r}")
         if np.any(np.asarray(self.workspace_min) >= np.asarray(self.workspace_max)):
             raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
         if self.max_time_scale < 1.0:
@@ -275,7 +280,8 @@ class SafetyChecker(abc.ABC):
         # ---- targets and IK
         if chunk.action_space == ACTION_SPACE_EE_DELTA:
             P, R, G = self.kin.chunk_targets(q_cur, actions)
-            reasons += self._table_tcp(P)
+            P, tb = self._table_tcp(P, clip=True)
+            reasons += tb
             P, ws = self._workspace(P)
             reasons += ws
             ik = self.kin.ik_targets(q_cur, P, R, G, cfg.ik)
@@ -289,7 +295,7 @@ class SafetyChecker(abc.ABC):
             Q = actions[:, :7].copy()
             G = np.clip(actions[:, 7], GRIPPER_OPEN, GRIPPER_CLOSED) if actions.shape[1] == 8 else np.full(H, g_cur)
             P = np.array([self.kin.fk(q)[0] for q in Q])
-            reasons += self._table_tcp(P)
+            reasons += self._table_tcp(P, clip=False)[1]
             lo, hi = np.asarray(cfg.workspace_min), np.asarray(cfg.workspace_max)
             s = _first(np.any((P < lo) | (P > hi), axis=1))
             if s is not None:
@@ -375,13 +381,22 @@ class SafetyChecker(abc.ABC):
             out.append(Violation(v.kind, v.message, step, v.rejecting))
         return out
 
-    def _table_tcp(self, P: np.ndarray) -> list[Violation]:
-        lim = self.config.table_z + self.config.tcp_table_margin_m
+    def _table_tcp(self, P: np.ndarray, clip: bool) -> tuple[np.ndarray, list[Violation]]:
+        """TCP targets below the table plane + margin: raised onto it when ``clip`` and table_policy allow and
+        the excess is at most table_clip_max_m (a clipped, non-rejecting reason), otherwise a rejecting one."""
+        cfg = self.config
+        lim = cfg.table_z + cfg.tcp_table_margin_m
         s = _first(P[:, 2] < lim)
         if s is None:
-            return []
-        return [Violation(ViolationKind.TABLE_COLLISION, f"TCP target z = {P[s, 2]:.4f} m is below the table plane + margin "
-                                                         f"({lim:.4f} m)", s)]
+            return P, []
+        worst = float(lim - P[:, 2].min())
+        if clip and cfg.table_policy == "clip" and worst <= cfg.table_clip_max_m:
+            P = P.copy()
+            P[:, 2] = np.maximum(P[:, 2], lim)
+            return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP targets raised onto the table plane + margin "
+                                                                f"({lim:.4f} m) by up to {worst * 1000:.1f} mm", s, rejecting=False)]
+        return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP target z = {P[s, 2]:.4f} m is below the table plane + margin "
+                                                            f"({lim:.4f} m)", s)]
 
     def _workspace(self, P: np.ndarray) -> tuple[np.ndarray, list[Violation]]:
         cfg = self.config

@@ -29,6 +29,10 @@ PANDA_FINGER_JOINTS: tuple[str, ...] = ("panda_finger_joint1", "panda_finger_joi
 TCP_OFFSET_M = 0.1034          # panda_hand -> panda_hand_tcp along +z (franka_description, shared_formats.md)
 GRIPPER_MAX_WIDTH_M = 0.08     # Franka Hand stroke; each finger joint moves 0..0.04 m
 READY_Q = np.array([0.0, -np.pi / 4, 0.0, -3 * np.pi / 4, 0.0, np.pi / 2, np.pi / 4])  # franka "ready" pose
+# Rest posture of the IK's redundancy resolution: the simulator's home posture (sim/env.py refines its HOME_Q by IK;
+# this is that result in URDF convention, checked by a test), the posture every demonstration's IK was pulled
+# toward. On a real arm, set it (safety_filter ``ik_rest_posture``) to the posture your demonstrations keep.
+PANDA_REST_Q = (0.0861, -0.2599, -0.0830, -2.4322, -0.0255, 2.1740, 0.8065)
 
 # Franka's published joint-space limits for the Panda, from the Franka Control Interface documentation,
 # "Robot and interface specifications" -> "Limits for Panda" (frankaemika.github.io/docs/control_parameters.html).
@@ -99,6 +103,12 @@ class IKConfig:
     rot_weight: float = 0.5          # metres per radian: weight of orientation error against position error
     fail_pos_m: float = 2e-3         # a solution further than this from its target is an IK failure
     fail_rot_rad: float = 2e-2       # likewise for orientation
+    # Redundancy resolution: the Panda has 7 joints for a 6-D pose, so a chunk after chunk of minimum-norm steps
+    # lets the elbow wander (into joint limits, and into postures no demonstration had: the policy reads the
+    # joints). Each iteration also removes this fraction of the distance to ``rest_posture`` in the Jacobian's
+    # null space (the TCP pose is unaffected to first order). 0 or rest_posture None: plain damped least squares.
+    rest_posture: tuple | None = PANDA_REST_Q
+    nullspace_gain: float = 0.05
 
 
 @dataclass
@@ -225,6 +235,11 @@ class PandaKinematics:
         q = np.asarray(q_init, dtype=np.float64).copy()
         w = np.array([1.0, 1.0, 1.0, cfg.rot_weight, cfg.rot_weight, cfg.rot_weight])
         lam2 = cfg.damping ** 2
+        rest = None
+        if cfg.rest_posture is not None and cfg.nullspace_gain > 0:
+            rest = np.asarray(cfg.rest_posture, dtype=np.float64).reshape(-1)
+            if rest.shape != (7,) or not np.all(np.isfinite(rest)):
+                raise ValueError(f"IKConfig.rest_posture: expected 7 finite joint positions, got {cfg.rest_posture!r}")
         it = 0
         for it in range(cfg.max_iters + 1):
             p, R = self.fk(q)
@@ -235,7 +250,10 @@ class PandaKinematics:
                 break
             J = self.jacobian(q) * w[:, None]
             e = np.concatenate([e_p, e_r]) * w
-            dq = J.T @ np.linalg.solve(J @ J.T + lam2 * np.eye(6), e)
+            Jpinv = J.T @ np.linalg.inv(J @ J.T + lam2 * np.eye(6))
+            dq = Jpinv @ e
+            if rest is not None:
+                dq += (np.eye(7) - Jpinv @ J) @ (cfg.nullspace_gain * (rest - q))
             m = float(np.max(np.abs(dq)))
             if m > cfg.max_step_rad:
                 dq *= cfg.max_step_rad / m
