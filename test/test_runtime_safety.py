@@ -8,7 +8,8 @@ import pytest
 
 from semanticvla_core.actions import ACTION_SPACE_JOINT_POSITION, ee_delta_between, integrate_chunk
 from semanticvla_core.interfaces import ActionChunkData
-from semanticvla_core.safety import (PANDA_ARM_JOINTS, READY_Q, TCP_OFFSET_M, BuiltinSafetyChecker, EnvBox, SafetyConfig,
+from semanticvla_core.safety import (PANDA_ARM_JOINTS, READY_Q, TCP_OFFSET_M, BuiltinSafetyChecker, EnvBox, IKConfig,
+                                     PANDA_REST_Q, SafetyConfig,
                                      SafetyStatus, ViolationKind, Watchdog, WatchdogConfig, make_checker)
 
 K = ViolationKind
@@ -141,7 +142,9 @@ def test_links_touching_table_rejected_by_geometry():
 SELF_COLLISION_START = np.array([-0.122, -1.713, 0.823, -3.022, -0.192, 1.607, -0.049])
 
 
-def test_self_collision_rejected(checker):
+def test_self_collision_rejected():
+    # plain minimum-norm IK (no pull toward the rest posture), so the ee_delta chunk retraces the joint path
+    checker = BuiltinSafetyChecker(SafetyConfig(ik=IKConfig(nullspace_gain=0.0)))
     q0 = SELF_COLLISION_START
     assert checker.check_state(q0) == []                     # the start is collision free and within limits
     step = np.zeros(7); step[5] = -0.03
@@ -152,7 +155,7 @@ def test_self_collision_rejected(checker):
     qs_back = [q0 - k * step for k in range(9)]              # unfolding instead passes
     ok = checker.check_chunk(chunk(joint_path_chunk(checker.kin, qs_back)), q0, 0.0, now_ns=NOW)
     assert ok.status is SafetyStatus.OK, ok.summary()
-    dense = BuiltinSafetyChecker(SafetyConfig(collision_substeps=3))   # interpolated states: same verdict, never later
+    dense = BuiltinSafetyChecker(SafetyConfig(collision_substeps=3, ik=IKConfig(nullspace_gain=0.0)))   # interpolated states: same verdict, never later
     rd = dense.check_chunk(chunk(joint_path_chunk(checker.kin, qs)), q0, 0.0, now_ns=NOW)
     assert rd.rejecting_kinds == [K.SELF_COLLISION] and rd.first_bad_step <= r.first_bad_step
     # the same configurations as joint targets
@@ -281,3 +284,65 @@ def test_watchdog_says_why_to_hold():
     assert s.hold and {r.message.split()[1] for r in s.reasons} == {"Trace", "ActionChunk", "joint_states"}
     with pytest.raises(ValueError):
         wd.feed("camera", NOW)
+
+
+def test_ik_pulls_the_redundant_joints_toward_the_rest_posture(checker):
+    # the same TCP pose, elbow swung away in the null space (joint 3 with compensation by IK)
+    kin = checker.kin
+    rest = np.asarray(PANDA_REST_Q)
+    p0, R0 = kin.fk(rest)
+    q_off = kin.ik(p0, R0, rest + np.array([0, 0, 0.6, 0, 0, 0, 0]), IKConfig(nullspace_gain=0.0)).q
+    assert np.allclose(kin.fk(q_off)[0], p0, atol=1e-4) and abs(q_off[2] - rest[2]) > 0.15
+    acts = np.zeros((8, 7)); acts[:, 0] = 0.004                      # 3.2 cm along x
+    plain = BuiltinSafetyChecker(SafetyConfig(ik=IKConfig(nullspace_gain=0.0)))
+    r0 = plain.check_chunk(chunk(acts), q_off, 0.0, now_ns=NOW)
+    r1 = checker.check_chunk(chunk(acts), q_off, 0.0, now_ns=NOW)
+    assert r0.ok and r1.ok, (r0.summary(), r1.summary())
+    d0, d1 = np.linalg.norm(r0.positions[-1] - rest), np.linalg.norm(r1.positions[-1] - rest)
+    assert d1 < 0.8 * d0, (d0, d1)                                    # the elbow came back toward the rest posture
+    for r in (r0, r1):                                                # while the TCP still follows the chunk
+        assert np.allclose(kin.fk(r.positions[-1])[0], p0 + [0.032, 0, 0], atol=2e-3)
+
+
+def test_tcp_slightly_below_the_table_margin_is_raised_onto_it(checker):
+    kin = checker.kin
+    p0, R0 = kin.fk(READY_Q)
+    q_low = kin.ik(p0 - [0, 0, p0[2] - 0.03], R0, READY_Q).q          # TCP 3 cm above the table
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.00275                      # to 0.8 cm: 2 mm below the 1 cm margin
+    r = checker.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW)
+    assert r.status is SafetyStatus.CLIPPED and r.kinds[0] is K.TABLE_COLLISION and not r.rejecting_kinds, r.summary()
+    assert "by up to 2.0 mm" in r.reasons[0].message
+    assert r.tcp_targets[:, 2].min() == pytest.approx(checker.config.tcp_table_margin_m)
+    assert kin.fk(r.positions[-1])[0][2] == pytest.approx(checker.config.tcp_table_margin_m, abs=1e-3)
+    strict = BuiltinSafetyChecker(SafetyConfig(table_policy="reject"))
+    assert set(strict.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW).rejecting_kinds) == {K.TABLE_COLLISION}
+
+
+def test_stepwise_rows_run_once_by_their_times(checker):
+    from semanticvla_core.safety.stepwise import StepwiseExecutor
+
+    ex, t0, dt = StepwiseExecutor(checker), 10**12, 50_000_000
+    acts = np.zeros((8, 7)); acts[:, 0] = 0.002
+    assert ex.step(READY_Q, 0.0, t0) is None                                    # nothing admitted yet
+    assert ex.admit(chunk(acts, stamp_ns=t0), READY_Q, 0.0, t0).ok
+    assert ex.row_index(t0 - dt) == (None, 0)                                   # row 0 is still ahead
+    r = ex.step(READY_Q, 0.0, t0 + 10_000_000)
+    assert r.index == 0 and r.result.ok and r.result.positions.shape == (1, 7)
+    assert ex.step(READY_Q, 0.0, t0 + 20_000_000) is None                       # same slot: not again
+    assert ex.step(READY_Q, 0.0, t0 + dt).index == 1
+    late = ex.step(READY_Q, 0.0, t0 + 5 * dt)                                   # a stalled tick: rows 2..4 passed
+    assert (late.index, late.skipped) == (5, 3)
+    # a newer chunk stamped 10 ms after the last row: its row 0 is that slot, so it starts at row 1
+    assert ex.admit(chunk(acts, stamp_ns=t0 + 5 * dt + 10_000_000), READY_Q, 0.0, t0 + 5 * dt + 10_000_000).ok
+    assert ex.step(READY_Q, 0.0, t0 + 6 * dt).index == 1
+    assert ex.step(READY_Q, 0.0, t0 + 20 * dt) is None                          # used up
+    # a rejected chunk stops the running one
+    bad = acts.copy(); bad[3, 0] = np.nan
+    assert ex.admit(chunk(bad, stamp_ns=t0 + 21 * dt), READY_Q, 0.0, t0 + 21 * dt).is_hold
+    assert ex.chunk is None and ex.step(READY_Q, 0.0, t0 + 21 * dt) is None
+    # each row is relative to the joints measured when it runs (a lagging arm is not pushed further)
+    ex.admit(chunk(acts, stamp_ns=t0 + 30 * dt), READY_Q, 0.0, t0 + 30 * dt)
+    a = ex.step(READY_Q, 0.0, t0 + 30 * dt).result.positions[0]
+    b = ex.step(READY_Q, 0.0, t0 + 31 * dt).result.positions[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert checker.kin.fk(a)[0][0] - checker.kin.fk(READY_Q)[0][0] == pytest.approx(0.002, abs=2e-4)

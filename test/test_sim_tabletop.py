@@ -110,6 +110,21 @@ def test_same_seed_same_episode_and_report(env):
                                                                 ("reasoning", 100000)]
 
 
+@pytest.mark.parametrize("mode", ["cartesian", "stepwise", "trajectory"])
+def test_expert_succeeds_through_the_safety_filter(env, mode):
+    """EvalConfig.safety: every action goes through the safety filter's checks and its execution mode; the
+    closed-loop expert still solves its episodes, and the report counts what the filter saw."""
+    cfg = EvalConfig(tasks=("pick_place_plate",), kinds=("direct",), episodes=3, render=False, safety=mode)
+    rep = evaluate(ExpertPolicy, cfg, env=env, progress=False)
+    assert rep["success_overall"] == 1.0, rep["outcomes_per_kind"]
+    steps = sum(e["steps"] for e in rep["episodes"])
+    assert rep["safety"]["chunks"] == steps and rep["safety"]["rejected"] == 0   # the expert plans every step
+    assert all(e["safety"]["chunks"] == e["steps"] for e in rep["episodes"])
+    with pytest.raises(ValueError, match="safety"):
+        evaluate(ExpertPolicy, EvalConfig(tasks=("pick_place_plate",), episodes=1, render=False, safety="bogus"),
+                 env=env, progress=False)
+
+
 def test_random_policy_scores_near_zero(env):
     cfg = EvalConfig(tasks=TASK_FAMILIES, kinds=("direct",), episodes=3, max_steps=120, render=False)
     rep = evaluate(RandomPolicy(0), cfg, env=env, progress=False)
@@ -363,3 +378,55 @@ def test_shipped_demo_checkpoint_loads_and_locates_the_named_cube():
     env.close()
     print("named-cube keypoint error [px]:", np.round(errs, 1))
     assert np.median(errs) < 12
+
+
+def test_safety_rest_posture_is_the_sims_home_posture(env):
+    from semanticvla_core.safety.kinematics import PANDA_REST_Q
+    np.testing.assert_allclose(env.home_q - MJ_JOINT_OFFSET, PANDA_REST_Q, atol=1e-3)
+
+
+def test_stepwise_execution_moves_like_the_demonstrations(env):
+    """ee_delta rows run one per period relative to the measured TCP (the safety filter's ``stepwise``) end where
+    env.step() (how every demonstration was recorded) ends; the open-loop trajectory of the same chunk does not."""
+    from semanticvla_core.interfaces import ActionChunkData
+    from semanticvla_core.safety import BuiltinSafetyChecker
+    from semanticvla_core.safety.stepwise import StepwiseExecutor
+
+    chk = BuiltinSafetyChecker()
+    acts = np.zeros((8, 7)); acts[:, 0] = 0.008; acts[:, 2] = -0.006
+
+    def moved(mode):
+        env.reset("pick_place_plate", 3, render=False)
+        p0 = env.tcp_pose()[0]
+        if mode == "demonstrations":
+            for a in acts:
+                env.step(a, render=False)
+        elif mode == "trajectory":
+            r = chk.check_chunk(ActionChunkData(acts, 0.05), env.joint_positions(), 0.0)
+            for q, g in zip(r.positions, r.gripper):
+                env.step_joint_targets(q, g)
+        elif mode == "cartesian":                   # the checked rows through env.step's own controller
+            ex, t0 = StepwiseExecutor(chk), 10**12
+            assert ex.admit(ActionChunkData(acts, 0.05, stamp_ns=t0), env.joint_positions(), 0.0, t0).ok
+            for k in range(8):
+                q = env.joint_positions()
+                row = ex.step(q, 0.0, t0 + k * 50_000_000)
+                cmd = ex.cartesian_command(row, q)
+                np.testing.assert_allclose(cmd, acts[k], atol=1e-9)      # unclipped rows pass unchanged
+                env.step(cmd, render=False)
+        else:
+            ex, t0, ran = StepwiseExecutor(chk), 10**12, []
+            assert ex.admit(ActionChunkData(acts, 0.05, stamp_ns=t0), env.joint_positions(), 0.0, t0).ok
+            for k in range(10):                      # two ticks more than rows: the used-up chunk runs nothing
+                row = ex.step(env.joint_positions(), 0.0, t0 + k * 50_000_000)
+                if row is not None:
+                    assert row.result.ok and row.skipped == 0
+                    ran.append(row.index)
+                    env.step_joint_targets(row.result.positions[0], row.result.gripper[0])
+            assert ran == list(range(8))
+        return env.tcp_pose()[0] - p0
+
+    demo, step, traj = moved("demonstrations"), moved("stepwise"), moved("trajectory")
+    np.testing.assert_allclose(moved("cartesian"), demo, atol=1e-9)
+    assert np.abs(step - demo).max() < 3e-3, (demo, step)
+    assert np.abs(traj - demo).max() > 4e-3, (demo, traj)

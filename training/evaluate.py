@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--split", default="eval", choices=["train", "eval"])
     p.add_argument("--execute-steps", type=int, default=None, help="chunk rows executed before replanning")
+    p.add_argument("--safety", default="none", choices=["none", "cartesian", "stepwise", "trajectory"],
+                   help="run every chunk through the safety filter's checks in one of its execution modes, as the ROS "
+                        "graph does (none: env.step, the demonstrations' own execution)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--wrist-size", type=int, default=96)
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
     cfg = EvalConfig(tasks=tuple(t for t in a.tasks.split(",") if t), kinds=tuple(k for k in a.kinds.split(",") if k),
                      episodes=a.episodes, episodes_per_kind=per_kind, seed=a.seed, split=a.split, execute_steps=a.execute_steps,
                      max_steps=a.max_steps, image_size=a.image_size, wrist_size=a.wrist_size, video_dir=a.videos,
-                     videos_per_task=a.videos_per_task,
+                     videos_per_task=a.videos_per_task, safety=a.safety,
                      custom_instructions=load_custom_instructions(a.custom_instructions) if a.custom_instructions else {})
     policy = build_policy(a.policy, a.checkpoint, a.seed, a.noise_scale)
     rep = evaluate(policy, cfg)
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=2))
     summary = {k: rep[k] for k in ("success_overall", "success_per_kind", "success_per_task", "relative_drop",
-                                   "num_episodes")}
+                                   "num_episodes", "safety") if k in rep}
     print(json.dumps(summary, indent=2))
     print(f"report: {a.out}")
     return 0

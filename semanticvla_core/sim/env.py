@@ -135,6 +135,10 @@ class FrankaTabletopEnv:
         """Arm joint positions (7,) in rad, Franka/URDF convention (see MJ_JOINT_OFFSET)."""
         return self.data.qpos[self._arm_qadr] - MJ_JOINT_OFFSET
 
+    def joint_targets(self) -> np.ndarray:
+        """The arm servos' current joint targets (7,), Franka/URDF convention (what the last step commanded)."""
+        return self.data.ctrl[:7] - MJ_JOINT_OFFSET
+
     def finger_positions(self) -> np.ndarray:
         return self.data.qpos[self._finger_qadr].copy()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.viz import write_mp4
+from ..safety.kinematics import PANDA_ARM_JOINTS
 from .env import FrankaTabletopEnv, SimConfig
 from .expert import ScriptedExpert
 from .instructions import KINDS
@@ -50,6 +51,8 @@ class EvalConfig:
     videos_per_task: int = 2           # at most this many videos per task and kind
     custom_instructions: dict = field(default_factory=dict)   # {task: [template, ...]}
     render: bool = True                # False: no images in obs (only for policies that do not look)
+    safety: str = "none"               # every chunk through the safety filter's checks (no ROS) in one of its
+                                       # execution modes: "cartesian" | "stepwise" | "trajectory" | "none": env.step
 
 
 def load_custom_instructions(path: str | Path) -> dict:
@@ -165,10 +168,78 @@ def _draw(frame: np.ndarray, anchors, tcp_uv, keypoints=None) -> np.ndarray:
     return img
 
 
+class SafetyExecution:
+    """Runs chunks in the simulator the way the ROS graph's safety filter commands the arm, without ROS or latency,
+    in one of its execution modes (``safety/stepwise.py``): ``cartesian`` (admit the chunk, then one checked row
+    per step relative to the measured TCP, executed by env.step, the controller that recorded the demonstrations),
+    ``stepwise`` (the same rows as joint targets from the filter's IK) or ``trajectory`` (the whole chunk
+    integrated open loop, followed like a joint trajectory controller). A refused chunk or row holds the arm for
+    one step. Counts what the filter did."""
+
+    def __init__(self, env: FrankaTabletopEnv, mode: str):
+        from ..safety import BuiltinSafetyChecker
+        from ..safety.stepwise import EXECUTION_MODES, StepwiseExecutor
+        from ..trajectory import TrajectoryFollower
+
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"safety: one of {EXECUTION_MODES} or 'none', got {mode!r}")
+        self.env, self.mode = env, mode
+        self.checker = BuiltinSafetyChecker()
+        self.stepwise = StepwiseExecutor(self.checker)
+        self.follower = TrajectoryFollower()
+        self.dt_ns = int(round(1e9 / env.cfg.control_hz))
+        self.counts = {"chunks": 0, "rejected": 0, "clipped": 0, "rows_refused": 0}
+
+    def reset(self) -> None:
+        self.t_ns, self.counts = 10**12, {k: 0 for k in self.counts}
+        self.stepwise.clear()
+        self.stepwise.last_row_ns = None
+        self.follower.hold(self.env.joint_positions())
+
+    def start_chunk(self, acts: np.ndarray) -> None:
+        from ..interfaces import ActionChunkData
+
+        env, c = self.env, ActionChunkData(np.asarray(acts, np.float64), self.dt_ns * 1e-9, stamp_ns=self.t_ns)
+        q, g = env.joint_positions(), env.gripper_cmd
+        res = (self.stepwise.admit(c, q, g, self.t_ns) if self.mode != "trajectory"
+               else self.checker.check_chunk(c, q, g, now_ns=self.t_ns))
+        self.counts["chunks"] += 1
+        if res.is_hold or res.reasons:
+            self.counts["rejected" if res.is_hold else "clipped"] += 1
+        self.grip = g
+        if self.mode == "trajectory":
+            if res.is_hold:
+                self.follower.hold(q)
+            else:
+                names = list(PANDA_ARM_JOINTS)
+                self.follower.set_trajectory(names, res.positions.tolist(), res.times_from_start.tolist(), self.t_ns, names)
+                self.grip = float(res.gripper[0])
+
+    def step(self, render: bool) -> dict:
+        env = self.env
+        if self.mode == "trajectory":
+            env.step_joint_targets(self.follower.target(self.t_ns + self.dt_ns), self.grip)
+        else:
+            q = env.joint_positions()
+            row = self.stepwise.step(q, env.gripper_cmd, self.t_ns)
+            if row is not None and row.result.is_hold:
+                self.counts["rows_refused"] += 1
+                self.stepwise.clear()
+            if row is None or row.result.is_hold:
+                env.step_joint_targets(q, env.gripper_cmd)                      # hold
+            elif self.mode == "cartesian":
+                env.step(self.stepwise.cartesian_command(row, q), render=False)  # the demonstrations' controller
+            else:
+                env.step_joint_targets(row.result.positions[0], float(row.result.gripper[0]))
+        self.t_ns += self.dt_ns
+        return env.observe(render)
+
+
 def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str, split: str = "eval",
                 instruction: str | None = None, execute_steps: int | None = None, max_steps: int | None = None,
-                record: bool = False) -> dict:
-    """One seeded episode; success as soon as the task's predicate holds."""
+                record: bool = False, safety: SafetyExecution | None = None) -> dict:
+    """One seeded episode; success as soon as the task's predicate holds. With ``safety``, every chunk runs through
+    the safety filter's checks (:class:`SafetyExecution`) instead of ``env.step``."""
     adapter = policy if isinstance(policy, _PolicyAdapter) else _PolicyAdapter(policy)
     render = env.cfg.render
     obs = env.reset(task, seed, kind if kind in KINDS else "direct", split, instruction=instruction, render=render)
@@ -176,15 +247,19 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
     p0 = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
     frames, success, steps, n_plans = [], False, 0, 0
     cam = env.camera("agentview") if record else None
+    if safety is not None:
+        safety.reset()
     while steps < limit and not success:
         acts, anchors = adapter(obs, env.instruction)
         n_plans += 1
         n = len(acts) if execute_steps is None else max(1, min(execute_steps, len(acts)))
+        if safety is not None:
+            safety.start_chunk(acts[:n])
         for a in acts[:n]:
             if record and "agentview" in obs:
                 uv, _ = cam.project_normalized(obs["tcp_pos"])
                 frames.append(_draw(obs["agentview"], anchors, uv, adapter.last_keypoints))
-            obs = env.step(a, render=render)
+            obs = env.step(a, render=render) if safety is None else safety.step(render)
             steps += 1
             if env.success():
                 success = True
@@ -192,9 +267,12 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
             if steps >= limit:
                 break
     p = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
-    return {"task": task, "seed": int(seed), "kind": kind, "instruction": env.instruction, "success": bool(success),
-            "steps": steps, "plans": n_plans, "final_cube_positions": np.round(p, 6).tolist(),
-            "outcome": "success" if success else failure_mode(p0, p, env.episode.target), "frames": frames}
+    out = {"task": task, "seed": int(seed), "kind": kind, "instruction": env.instruction, "success": bool(success),
+           "steps": steps, "plans": n_plans, "final_cube_positions": np.round(p, 6).tolist(),
+           "outcome": "success" if success else failure_mode(p0, p, env.episode.target), "frames": frames}
+    if safety is not None:
+        out["safety"] = dict(safety.counts)
+    return out
 
 
 FAILURE_MODES = ("target_untouched", "wrong_object", "target_moved_not_placed")
@@ -233,6 +311,7 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
     if hasattr(policy, "plan") and not env.cfg.render:
         raise ValueError("a plan() policy needs images: EvalConfig.render must be True")
     adapter = _PolicyAdapter(policy)
+    safety = None if cfg.safety == "none" else SafetyExecution(env, cfg.safety)
     kinds = list(cfg.kinds) + (["custom"] if cfg.custom_instructions else [])
     jobs = [(t, k, i) for t in cfg.tasks for k in kinds for i in range(int(cfg.episodes_per_kind.get(k, cfg.episodes)))
             if k != "custom" or t in cfg.custom_instructions]
@@ -246,7 +325,8 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
             env.reset(t, seed, "direct", cfg.split, render=False)
             instruction = _custom_text(tmpl[i % len(tmpl)], env.episode)
         record = cfg.video_dir is not None and i < cfg.videos_per_task and env.cfg.render
-        r = run_episode(env, adapter, t, seed, k, cfg.split, instruction, cfg.execute_steps, cfg.max_steps, record)
+        r = run_episode(env, adapter, t, seed, k, cfg.split, instruction, cfg.execute_steps, cfg.max_steps, record,
+                        safety)
         if record and r["frames"]:
             name = f"{t}_{k}_seed{seed}_{'ok' if r['success'] else 'fail'}.mp4"
             write_mp4(Path(cfg.video_dir) / name, r["frames"], fps=20)
@@ -280,7 +360,11 @@ def summarize(episodes: list[dict]) -> dict:
         if "outcome" in r:
             d = outcomes.setdefault(r["kind"], {m: 0 for m in ("success",) + FAILURE_MODES})
             d[r["outcome"]] = d.get(r["outcome"], 0) + 1
-    return {"success_overall": rate([r["success"] for r in episodes]), "success_per_kind": kind_rates,
-            "outcomes_per_kind": outcomes,
-            "success_per_task": task_rates, "relative_drop": drops, "num_episodes": len(episodes),
-            "episodes": episodes}
+    out = {"success_overall": rate([r["success"] for r in episodes]), "success_per_kind": kind_rates,
+           "outcomes_per_kind": outcomes,
+           "success_per_task": task_rates, "relative_drop": drops, "num_episodes": len(episodes),
+           "episodes": episodes}
+    if any("safety" in r for r in episodes):      # totals of what the safety filter did
+        out["safety"] = {k: int(sum(r.get("safety", {}).get(k, 0) for r in episodes))
+                         for k in episodes[0].get("safety", {})}
+    return out
