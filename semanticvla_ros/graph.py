@@ -4,7 +4,7 @@ with a ROS distribution) and ``semanticvla_ros.bringup`` (plain processes, where
 Launch arguments (both starters accept ``name:=value``):
   sim         true   run the MuJoCo Panda tabletop (sim node) in place of the real robot and cameras
   checkpoint  ""     policy checkpoint directory ("" = the checkpoint shipped in checkpoints/, if any)
-  instruction ""     instruction to run ("" = the planner's configured default)
+  instruction ""     instruction to run ("" = the sim episode's own with sim:=true, else the planner's configured one)
   use_moveit  false  safety filter backend: MoveIt planning scene (needs moveit_py) instead of the built-in one
   rviz        false  start RViz with config/rviz/semanticvla.rviz (needs rviz2; the bring-up cannot)
   config      <share>/config/franka.yaml   node parameter file
@@ -89,12 +89,17 @@ def graph(args: dict[str, str]) -> list[NodeSpec]:
     """Nodes to start for resolved launch arguments (see :func:`resolve_arguments`)."""
     ckpt = {"checkpoint": args["checkpoint"]} if args["checkpoint"] else {}
     instr = {"instruction": args["instruction"]} if args["instruction"] else {}
+    # with the sim and no instruction given, the planner waits for the episode's own (the sim announces it on
+    # /semanticvla/instruction) instead of planning the configured default until it arrives
+    plan_instr = instr or ({"instruction": ""} if _truthy(args["sim"]) else {})
     nodes = [
         NodeSpec("perception", "perception_node", f"{PACKAGE}.perception_node"),
-        NodeSpec("planner", "planner_node", f"{PACKAGE}.planner_node", parameters={**ckpt, **instr}),
+        NodeSpec("planner", "planner_node", f"{PACKAGE}.planner_node", parameters={**ckpt, **plan_instr}),
         NodeSpec("controller", "controller_node", f"{PACKAGE}.controller_node", parameters=dict(ckpt)),
         NodeSpec("safety_filter", "safety_node", f"{PACKAGE}.safety_node",
-                 parameters={"backend": "moveit" if _truthy(args["use_moveit"]) else "builtin"}),
+                 parameters={"backend": "moveit" if _truthy(args["use_moveit"]) else "builtin",
+                             # the sim node has the Cartesian controller that recorded the demonstrations
+                             **({"execution": "cartesian"} if _truthy(args["sim"]) else {})}),
         NodeSpec("trace_overlay", "trace_overlay_node", f"{PACKAGE}.trace_overlay_node"),
     ]
     if _truthy(args["sim"]):

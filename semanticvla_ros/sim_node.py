@@ -5,7 +5,9 @@ Publishes   /camera/{agentview,wrist}/image_raw (rgb8), /camera/{..}/camera_info
             /joint_states (7 arm joints in Franka/URDF convention + 2 finger joints, after every physics step),
             /semanticvla/instruction (std_msgs/String: the episode's instruction, on reset and every second)
 Subscribes  <trajectory_topic> (trajectory_msgs/JointTrajectory, as a joint trajectory controller does),
-            <gripper_topic> (std_msgs/Float64, 0 open .. 1 closed)
+            <gripper_topic> (std_msgs/Float64, 0 open .. 1 closed),
+            <cartesian_topic> (ActionChunk, ee_delta: the first row runs at the next physics step through the same
+            IK step that recorded the demonstrations, relative to the TCP then; the newest command of either kind wins)
 Services    ~/reset (std_srvs/Trigger): next episode (seed + 1); message = its instruction
             ~/success (std_srvs/Trigger): success = the task's success predicate now
 Without a trajectory the arm holds its last target. Malformed trajectories are refused with a logged reason.
@@ -24,7 +26,10 @@ from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS
 from semanticvla_core.sim.env import CAMERA_NAMES, FrankaTabletopEnv, SimConfig
 from semanticvla_core.trajectory import TrajectoryFollower
 
-from .messages import ns_to_stamp, stamp_to_ns
+from semanticvla_core.actions import ACTION_SPACE_EE_DELTA
+
+from .messages import chunk_from_msg, ns_to_stamp, stamp_to_ns
+from .msg import ActionChunk
 from .node_utils import guarded, now_ns, run_node
 from .params import declare
 from .ros_conversions import camera_to_info, joint_state_msg, matrix_to_pose, rgb_image_msg
@@ -38,6 +43,7 @@ class SimNode(Node):
         self.seed = int(self.p.seed)
         self.follower = TrajectoryFollower()
         self.gripper = 0.0
+        self.delta = None             # pending Cartesian ee_delta row (runs at the next physics step)
         self.steps = 0
         self.pub_js = self.create_publisher(JointState, "/joint_states", 20)
         self.pub_img = {n: self.create_publisher(Image, f"/camera/{n}/image_raw", 2) for n in CAMERA_NAMES}
@@ -46,6 +52,7 @@ class SimNode(Node):
         self.pub_instr = self.create_publisher(String, "/semanticvla/instruction", 5)
         self.create_subscription(JointTrajectory, self.p.trajectory_topic, self.on_trajectory, 5)
         self.create_subscription(Float64, self.p.gripper_topic, self.on_gripper, 5)
+        self.create_subscription(ActionChunk, self.p.cartesian_topic, self.on_cartesian, 5)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.create_service(Trigger, "~/success", self.on_success)
         self.reset_episode()
@@ -56,7 +63,7 @@ class SimNode(Node):
     def reset_episode(self) -> None:
         self.env.reset(self.p.task, self.seed, instruction=self.p.instruction or None, render=False)
         self.follower.hold(self.env.joint_positions())
-        self.gripper, self.steps = 0.0, 0
+        self.gripper, self.steps, self.delta = 0.0, 0, None
         self.pub_instr.publish(String(data=self.env.instruction))
         self.get_logger().info(f"episode: task {self.p.task}, seed {self.seed}: {self.env.instruction!r}")
 
@@ -66,6 +73,14 @@ class SimNode(Node):
         self.follower.set_trajectory(list(msg.joint_names), [list(p.positions) for p in msg.points],
                                      [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
                                      stamp_to_ns(msg.header.stamp) or now_ns(self), ARM_JOINTS)
+        self.delta = None
+
+    @guarded()
+    def on_cartesian(self, msg: ActionChunk) -> None:
+        c = chunk_from_msg(msg)       # ValueError (logged by guarded) on a malformed message
+        if c.action_space != ACTION_SPACE_EE_DELTA:
+            raise ValueError(f"Cartesian command: action_space {c.action_space!r} is not {ACTION_SPACE_EE_DELTA!r}; ignored")
+        self.delta = self.env.clip_action(c.actions[0])
 
     @guarded()
     def on_gripper(self, msg: Float64) -> None:
@@ -92,8 +107,12 @@ class SimNode(Node):
     @guarded()
     def physics_tick(self) -> None:
         t = now_ns(self)
-        q_target = self.follower.target(t + int(1e9 / self.p.physics_rate_hz))
-        self.env.step_joint_targets(q_target, self.gripper)
+        if self.delta is not None:    # a Cartesian row: the demonstrations' own IK step, then hold its target
+            self.env.step(self.delta, render=False)
+            self.gripper, self.delta = self.env.gripper_cmd, None
+            self.follower.hold(self.env.joint_targets())
+        else:
+            self.env.step_joint_targets(self.follower.target(t + int(1e9 / self.p.physics_rate_hz)), self.gripper)
         self.steps += 1
         self.pub_js.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS,
                                             list(self.env.joint_positions()) + list(self.env.finger_positions()), t))

@@ -37,6 +37,7 @@ def test_full_graph_closed_loop_and_clean_shutdown(ckpt):
     traces = h.record(Trace, "/semanticvla/trace")
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk", 50)
     trajs = h.record(JointTrajectory, "/panda_arm_controller/joint_trajectory", 50)
+    cart = h.record(ActionChunk, "/panda_cartesian_controller/ee_delta", 50)   # sim:=true -> execution cartesian
     overlay = h.record(Image, "/semanticvla/trace_overlay/image")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "semanticvla_ros.bringup", "sim:=true", f"checkpoint:={ckpt}",
@@ -44,7 +45,7 @@ def test_full_graph_closed_loop_and_clean_shutdown(ckpt):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         assert wait_for_output(proc, "[bringup] started sim", 30), proc._seen
-        assert h.spin_until(lambda: len(chunks) > 5 and len(trajs) > 5, 150), proc._seen[-3000:]
+        assert h.spin_until(lambda: len(chunks) > 5 and len(cart) > 5, 150), proc._seen[-3000:]
         n_c, n_j, t0 = len(chunks), len(js), time.monotonic()
         q_start = np.array(js[-1][1].position[:7])
         h.spin_for(8.0)
@@ -69,6 +70,8 @@ def test_full_graph_closed_loop_and_clean_shutdown(ckpt):
     assert chunk_rate > 8.0 and js_rate > 10.0, (chunk_rate, js_rate)
     assert len(traces) >= 2 and len(overlay) >= 2
     assert {tuple(t.joint_names) for _, t in trajs} == {tuple(f"panda_joint{i}" for i in range(1, 8))}
+    # the safety filter sent checked one-row ee_delta commands to the sim's Cartesian controller
+    assert all(c.horizon == 1 and c.action_space == "ee_delta_xyz_rotvec_gripper" for _, c in cart)
     # the arm moved under the policy's (small, random) actions
     assert np.abs(q_end - q_start).max() > 1e-3, (q_start, q_end)
 
@@ -147,7 +150,7 @@ def test_fuzz_every_node_stays_alive_and_the_arm_holds(ckpt):
                         "/semanticvla/observation/agentview",
                         "/camera/agentview/depth/image_raw"],
               "info": ["/camera/agentview/camera_info"], "joints": ["/joint_states"], "trace": ["/semanticvla/trace"],
-              "chunk": ["/semanticvla/action_chunk"], "trajectory": ["/panda_arm_controller/joint_trajectory"],
+              "chunk": ["/semanticvla/action_chunk", "/panda_cartesian_controller/ee_delta"], "trajectory": ["/panda_arm_controller/joint_trajectory"],
               "gripper": ["/panda_gripper/command"], "string": ["/semanticvla/instruction"]}
     types = {"image": Image, "info": CameraInfo, "joints": JointState, "trace": Trace, "chunk": ActionChunk,
              "trajectory": JointTrajectory, "gripper": Float64, "string": String}
