@@ -121,6 +121,17 @@ class ChunkExecutor:
         self._chunks.clear()
         self.last_reason = "cleared"
 
+    def drop_after(self, stamp_ns: int) -> int:
+        """Drop the chunks stamped after ``stamp_ns`` (stop-gap chunks decoded since an observation whose own
+        plan has now arrived); returns how many were dropped."""
+        n = len(self._chunks)
+        self._chunks = [c for c in self._chunks if c.stamp_ns <= stamp_ns]
+        return n - len(self._chunks)
+
+    def covers(self, now_ns: int) -> bool:
+        """True when some buffered chunk has a row for ``now_ns``."""
+        return any(0 <= c.index(now_ns) < len(c.actions) for c in self._chunks)
+
     @property
     def num_chunks(self) -> int:
         return len(self._chunks)

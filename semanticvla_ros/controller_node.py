@@ -6,7 +6,8 @@ Subscribes  /semanticvla/trace (Trace), /joint_states (sensor_msgs/JointState),
             /semanticvla/observation/joint_states (the joint state of each observation, with its stamp)
 Publishes   /semanticvla/action_chunk (ActionChunk): every tick, the blended actions from now on, stamped now
 Holds (publishes nothing; the safety filter's watchdog holds the arm) when the Trace or the state is stale,
-or a Trace is malformed; the reason is logged.
+or a Trace is malformed; the reason is logged. With ``refill_on_gap``, a gap between the newest chunk's last row
+and the next Trace's chunk is filled by decoding the last decoded Trace again with the fresh state (stamped now).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class ControllerNode(Node):
         self.policy, self.load_error = load_policy(self.p.checkpoint, self.p.device, self.p.dtype, self.get_logger())
         self.executor_ = ChunkExecutor(ExecutorConfig(mode=self.p.blend_mode, ensemble_k=self.p.ensemble_decay))
         self.trace = None
+        self.decoded = None           # the last Trace that was decoded (refill_on_gap decodes it again)
         self.trace_rx_ns = 0
         self.trace_new = False
         self.q = self.fingers = None
@@ -65,17 +67,17 @@ class ControllerNode(Node):
         while len(self.obs_states) > 32:
             self.obs_states.pop(min(self.obs_states))
 
-    def _decode(self, q, fingers, stamp_ns: int, t: int) -> None:
+    def _decode(self, trace, q, fingers, stamp_ns: int, t: int) -> None:
         if self._kin is None:
             from semanticvla_core.safety.kinematics import PandaKinematics
             self._kin = PandaKinematics()
         state = state_from_joints(q, fingers, self._kin)
-        chunk = self.policy.decode_actions(self.trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed)
+        chunk = self.policy.decode_actions(trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed)
         chunk.stamp_ns = stamp_ns
         bad = self.executor_.add_chunk(chunk, t)
         if bad is not None:
             raise ValueError(f"decoded chunk refused: {bad}")
-        self.trace_new, self.ticks_since_decode = False, 0
+        self.decoded, self.trace_new, self.ticks_since_decode = trace, False, 0
 
     def _hold(self, why: str) -> None:
         t = now_ns(self)
@@ -102,14 +104,16 @@ class ControllerNode(Node):
                 if obs is None:
                     raise ValueError(f"no joint state of the Trace's observation (stamp {self.trace.stamp_ns}); "
                                      "its chunk is skipped")
-                self._decode(*obs, self.trace.stamp_ns, t)     # rows whose time has passed are skipped
+                self.executor_.drop_after(self.trace.stamp_ns)  # stop-gap chunks give way to the new plan
+                self._decode(self.trace, *obs, self.trace.stamp_ns, t)   # rows whose time has passed are skipped
+            if self.p.refill_on_gap and self.decoded is not None and not self.executor_.covers(t):
+                self._decode(self.decoded, self.q, self.fingers, t, t)   # stop-gap: the last plan, fresh state
         elif (self.trace_new and self.p.decode_on_new_trace) or self.ticks_since_decode >= self.p.decode_every_steps \
                 or self.executor_.num_chunks == 0:
-            self._decode(self.q, self.fingers, t, t)
+            self._decode(self.trace, self.q, self.fingers, t, t)
         out = self.executor_.upcoming(t)
         if out is None:
             return self._hold(self.executor_.last_reason or "no action covers now")
-        out.plan_id = self.trace.plan_id
         out.frame_id = "panda_link0"
         self.pub.publish(chunk_to_msg(out))
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from semanticvla_core.safety.checker import SafetyConfig
+from semanticvla_core.safety.kinematics import IKConfig
+
+_SAFETY, _IK = SafetyConfig(), IKConfig()
+
 
 @dataclass(frozen=True)
 class Param:
@@ -33,7 +38,8 @@ PARAMS: dict[str, list[Param]] = {
         Param("checkpoint", "", "Policy checkpoint directory (config.json + *.safetensors)"),
         Param("device", "cpu", "torch device for the VLM (cpu, cuda, cuda:1, ...)"),
         Param("dtype", "float32", "float32 or bfloat16 (bfloat16 on GPU)"),
-        Param("instruction", "put the red cube on the green plate", "Instruction used until one arrives on ~/instruction"),
+        Param("instruction", "put the red cube on the green plate", "Instruction used until one arrives on "
+              "/semanticvla/instruction (empty: no plans until then; sim:=true without an instruction sets this)"),
         Param("max_rate_hz", 5.0, "Upper bound on the planning rate (it plans as fast as the VLM allows up to this)"),
         Param("max_obs_age_s", 1.0, "Do not plan from an observation older than this"),
         Param("camera", "agentview", "Camera whose model-ready observation the VLM sees"),
@@ -52,6 +58,9 @@ PARAMS: dict[str, list[Param]] = {
               "observation it was planned from (what the policy was trained on: image and state of one instant) and "
               "stamp the chunk at that instant, so the rows whose time has passed while planning are skipped; "
               "latest: decode the newest Trace with the fresh joint state every decode_every_steps ticks"),
+        Param("refill_on_gap", True, "state_source observation: when the rows of the newest chunk are used up before "
+              "the next Trace's chunk arrives (planning slower than the chunk), decode the last decoded Trace again with "
+              "the fresh joint state, stamped now, instead of holding; the next Trace's chunk replaces it"),
         Param("decode_every_steps", 8, "state_source latest: re-decode the newest Trace with fresh state every this "
               "many control ticks (default: the demo checkpoint's chunk length H = 8)"),
         Param("decode_on_new_trace", False, "state_source latest: also decode as soon as a new Trace arrives (False: "
@@ -72,6 +81,23 @@ PARAMS: dict[str, list[Param]] = {
         Param("workspace_max", [0.85, 0.6, 0.75], "TCP workspace box, upper corner [m]"),
         Param("table_z", 0.0, "Height of the table surface [m] in the base frame"),
         Param("table_margin", 0.01, "TCP targets must stay this far above the table [m] (fingertips reach ~1 cm below the TCP)"),
+        Param("table_policy", _SAFETY.table_policy, "ee_delta TCP targets below table_z + table_margin: clip (raised onto it, when at "
+                                      "most table_clip_max_m below) or reject"),
+        Param("table_clip_max_m", _SAFETY.table_clip_max_m, "With table_policy clip: targets further below than this are rejected [m]"),
+        Param("execution", "stepwise", "stepwise: every period one row of the newest admitted chunk, relative to the "
+                                       "measured TCP (how ee_delta demonstrations are recorded), re-checked and sent "
+                                       "as one JointTrajectory point | cartesian: the same checked row sent as an "
+                                       "ee_delta to cartesian_topic (the arm's Cartesian controller executes it; "
+                                       "sim:=true selects this) | trajectory: the whole chunk, integrated open loop, "
+                                       "as one JointTrajectory"),
+        Param("cartesian_topic", "/panda_cartesian_controller/ee_delta", "execution cartesian: ActionChunk output, "
+                                                                          "one checked ee_delta row per period"),
+        Param("step_rate_hz", 20.0, "execution stepwise: rows run at this rate (= 1 / the chunks' dt)"),
+        Param("ik_rest_posture", list(_IK.rest_posture),
+              "IK redundancy resolution: the 7 joint positions [rad] the elbow is pulled toward (default: the "
+              "simulator's home posture, which every demonstration kept)"),
+        Param("ik_nullspace_gain", _IK.nullspace_gain, "Fraction of the distance to ik_rest_posture removed per IK iteration in the "
+                                         "Jacobian null space (0: plain damped least squares)"),
         Param("env_boxes_json", "[]", 'Extra collision boxes, JSON: [{"name": "camera", "center": [x, y, z], "size": [sx, sy, sz]}]'),
         Param("watchdog_rate_hz", 10.0, "Rate of the watchdog that holds position on silence"),
         Param("hold_recapture_rad", 0.02, "While holding, if the measured joints are further than this from the held "
@@ -97,6 +123,9 @@ PARAMS: dict[str, list[Param]] = {
         Param("physics_rate_hz", 20.0, "Control periods per second (real time); joint states are published after each"),
         Param("trajectory_topic", "/panda_arm_controller/joint_trajectory", "JointTrajectory input (safety filter output)"),
         Param("gripper_topic", "/panda_gripper/command", "Gripper command input (std_msgs/Float64, 0 open .. 1 closed)"),
+        Param("cartesian_topic", "/panda_cartesian_controller/ee_delta", "Cartesian controller input (ActionChunk, "
+              "ee_delta rows applied to the measured TCP by the simulator's own IK step, the controller that "
+              "recorded the demonstrations; safety filter execution cartesian)"),
     ],
 }
 

@@ -63,6 +63,8 @@ class PlannerNode(Node):
     def tick(self) -> None:
         if self.policy is None or self.obs is None:
             return
+        if not self.instruction:
+            raise ValueError("no instruction yet (parameter instruction is empty): waiting for /semanticvla/instruction")
         stamp = stamp_to_ns(self.obs.header.stamp)
         if stamp == self.last_planned_stamp:
             return

@@ -29,9 +29,14 @@ def test_graph_follows_the_launch_arguments():
     assert names(sim="true") == ["perception", "planner", "controller", "safety_filter", "trace_overlay", "sim"]
     assert "sim" not in names(sim="false") and "rviz" in names(rviz="true")
     specs = {s.name: s for s in graph(resolve_arguments({"use_moveit": "true", "checkpoint": "/ck", "instruction": "go"}))}
-    assert specs["safety_filter"].parameters == {"backend": "moveit"}
+    assert specs["safety_filter"].parameters == {"backend": "moveit", "execution": "cartesian"}   # sim: its controller
     assert specs["planner"].parameters == {"checkpoint": "/ck", "instruction": "go"}
     assert specs["controller"].parameters == {"checkpoint": "/ck"}
+    real = {s.name: s for s in graph(resolve_arguments({"sim": "false", "checkpoint": "/ck"}))}
+    assert real["safety_filter"].parameters == {"backend": "builtin"}        # the configured execution (stepwise)
+    assert real["planner"].parameters == {"checkpoint": "/ck"}               # the configured instruction
+    sim = {s.name: s for s in graph(resolve_arguments({"sim": "true", "checkpoint": "/ck"}))}
+    assert sim["planner"].parameters == {"checkpoint": "/ck", "instruction": ""}   # waits for the episode's own
     with pytest.raises(ValueError, match="unknown launch argument"):
         resolve_arguments({"simm": "true"})
     assert set(LAUNCH_ARGUMENTS) >= {"sim", "checkpoint", "instruction", "use_moveit", "rviz"}

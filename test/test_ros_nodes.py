@@ -272,10 +272,61 @@ def test_controller_decodes_each_trace_with_the_state_of_its_observation(h, tmp_
     assert all(c.plan_id != 999 for _, c in chunks)
 
 
+def test_controller_refills_a_gap_with_the_fresh_state_until_the_next_plan(h, tmp_path):
+    """refill_on_gap: once the newest chunk's rows are used up, the controller keeps publishing the newest Trace
+    decoded with the fresh joint state (stamped now, all 8 rows); the next Trace's own chunk replaces it."""
+    from semanticvla_core.policy import SemanticVLAPolicy
+    from semanticvla_core.robot_state import state_from_joints
+
+    ckpt = tiny_checkpoint(tmp_path, state_dim=15)
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 5.0, "refill_on_gap": True})
+    chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
+    pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
+    pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h)))            # the fresh state: READY_Q
+    q_obs = READY_Q + np.array([0.15, -0.1, 0.1, 0.1, 0.0, -0.1, 0.2])
+    pol, kin = SemanticVLAPolicy.from_pretrained(ckpt), PandaKinematics()
+    fingers = np.array([0.04, 0.04])
+    tp = _plan_msg(ckpt, h)
+    fresh = pol.decode_actions(tp, state_from_joints(READY_Q, fingers, kin), num_flow_steps=10, seed=0).actions
+    want = pol.decode_actions(tp, state_from_joints(q_obs, fingers, kin), num_flow_steps=10, seed=0).actions
+
+    def rows(m):
+        return np.frombuffer(bytes(np.asarray(m.actions, np.float32)), np.float32).reshape(m.horizon, m.action_dim)
+
+    def send_plan(plan_id):
+        s = h.now_ns() - int(0.05e9)
+        pub_obs.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS, list(q_obs) + [0.04, 0.04], s))
+        h.spin_for(0.05)
+        tp.plan_id, tp.stamp_ns = plan_id, s
+        pub_t.publish(trace_to_msg(tp))
+        return s
+
+    for attempt in range(1, 30):
+        send_plan(attempt)
+        if h.spin_until(lambda: bool(chunks), 0.5):
+            break
+    assert chunks, node._seen
+    h.spin_for(0.6)                                        # past the first chunk's 8 rows (0.4 s)
+    n = len(chunks)
+    h.spin_for(1.0)
+    late = [m for _, m in chunks[n:]]
+    assert len(late) >= 10, len(late)                      # no gap: a chunk every tick, from the refills
+    for m in late:                                         # each the fresh-state decode, from the row for now
+        assert np.abs(rows(m) - fresh[8 - m.horizon:]).max() < 1e-6
+    n = len(chunks)
+    s = send_plan(100)                                     # the next plan's chunk takes over from the stop-gap
+    assert h.spin_until(lambda: any(m.plan_id == 100 for _, m in chunks[n:]), 5), node._seen
+    m = next(m for _, m in chunks[n:] if m.plan_id == 100)
+    k = int(np.floor((stamp_to_ns(m.header.stamp) - s) / 0.05e9 + 0.5))
+    assert np.abs(rows(m) - want[k:k + m.horizon]).max() < 1e-6
+
+
 # ------------------------------------------------------------------------------------------ safety filter
 @pytest.fixture
 def safety(h):
-    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0})
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "execution": "trajectory"})
     traj = h.record(JointTrajectory, "/panda_arm_controller/joint_trajectory")
     diag = h.record(DiagnosticArray, "/semanticvla/safety/status")
     pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
@@ -355,6 +406,67 @@ def test_safety_rejects_nan_and_stale(safety, h):
     assert node.poll() is None
 
 
+def test_safety_stepwise_runs_each_row_once_from_the_measured_pose(h):
+    """execution stepwise: a robot that follows every commanded point ends one chunk's worth of rows away (each
+    row once, none twice), every command is one checked point, and a used-up chunk commands nothing more."""
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "execution": "stepwise"})
+    traj = h.record(JointTrajectory, "/panda_arm_controller/joint_trajectory")
+    pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
+    state = {"q": READY_Q.copy(), "n": 0}
+
+    def robot():                                  # a stiff arm: goes to the newest commanded point at once
+        if len(traj) > state["n"]:
+            state["n"] = len(traj)
+            state["q"] = np.array(traj[-1][1].points[-1].positions)
+        pub_js.publish(_js(h, state["q"]))
+    h.node.create_timer(0.01, robot)
+    assert wait_for_output(node, "execution stepwise", 60), node._seen
+    h.spin_for(1.0)
+    n0 = len(traj)                                # watchdog holds at READY_Q so far
+    acts = np.zeros((8, 7)); acts[:, 0] = 0.002
+    pub_c.publish(chunk_to_msg(ActionChunkData(acts.astype(np.float32), 0.05, stamp_ns=h.now_ns())))
+    h.spin_for(1.0)
+    moves = [tr for _, tr in traj[n0:] if not np.allclose(tr.points[0].positions, READY_Q, atol=1e-9)]
+    assert 6 <= len(moves) <= 8 and all(len(tr.points) == 1 for tr in moves), len(moves)
+    kin = PandaKinematics()
+    dx = kin.fk(state["q"])[0] - kin.fk(READY_Q)[0]
+    assert abs(dx[0] - 0.002 * len(moves)) < 1e-3 and np.abs(dx[1:]).max() < 1e-3, (dx, len(moves))
+    n1 = len(traj)
+    h.spin_for(0.3)
+    assert all(np.allclose(tr.points[0].positions, state["q"], atol=1e-6) for _, tr in traj[n1:])   # holds only
+    assert node.poll() is None
+
+
+def test_safety_cartesian_sends_the_checked_rows_to_the_cartesian_controller(h):
+    """execution cartesian: each period one checked row goes out as a one-row ee_delta ActionChunk (unchanged when
+    nothing was clipped, raised onto the table margin when it was), with the gripper command."""
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "execution": "cartesian"})
+    cart = h.record(ActionChunk, "/panda_cartesian_controller/ee_delta")
+    grip = h.record(Float64, "/panda_gripper/command")
+    pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
+    kin = PandaKinematics()
+    p0, R0 = kin.fk(READY_Q)
+    q_low = kin.ik(p0 - [0, 0, p0[2] - 0.012], R0, READY_Q).q               # TCP 1.2 cm above the table
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h, q_low)))
+    assert wait_for_output(node, "execution cartesian", 60), node._seen
+    h.spin_for(1.0)
+    acts = np.zeros((8, 7)); acts[:, 0] = 0.0005 * np.arange(1, 9); acts[:, 6] = 1.0   # x tells the rows apart
+    acts[5:, 2] = -0.004                                                       # rows 5..7: 2 mm below the margin
+    pub_c.publish(chunk_to_msg(ActionChunkData(acts.astype(np.float32), 0.05, stamp_ns=h.now_ns())))
+    assert h.spin_until(lambda: len(cart) >= 7, 5), len(cart)
+    h.spin_for(0.3)
+    rows = [np.asarray(m.actions, np.float64).reshape(m.horizon, m.action_dim) for _, m in cart]
+    assert all(r.shape == (1, 7) for r in rows) and 7 <= len(rows) <= 8
+    got = np.vstack(rows)
+    idx = np.round(got[:, 0] / 0.0005).astype(int) - 1
+    assert list(idx) == sorted(set(idx)) and idx[-1] == 7                    # in order, each row once
+    want = acts[idx].copy()
+    want[want[:, 2] < 0, 2] = 0.010 - 0.012                                  # the robot did not move: raised to 1 cm
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert all(abs(g.data - 1.0) < 1e-9 for _, g in grip[-len(rows):])
+    assert node.poll() is None
+
+
 # ------------------------------------------------------------------------------------------ overlay
 def test_overlay_draws_where_the_trace_is(h):
     node = h.start("trace_overlay", {})
@@ -421,6 +533,20 @@ def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
     pub.publish(tr)
     h.spin_for(2.0)
     assert abs(js[-1][1].position[0] - goal[0]) < 0.02, (js[-1][1].position[0], goal[0])
+    # Cartesian ee_delta rows (execution cartesian): 10 rows of +5 mm in z move the TCP up ~5 cm and it stays
+    kin = PandaKinematics()
+    z0 = kin.fk(np.array(js[-1][1].position[:7]))[0][2]
+    cart = h.publisher(ActionChunk, "/panda_cartesian_controller/ee_delta")
+    bad_c = chunk_to_msg(ActionChunkData(np.zeros((1, 7), np.float32), 0.05, "joint_position", stamp_ns=h.now_ns()))
+    row = np.zeros((1, 7), np.float32); row[0, 2] = 0.005
+    for _ in range(10):
+        cart.publish(chunk_to_msg(ActionChunkData(row, 0.05, stamp_ns=h.now_ns())))
+        h.spin_for(0.1)                                                  # one row per physics period or slower
+    h.spin_for(0.5)
+    z1 = kin.fk(np.array(js[-1][1].position[:7]))[0][2]
+    assert 0.035 < z1 - z0 < 0.06, (z0, z1)
+    cart.publish(bad_c)                                                  # wrong action space: refused, logged
+    assert wait_for_output(node, "is not 'ee_delta_xyz_rotvec_gripper'", 5), node._seen
     # services
     for srv, check in (("/sim/success", lambda r: r.success is False and "not yet" in r.message),
                        ("/sim/reset", lambda r: r.success and len(r.message) > 5)):
