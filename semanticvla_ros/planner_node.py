@@ -29,6 +29,7 @@ class PlannerNode(Node):
         self.p = declare(self, "planner")
         self.policy, self.load_error = load_policy(self.p.checkpoint, self.p.device, self.p.dtype, self.get_logger())
         self.instruction = self.p.instruction
+        self._told_waiting = False
         self.obs: Image | None = None
         self.obs_rx_ns = 0
         self.last_planned_stamp = -1
@@ -64,7 +65,11 @@ class PlannerNode(Node):
         if self.policy is None or self.obs is None:
             return
         if not self.instruction:
-            raise ValueError("no instruction yet (parameter instruction is empty): waiting for /semanticvla/instruction")
+            if not self._told_waiting:
+                self._told_waiting = True
+                self.get_logger().info("no instruction yet (parameter instruction is empty): waiting for "
+                                       "/semanticvla/instruction")
+            return
         stamp = stamp_to_ns(self.obs.header.stamp)
         if stamp == self.last_planned_stamp:
             return

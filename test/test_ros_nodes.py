@@ -151,6 +151,25 @@ def test_planner_answers_an_observation_with_a_trace(h, ckpt):
                                  trace_from_msg(traces[-1][1]).instruction == "stack the blue block")[-1], 30)
 
 
+def test_planner_without_an_instruction_waits_for_one(h, ckpt):
+    node = h.start("planner", {"checkpoint": str(ckpt), "instruction": ""})   # what sim:=true sets
+    traces = h.record(Trace, "/semanticvla/trace")
+    pub = h.publisher(Image, "/semanticvla/observation/agentview")
+    pub_i = h.publisher(String, "/semanticvla/instruction")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+
+    def send():
+        pub.publish(fill_image(Image(), rgb_to_image_fields(rgb), h.now_ns(), "agentview_optical_frame"))
+    for _ in range(6):
+        send()
+        h.spin_for(0.3)
+    assert not traces and wait_for_output(node, "waiting for /semanticvla/instruction", 10), node._seen
+    pub_i.publish(String(data="put the green cube on the red plate"))
+    assert h.spin_until(lambda: (send(), h.spin_for(0.3), bool(traces))[-1], 30), node._seen
+    assert all(trace_from_msg(m).instruction == "put the green cube on the red plate" for _, m in traces)
+
+
 def test_planner_pairs_the_wrist_frame_for_a_stem_checkpoint(h, tmp_path):
     """A checkpoint whose decoder stem looks at the wrist camera plans only from an agent-view + wrist pair
     with one stamp, and its Trace carries the stem tokens in E_v."""
