@@ -128,6 +128,10 @@ class ChunkExecutor:
         self._chunks = [c for c in self._chunks if c.stamp_ns <= stamp_ns]
         return n - len(self._chunks)
 
+    def horizon_ns(self) -> float:
+        """Duration of the newest chunk's rows (H * dt), 0 without chunks."""
+        return len(self._chunks[-1].actions) * self._chunks[-1].dt_ns if self._chunks else 0.0
+
     def covers(self, now_ns: int) -> bool:
         """True when some buffered chunk has a row for ``now_ns``."""
         return any(0 <= c.index(now_ns) < len(c.actions) for c in self._chunks)

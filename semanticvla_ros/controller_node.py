@@ -1,6 +1,12 @@
 """controller (System 1): flow-matching decoder on the latest Trace (+ the joint state of its observation, or the
-fresh one: ``state_source``) -> ActionChunk at the control rate, independently of the planner; chunks are blended
-by the core's ChunkExecutor, aligned by their stamps.
+fresh one: ``state_source``) -> ActionChunk at the control rate; chunks are blended by the core's ChunkExecutor,
+aligned by their stamps.
+
+``loop: synchronous`` (the default) runs the evaluation harness's loop: each chunk runs to its end, then the arm
+holds still until a plan of an observation taken after that end arrives, which is decoded with that observation's
+state and run from its first row. ``loop: asynchronous`` keeps moving while planning (each plan aligned to its
+observation's time, rows that passed skipped): faster, but the policy then acts on older images than it was
+trained and evaluated with (harness: 3 steps of image delay took 38/50 to 22/50; BENCHMARKS.md, session 7).
 
 Subscribes  /semanticvla/trace (Trace), /joint_states (sensor_msgs/JointState),
             /semanticvla/observation/joint_states (the joint state of each observation, with its stamp)
@@ -40,6 +46,9 @@ class ControllerNode(Node):
         self.ticks_since_decode = 0
         if self.p.state_source not in ("observation", "latest"):
             raise ValueError(f"controller: state_source must be 'observation' or 'latest', got {self.p.state_source!r}")
+        if self.p.loop not in ("synchronous", "asynchronous"):
+            raise ValueError(f"controller: loop must be 'synchronous' or 'asynchronous', got {self.p.loop!r}")
+        self.sync_end_ns = 0          # loop synchronous: when the running chunk's last row ends
         self.obs_states: dict[int, tuple] = {}     # observation stamp -> (arm q, fingers), the last few
         self._kin = None
         self.pub = self.create_publisher(ActionChunk, "/semanticvla/action_chunk", 5)
@@ -79,6 +88,22 @@ class ControllerNode(Node):
             raise ValueError(f"decoded chunk refused: {bad}")
         self.decoded, self.trace_new, self.ticks_since_decode = trace, False, 0
 
+    def _sync_step(self, t: int) -> None:
+        """loop synchronous: while a chunk runs, nothing new; once it has ended, decode the first Trace whose
+        observation was taken after that end (the arm held still meanwhile) with that observation's state and run
+        all its rows from now on, as the evaluation harness does."""
+        if t < self.sync_end_ns:
+            return
+        if self.trace.stamp_ns < self.sync_end_ns or (self.trace is self.decoded):
+            return                                    # no plan of a post-chunk observation yet: hold still
+        obs = self.obs_states.get(self.trace.stamp_ns)
+        if obs is None:
+            raise ValueError(f"no joint state of the Trace's observation (stamp {self.trace.stamp_ns}); waiting "
+                             "for the next plan")
+        self.executor_.clear()
+        self._decode(self.trace, *obs, t, t)
+        self.sync_end_ns = t + int(round(self.executor_.horizon_ns()))
+
     def _hold(self, why: str) -> None:
         t = now_ns(self)
         if t - self._last_hold_log > 2e9:
@@ -97,7 +122,9 @@ class ControllerNode(Node):
         if self.q is None or (t - self.state_rx_ns) * 1e-9 > self.p.state_timeout_s:
             return self._hold("no fresh joint state")
         self.ticks_since_decode += 1
-        if self.p.state_source == "observation":
+        if self.p.loop == "synchronous":
+            self._sync_step(t)
+        elif self.p.state_source == "observation":
             if self.trace_new:
                 self.trace_new = False
                 obs = self.obs_states.get(self.trace.stamp_ns)

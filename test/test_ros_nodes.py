@@ -211,7 +211,7 @@ def _plan_msg(ckpt, h, plan_id=7):
 
 def test_controller_turns_a_trace_into_chunks_at_its_rate(h, ckpt):
     node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 1.0, "control_rate_hz": 20.0,
-                                  "state_source": "latest"})
+                                  "state_source": "latest", "loop": "asynchronous"})
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
     pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
     assert wait_for_output(node, "loaded policy", 90), node._seen
@@ -251,7 +251,7 @@ def test_controller_decodes_each_trace_with_the_state_of_its_observation(h, tmp_
     from semanticvla_core.robot_state import state_from_joints
 
     ckpt = tiny_checkpoint(tmp_path, state_dim=15)       # a decoder that reads the state
-    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 2.0})
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 2.0, "loop": "asynchronous"})
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
     pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
     pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")
@@ -291,6 +291,57 @@ def test_controller_decodes_each_trace_with_the_state_of_its_observation(h, tmp_
     assert all(c.plan_id != 999 for _, c in chunks)
 
 
+def test_controller_synchronous_loop_runs_whole_chunks_and_waits_for_a_later_observation(h, tmp_path):
+    """loop synchronous (default): a plan is decoded with its observation's state and runs from its first row;
+    plans of observations taken while it runs are ignored; after its 8 rows nothing goes out until a plan of an
+    observation taken after the end arrives, which then runs whole."""
+    from semanticvla_core.policy import SemanticVLAPolicy
+    from semanticvla_core.robot_state import state_from_joints
+
+    ckpt = tiny_checkpoint(tmp_path, state_dim=15)
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 5.0})
+    chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
+    pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
+    pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h)))
+    pol, kin, fingers = SemanticVLAPolicy.from_pretrained(ckpt), PandaKinematics(), np.array([0.04, 0.04])
+    tp = _plan_msg(ckpt, h)
+    q_a = READY_Q + np.array([0.15, -0.1, 0.1, 0.1, 0.0, -0.1, 0.2])
+    q_b = READY_Q - np.array([0.1, 0.1, 0.0, 0.1, 0.0, 0.1, 0.1])
+    want = {k: pol.decode_actions(tp, state_from_joints(q, fingers, kin), num_flow_steps=10, seed=0).actions
+            for k, q in (("a", q_a), ("b", q_b))}
+
+    def rows(m):
+        return np.frombuffer(bytes(np.asarray(m.actions, np.float32)), np.float32).reshape(m.horizon, m.action_dim)
+
+    def send_plan(plan_id, q):
+        s = h.now_ns() - int(0.03e9)
+        pub_obs.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS, list(q) + [0.04, 0.04], s))
+        h.spin_for(0.05)
+        tp.plan_id, tp.stamp_ns = plan_id, s
+        pub_t.publish(trace_to_msg(tp))
+
+    for attempt in range(1, 30):
+        send_plan(attempt, q_a)
+        if h.spin_until(lambda: bool(chunks), 0.5):
+            break
+    assert chunks, node._seen
+    first = chunks[0][1]
+    assert first.horizon == 8 and np.abs(rows(first) - want["a"]).max() < 1e-6      # from its first row
+    send_plan(50, q_b)                                    # observed while the chunk runs: ignored
+    h.spin_for(0.6)
+    assert all(m.plan_id == first.plan_id for _, m in chunks)
+    n = len(chunks)
+    h.spin_for(0.5)
+    assert len(chunks) == n                               # used up: holds still, nothing sent
+    send_plan(60, q_b)                                    # observed after the end: runs whole
+    assert h.spin_until(lambda: any(m.plan_id == 60 for _, m in chunks[n:]), 5), node._seen
+    m = next(m for _, m in chunks[n:] if m.plan_id == 60)
+    assert m.horizon == 8 and np.abs(rows(m) - want["b"]).max() < 1e-6
+    assert not any(m.plan_id == 50 for _, m in chunks)
+
+
 def test_controller_refills_a_gap_with_the_fresh_state_until_the_next_plan(h, tmp_path):
     """refill_on_gap: once the newest chunk's rows are used up, the controller keeps publishing the newest Trace
     decoded with the fresh joint state (stamped now, all 8 rows); the next Trace's own chunk replaces it."""
@@ -298,7 +349,8 @@ def test_controller_refills_a_gap_with_the_fresh_state_until_the_next_plan(h, tm
     from semanticvla_core.robot_state import state_from_joints
 
     ckpt = tiny_checkpoint(tmp_path, state_dim=15)
-    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 5.0, "refill_on_gap": True})
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 5.0, "refill_on_gap": True,
+                                  "loop": "asynchronous"})
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
     pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
     pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")

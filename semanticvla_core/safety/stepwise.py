@@ -15,8 +15,10 @@ Two ways to turn a checked chunk into arm commands (safety filter parameter ``ex
   position after any clipping, relative to the measured TCP: :meth:`StepwiseExecutor.cartesian_command`), so the
   controller that recorded the demonstrations also executes them (the sim node has one; on a real arm, a Cartesian
   impedance/pose controller bridge). The check used the filter's IK; the controller may resolve the elbow slightly
-  differently (the same TCP pose). Harness, 50 direct episodes of the demo checkpoint: no filter 78%, cartesian
-  and stepwise see README "Safety filter in the loop".
+  differently (the same TCP pose).
+
+Harness (``training/evaluate.py --safety MODE``), 50 direct episodes of the demo checkpoint: no filter 78%,
+cartesian 76%, stepwise 64%, trajectory 8% (BENCHMARKS.md, session 7).
 
 Every command is still checked before it is sent (the one-row check), and a chunk the whole-chunk check
 rejects is never started. Rows are consumed by their times (row i applies at ``stamp + i * dt``): each row runs at
