@@ -138,9 +138,8 @@ class SafetyNode(Node):
             return
         self.counts["rows"] += 1
         self.counts["rows_skipped"] += row.skipped
-        if row.result.is_hold:
+        if row.result.is_hold:                                  # (the executor stopped the chunk)
             self.counts["rows_refused"] += 1
-            self.stepwise.clear()
             return self._hold(row.result.reasons, t)
         c = self.stepwise.chunk
         if self.pub_cart is not None and c.action_space == ACTION_SPACE_EE_DELTA:

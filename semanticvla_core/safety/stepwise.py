@@ -64,7 +64,12 @@ class StepwiseExecutor:
         return res
 
     def clear(self) -> None:
+        """Stop the running chunk (a chunk admitted later starts afresh)."""
         self.chunk = None
+
+    def reset(self) -> None:
+        """Forget everything, also which row ran last (a new episode / a new clock)."""
+        self.chunk, self.last_row_ns = None, None
 
     def row_index(self, now_ns: int) -> tuple[int | None, int]:
         """(row to run now or None, rows skipped): the first row after the last one that ran, unless its time has
@@ -85,7 +90,7 @@ class StepwiseExecutor:
         return i_next, skipped
 
     def step(self, q_current, gripper_current: float, now_ns: int, dq_current=None) -> StepwiseRow | None:
-        """Check and return the row for now (None: nothing to run this tick)."""
+        """Check and return the row for now (None: nothing to run this tick). A refused row stops the chunk."""
         i, skipped = self.row_index(now_ns)
         if i is None:
             return None
@@ -94,6 +99,8 @@ class StepwiseExecutor:
                               c.frame_id)
         res = self.checker.check_chunk(row, q_current, gripper_current, now_ns=now_ns, dq_current=dq_current)
         self.last_row_ns = int(c.stamp_ns + round(i * float(c.dt) * 1e9))
+        if res.is_hold:
+            self.chunk = None
         return StepwiseRow(res, i, skipped)
 
     def cartesian_command(self, row: StepwiseRow, q_current) -> np.ndarray:

@@ -26,7 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.viz import write_mp4
+from ..interfaces import ActionChunkData
+from ..safety.checker import BuiltinSafetyChecker
 from ..safety.kinematics import PANDA_ARM_JOINTS
+from ..safety.stepwise import EXECUTION_MODES, StepwiseExecutor
+from ..trajectory import TrajectoryFollower
 from .env import FrankaTabletopEnv, SimConfig
 from .expert import ScriptedExpert
 from .instructions import KINDS
@@ -177,10 +181,6 @@ class SafetyExecution:
     one step. Counts what the filter did."""
 
     def __init__(self, env: FrankaTabletopEnv, mode: str):
-        from ..safety import BuiltinSafetyChecker
-        from ..safety.stepwise import EXECUTION_MODES, StepwiseExecutor
-        from ..trajectory import TrajectoryFollower
-
         if mode not in EXECUTION_MODES:
             raise ValueError(f"safety: one of {EXECUTION_MODES} or 'none', got {mode!r}")
         self.env, self.mode = env, mode
@@ -192,13 +192,10 @@ class SafetyExecution:
 
     def reset(self) -> None:
         self.t_ns, self.counts = 10**12, {k: 0 for k in self.counts}
-        self.stepwise.clear()
-        self.stepwise.last_row_ns = None
+        self.stepwise.reset()
         self.follower.hold(self.env.joint_positions())
 
     def start_chunk(self, acts: np.ndarray) -> None:
-        from ..interfaces import ActionChunkData
-
         env, c = self.env, ActionChunkData(np.asarray(acts, np.float64), self.dt_ns * 1e-9, stamp_ns=self.t_ns)
         q, g = env.joint_positions(), env.gripper_cmd
         res = (self.stepwise.admit(c, q, g, self.t_ns) if self.mode != "trajectory"
@@ -224,7 +221,6 @@ class SafetyExecution:
             row = self.stepwise.step(q, env.gripper_cmd, self.t_ns)
             if row is not None and row.result.is_hold:
                 self.counts["rows_refused"] += 1
-                self.stepwise.clear()
             if row is None or row.result.is_hold:
                 env.step_joint_targets(q, env.gripper_cmd)                      # hold
             elif self.mode == "cartesian":
