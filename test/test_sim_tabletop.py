@@ -12,7 +12,8 @@ pytest.importorskip("mujoco")
 from semanticvla_core.sim import instructions as ins  # noqa: E402
 from semanticvla_core.sim.env import MJ_JOINT_OFFSET, FrankaTabletopEnv, SimConfig  # noqa: E402
 from semanticvla_core.sim.evaluation import EvalConfig, ExpertPolicy, RandomPolicy, evaluate  # noqa: E402
-from semanticvla_core.sim.expert import rollout_expert  # noqa: E402
+from semanticvla_core.sim import expert as expert_mod  # noqa: E402
+from semanticvla_core.sim.expert import ScriptedExpert, rollout_expert  # noqa: E402
 from semanticvla_core.sim.tasks import TASK_FAMILIES, get_task  # noqa: E402
 
 
@@ -40,6 +41,82 @@ def test_slower_expert_takes_smaller_steps_and_still_succeeds(env):
     assert max(np.linalg.norm(r["actions"][:, :3], axis=1).max() for r in fast) > 0.02
     with pytest.raises(ValueError, match="speed"):
         rollout_expert(env, "pick_place_plate", 0, render=False, speed=0.0)
+
+
+def _run_expert_with(env, seed: int, recover: bool, when, disturb, limit: int = 200) -> tuple[bool, ScriptedExpert]:
+    """Run the pick-and-place expert; the first time ``when(expert)`` holds, ``disturb(env)`` moves the cube."""
+    env.reset("pick_place_plate", seed, render=False)
+    ex = ScriptedExpert(env, recover=recover)
+    ex.max_step, ex.carry_step = 0.01, 0.01
+    done = False
+    for _ in range(limit):
+        a = ex.act()
+        if not done and when(ex):
+            disturb(env)
+            done = True
+        env.step(a, render=False)
+        if env.success() and ex.done:
+            return True, ex
+    assert done, "the disturbance never happened"
+    return False, ex
+
+
+def _target(env) -> str:
+    return env.episode.cubes[env.episode.target].body
+
+
+def test_expert_grasps_again_when_the_cube_is_pushed_before_the_grasp(env):
+    """A cube moved 3.5 cm across the finger axis while the hand descends: the recovering expert plans the grasp
+    again from where the cube lies and places it; without recovery the planned grasp closes on nothing."""
+    def when(ex):
+        return ex.phase == 1 and env.tcp_pose()[0][2] < 0.10
+
+    def disturb(e):
+        pos, R = e.body_pose(_target(e))
+        hand_x = e.tcp_pose()[1][:, 0]
+        e.set_free_body(_target(e), pos + 0.035 * np.r_[hand_x[:2] / np.linalg.norm(hand_x[:2]), 0.0],
+                        expert_mod.cube_yaw(R))
+
+    ok, ex = _run_expert_with(env, 2, True, when, disturb)
+    assert ok and ex.recoveries == 1
+    ok, ex = _run_expert_with(env, 2, False, when, disturb)
+    assert not ok and ex.recoveries == 0
+
+
+def test_expert_reopens_and_grasps_again_when_the_cube_leaves_the_hand(env):
+    """The cube taken out of the closed hand while it carries (put back on the table where it was grasped): the
+    recovering expert notices the empty hand, opens, rises and grasps again; without recovery it places air."""
+    start = {}
+
+    def when(ex):
+        if ex.phase == 0 and "xy" not in start:
+            start["xy"] = env.body_pose(_target(env))[0][:2].copy()
+        return ex.phase == 4 and env.tcp_pose()[0][2] > 0.15
+
+    def disturb(e):
+        e.set_free_body(_target(e), np.r_[start["xy"], expert_mod.CUBE_HALF],
+                        expert_mod.cube_yaw(e.body_pose(_target(e))[1]))
+
+    ok, ex = _run_expert_with(env, 4, True, when, disturb, limit=260)
+    assert ok and ex.recoveries == 1
+    start.clear()
+    ok, ex = _run_expert_with(env, 4, False, when, disturb, limit=260)
+    assert not ok
+
+
+def test_noisy_demonstrations_contain_missed_grasps_labelled_with_the_recovery(env, monkeypatch):
+    """With action noise, an episode may get one executed grasp miss (``_GraspBlunder``: the hand closes beside
+    the cube and rises): the recorded actions at those states say "open" and the episode still succeeds."""
+    monkeypatch.setattr(expert_mod, "MISS_P", 1.0)
+    ep = rollout_expert(env, "pick_place_plate", 5, render=False, speed=0.01, action_noise=0.01)
+    assert ep["success"]
+    fingers = ep["states"][:, 7:9].sum(axis=1)
+    empty_closed = fingers < 0.03                # closed on nothing (a held 5 cm cube keeps them at ~0.05)
+    assert empty_closed.any()
+    assert (ep["actions"][empty_closed, 6] < 0.5).any()     # the label there: open the hand
+    monkeypatch.setattr(expert_mod, "MISS_P", 0.0)
+    clean = rollout_expert(env, "pick_place_plate", 5, render=False, speed=0.01, action_noise=0.01)
+    assert clean["success"] and not (clean["states"][:, 7:9].sum(axis=1) < 0.03).any()
 
 
 def test_action_noise_pushes_the_hand_off_course_and_keeps_the_experts_labels(env):

@@ -103,7 +103,7 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
     max_jobs = int(np.ceil(episodes * max_tries_factor)) + 2
     jobs = [(task, seed + i, kinds[i % len(kinds)], expert_speed, action_noise) for i in range(max_jobs)]
     t0 = time.time()
-    written, failed, frames = 0, 0, 0
+    written, failed, frames, recovered = 0, 0, 0, 0
     writer = None
     if workers > 1:
         ctx = mp.get_context("spawn")
@@ -125,6 +125,7 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
             write_episode(writer, ep)
             written += 1
             frames += ep["steps"]
+            recovered += int(ep.get("recoveries", 0) > 0)
             bar.update(1)
             if written >= episodes:
                 break
@@ -140,6 +141,7 @@ def collect(task: str, episodes: int, out: str | Path, workers: int = 1, image_s
     writer.finalize()
     dt = time.time() - t0
     return {"task": task, "episodes": written, "failed": failed, "frames": frames, "seconds": dt,
+            "episodes_with_recovery": recovered,
             "expert_speed": expert_speed, "action_noise": action_noise,
             "demos_per_min": 60.0 * written / dt, "out": str(out)}
 
@@ -165,8 +167,9 @@ def main(argv=None) -> int:
     s = collect(a.task, a.episodes, a.out, a.workers, a.image_size, a.wrist_size, a.seed,
                 tuple(k.strip() for k in a.kinds.split(",") if k.strip()), overwrite=a.overwrite,
                 expert_speed=a.expert_speed, action_noise=a.action_noise)
-    print(f"wrote {s['episodes']} episodes ({s['frames']} frames, {s['failed']} expert failures skipped) to "
-          f"{s['out']} in {s['seconds']:.1f} s ({s['demos_per_min']:.1f} demos/min)")
+    print(f"wrote {s['episodes']} episodes ({s['frames']} frames, {s['failed']} expert failures skipped, "
+          f"{s['episodes_with_recovery']} with a re-grasp) to {s['out']} in {s['seconds']:.1f} s "
+          f"({s['demos_per_min']:.1f} demos/min)")
     return 0
 
 

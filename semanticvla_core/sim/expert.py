@@ -25,6 +25,14 @@ PUSH_Z = CUBE_HALF + 0.027     # TCP height when pushing: pad bottoms ~1 cm abov
 NOISE_BURST_P = 0.06          # action noise comes in bursts: each open-gripper step starts one with this probability,
 NOISE_BURST_STEPS = (3, 8)    # lasting this many steps (inclusive), one random offset added to every step of it
 NOISE_ROT_PER_M = 4.0         # rotation noise std [rad] per metre of translation noise std
+MISS_P = 0.25                 # with action noise: chance per episode of one missed grasp (_GraspBlunder)
+MISS_OFFSET = (0.025, 0.04)   # how far [m] the missed grasp lands beside the cube, across the finger axis
+MISS_LIFT_STEPS = (3, 8)      # how many 1 cm steps the empty hand rises after closing
+REPLAN_DRIFT = 0.01           # the target cube moved this far [m] from where the grasp was planned: plan it again
+HELD_XY = 0.03                # the cube counts as held while its centre is within this of the TCP in xy [m] ...
+HELD_DZ = 0.05                # ... and at most this far below it (grasping: GRASP_Z - CUBE_HALF = 2.7 cm)
+GRASP_PHASE = 2               # index of the closing waypoint in _pick_place_plan (lift, carry, lower follow)
+MAX_RECOVERIES = 3            # re-grasps per episode before the expert gives up recovering
 
 
 def yaw_matrix(yaw: float) -> np.ndarray:
@@ -52,15 +60,25 @@ class ScriptedExpert:
     """Solves every task family of ``tasks.py`` from privileged state. Call :meth:`act` once per step."""
 
     def __init__(self, env, max_step: float = 0.03, max_rot: float = 0.2, gain: float = 1.0,
-                 carry_step: float = 0.02):
+                 carry_step: float = 0.02, recover: bool = True):
+        """``recover``: pick-and-place recovers like an operator would: when the target cube was pushed before
+        the grasp closed, the grasp is planned again from where the cube lies now; when the hand lifts
+        without the cube (a missed or lost grasp), it opens, rises and grasps again (at most
+        ``MAX_RECOVERIES`` times). Demonstrations then show how to get back from a miss, which a learned
+        policy needs and clean demonstrations never contain."""
         self.env, self.max_step, self.max_rot, self.gain = env, max_step, max_rot, gain
-        self.carry_step = carry_step
+        self.carry_step, self.recover = carry_step, recover
         self.push_step = 0.012       # m per step while in contact (0.24 m/s): the cube slides, never flies
         self.reset()
 
     def reset(self) -> None:
         self.phase, self.held, self.plan, self.done = 0, 0, None, False
         self.push_state = "approach"
+        self.recoveries, self._planned_xy, self._pending = 0, None, False
+
+    def _target_cube(self) -> np.ndarray:
+        ep = self.env.episode
+        return self.env.body_pose(ep.cubes[ep.target].body)[0]
 
     # ------------------------------------------------------------------ waypoint plans
     def _pick_place_plan(self) -> list:
@@ -75,6 +93,7 @@ class ScriptedExpert:
         else:
             dest_xy, place_z, place_yaw = ep.dests[ep.dest].pos[:2], 2 * PLATE_HALF_H + GRASP_Z + 0.006, yaw
         cxy = cp[:2]
+        self._planned_xy = cxy.copy()
         return [
             Waypoint(np.r_[cxy, HOVER_Z], yaw, 0.0, tol=0.005),
             Waypoint(np.r_[cxy, GRASP_Z], yaw, 0.0, tol=0.006),
@@ -104,9 +123,37 @@ class ScriptedExpert:
         rot_err = np.linalg.norm(matrix_to_rotvec(yaw_matrix(wp.yaw) @ R.T))
         return bool(np.linalg.norm(p - wp.pos) < wp.tol and rot_err < 0.08)
 
+    def _replan(self, open_first: bool) -> None:
+        """Grasp again: (open in place,) rise to hover height, then plan the grasp from wherever the cube has
+        come to rest by then (the plan is made when the rise is done, so a cube still sliding counts once)."""
+        p, R = self.env.tcp_pose()
+        yaw = cube_yaw(R)
+        pre = [Waypoint(p.copy(), yaw, 0.0, tol=0.02, hold=3)] if open_first else []
+        if p[2] < HOVER_Z - 0.03:
+            pre.append(Waypoint(np.r_[p[:2], HOVER_Z], yaw, 0.0, tol=0.02))
+        self.recoveries += 1
+        self.phase, self.held = 0, 0
+        self.plan, self._pending = (pre, True) if pre else (self._pick_place_plan(), False)
+
+    def _check_recovery(self) -> None:
+        if (not self.recover or self._pending or self.recoveries >= MAX_RECOVERIES
+                or self.env.episode.family == "push_region"):
+            return
+        cube, tcp = self._target_cube(), self.env.tcp_pose()[0]
+        if self.phase < GRASP_PHASE:
+            # approaching with the gripper open: the cube was pushed away from the planned grasp
+            if np.linalg.norm(cube[:2] - self._planned_xy) > REPLAN_DRIFT:
+                self._replan(open_first=False)
+        elif GRASP_PHASE < self.phase <= GRASP_PHASE + 3:
+            # lifting / carrying / lowering with the gripper closed: is the cube in the hand?
+            held = np.linalg.norm(cube[:2] - tcp[:2]) < HELD_XY and tcp[2] - cube[2] < HELD_DZ
+            if not held:
+                self._replan(open_first=True)
+
     def _act_waypoints(self) -> np.ndarray:
-        if self.plan is None:
-            self.plan = self._pick_place_plan()
+        if self.plan is None or (self._pending and self.phase >= len(self.plan)):
+            self.plan, self.phase, self.held, self._pending = self._pick_place_plan(), 0, 0, False
+        self._check_recovery()
         if self.phase >= len(self.plan):
             self.done = True
             wp = self.plan[-1]
@@ -173,6 +220,32 @@ class ScriptedExpert:
         return self._act_waypoints()
 
 
+class _GraspBlunder:
+    """One missed grasp executed in place of the expert's motion (its recorded actions stay the expert's):
+    just above the grasp height the hand slides 2.5-4 cm beside the cube across the finger axis, closes on
+    nothing and rises a few cm. The recorded actions at those states say what the expert would do there:
+    open and go back down to the cube, i.e. the recovery a learned policy needs after its own misses."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.offset = float(rng.uniform(*MISS_OFFSET)) * (1.0 if rng.random() < 0.5 else -1.0)
+        self.lift = int(rng.integers(MISS_LIFT_STEPS[0], MISS_LIFT_STEPS[1] + 1))
+        self.script: list | None = None
+
+    def executed(self, expert: "ScriptedExpert", a: np.ndarray) -> np.ndarray:
+        if self.script is None:
+            p, R = expert.env.tcp_pose()
+            if expert.phase != 1 or expert._pending or p[2] > GRASP_Z + 0.02:
+                return a
+            d = R[:2, 0] / max(np.linalg.norm(R[:2, 0]), 1e-9) * self.offset   # across the finger axis (hand y)
+            n = int(np.ceil(abs(self.offset) / 0.01))
+            step = np.r_[d / n, 0.0, 0.0, 0.0, 0.0, 0.0]
+            self.script = ([step] * n + [np.r_[np.zeros(6), 1.0]] * 2
+                           + [np.r_[0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 1.0]] * self.lift)
+        if not self.script:
+            return a
+        return self.script.pop(0).astype(a.dtype)
+
+
 def tcp_track(points_world: np.ndarray, camera) -> tuple[np.ndarray, np.ndarray]:
     """Project per-frame TCP positions (T, 3) through a PinholeCamera: (T, 2) normalized uv, (T,) visible."""
     uv, vis = camera.project_normalized(np.asarray(points_world, dtype=np.float64))
@@ -193,7 +266,11 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
     (``NOISE_BURST_*``; the recipe's 0.01 displaces the hand by a few cm), seeded by ``seed``. The recorded action stays
     the expert's own, computed from the measured pose (DART-style demonstrations: the data then show how to
     get back on course from states a learned policy drifts into, e.g. a hand a few cm short of the cube,
-    which clean demonstrations never visit).
+    which clean demonstrations never visit). With probability ``MISS_P`` per episode the executed motion also
+    makes one grasp miss (``_GraspBlunder``), labelled with the expert's recovery (open, go back to the cube).
+
+    The expert recovers from pushed cubes and missed grasps (``ScriptedExpert(recover=True)``); ``recoveries``
+    counts its re-plans.
 
     Keys: ``instruction``, ``actions`` (T, 7), ``states`` (T, 15), ``tcp`` (T, 3), ``images`` {cam: (T,H,W,3)}
     when rendering, ``trace`` (T, W, 2), ``trace_present`` (T,), ``success``, ``steps``. Frame t holds the
@@ -210,6 +287,7 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
     rng = np.random.default_rng([int(seed), 0xDA27]) if action_noise > 0 else None
     sd = np.r_[np.full(3, action_noise), np.full(3, action_noise * NOISE_ROT_PER_M)]
     push, push_left = np.zeros(6), 0
+    blunder = _GraspBlunder(rng) if rng is not None and task != "push_region" and rng.random() < MISS_P else None
     limit = max_steps or env.episode.max_steps
     acts, states, tcps, imgs = [], [], [], {"agentview": [], "wrist": []}
     success, after, streak = False, 0, 0
@@ -229,6 +307,8 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
                 a, push_left = np.r_[a[:6] + push, a[6:]], push_left - 1
         else:
             push_left = 0
+        if blunder is not None:
+            a = blunder.executed(expert, a)
         obs = env.step(a, render=render)
         ok = env.success()
         success |= ok
@@ -242,7 +322,7 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
     win, present = trace_windows(uv, vis, window)
     out = {"instruction": env.instruction, "actions": np.array(acts), "states": np.array(states),
            "tcp": np.array(tcps), "trace": win, "trace_present": present, "success": success,
-           "steps": len(acts), "camera": cam}
+           "steps": len(acts), "camera": cam, "recoveries": expert.recoveries}
     if imgs["agentview"]:
         out["images"] = {k: np.array(v) for k, v in imgs.items() if v}
     return out
