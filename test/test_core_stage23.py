@@ -325,11 +325,13 @@ def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path
                                     "--latent-ids", str(new_ids)]) == 0
     np.testing.assert_array_equal(load_np(str(new_ids))["latent_ids"], load_np(str(ids_file))["latent_ids"])
     assert _cli("stage3_e2e").main([*cont, "--out", str(tmp_path / "fresh")]) == 0
-    kept = SemanticVLAPolicy.from_pretrained(tmp_path / "kept" / "policy").decoder.state_dict()
-    fresh = SemanticVLAPolicy.from_pretrained(tmp_path / "fresh" / "policy").decoder.state_dict()
-    trained = pol.decoder.state_dict()
-    assert all(torch.equal(trained[k], kept[k]) for k in trained)
-    assert not all(torch.equal(trained[k], fresh[k]) for k in trained)
+    kept_pol = SemanticVLAPolicy.from_pretrained(tmp_path / "kept" / "policy")
+    fresh_pol = SemanticVLAPolicy.from_pretrained(tmp_path / "fresh" / "policy")
+    for part in ("decoder", "stem"):     # a fresh decoder comes with a fresh stem: the same start as from stage 2
+        trained = getattr(pol, part).state_dict()
+        kept, fresh = getattr(kept_pol, part).state_dict(), getattr(fresh_pol, part).state_dict()
+        assert all(torch.equal(trained[k], kept[k]) for k in trained), part
+        assert not all(torch.equal(trained[k], fresh[k]) for k in trained), part
     assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--keep-decoder", "--latent-ids",
                                     str(ids_file), "--out", str(tmp_path / "bad"), *common]) == 2
 

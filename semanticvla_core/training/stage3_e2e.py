@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.pipelines import load_plans
 from ..model.config import SemanticVLAConfig, get_config
 from ..model.flow_decoder import FlowMatchingDecoder
+from ..model.visual_stem import VisualStem
 from ..policy import DECODER_SIDE_SWITCHES, SemanticVLAPolicy
 from .common import TrainConfig, barrier, seed_everything, setup_distributed, train_loop
 from .stage2_vlm import build_policy
@@ -133,8 +134,10 @@ def stage3_config(name: str = "tiny", output_dir: str = "runs/stage3", init_from
 
 
 def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int) -> list[torch.nn.Parameter]:
-    """Rebuild the decoder from scratch (with ``state_dim``; with ``cfg.keep_decoder`` the loaded one stays and
-    must already take ``state_dim``), apply LoRA, set requires_grad.
+    """Rebuild the decoder and its visual stem from scratch (with ``state_dim``; with ``cfg.keep_decoder`` the
+    loaded ones stay and the decoder must already take ``state_dim``), apply LoRA, set requires_grad. A fresh
+    stem also when ``init_from`` is a stage-3 policy: every stage-3 run trains the same parts from the same
+    start, whatever checkpoint its frozen VLM comes from.
     Returns the trainable parameters: LoRA A/B, the <ACT_k> token rows (only when the VLM writes them),
     the whole flow decoder, and with ``train_vision`` (auto: the conventional variant) vision-tower
     LoRA + the projector."""
@@ -146,6 +149,8 @@ def prepare_stage3(policy: SemanticVLAPolicy, cfg: Stage3Config, state_dim: int)
         policy.config.state_dim = int(state_dim)
         policy.config.decoder.state_dim = int(state_dim)
         policy.decoder = FlowMatchingDecoder(policy.config.decoder_config(policy.vlm.hidden_size)).to(policy.device)
+        if policy.stem is not None:
+            policy.stem = VisualStem(policy.config.stem, policy.vlm.hidden_size).to(policy.device)
     if cfg.freeze_vlm:
         policy.requires_grad_(False)
     else:
