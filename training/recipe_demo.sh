@@ -9,8 +9,10 @@
 #     expert slowed to EXPERT_SPEED m per 50 ms step (~95-step episodes instead of ~50): stages 1 and 2 learn
 #     the trace and latent vocabulary from them
 #  1b. collect NOISY_EPISODES more in which bursts of pushes (ACTION_NOISE m per step) knock the hand off course
-#     and the recorded actions are the expert's corrections (DART-style): stage 3 trains the decoder on these,
-#     so it sees how to get back from the states its own small errors lead to (0 = stage 3 on the clean data)
+#     and the recorded actions are the expert's corrections (DART-style); a quarter of them also execute one
+#     grasp miss beside the cube, and the expert re-grasps after misses and pushed cubes (sim/expert.py): stage 3
+#     trains the decoder on these, so it sees how to get back from the states its own errors lead to, a missed
+#     grasp included (0 = stage 3 on the clean data)
 #  2. check the traces: re-project the TCP through meta/cameras.json (annotate_traces --method projection)
 #  3. stage 1: latent action tokenizer (trace VQ-VAE, then visual grounding)
 #  4. stage 2: VLM synergy training per variant (full: trace + latents; notrace: latents only)
