@@ -617,7 +617,7 @@ def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
     z1 = kin.fk(np.array(js[-1][1].position[:7]))[0][2]
     assert 0.035 < z1 - z0 < 0.06, (z0, z1)
     cart.publish(bad_c)                                                  # wrong action space: refused, logged
-    assert wait_for_output(node, "is not 'ee_delta_xyz_rotvec_gripper'", 5), node._seen
+    assert wait_for_output(node, "is not 'ee_delta_xyz_rotvec_gripper'", 20), node._seen
     # services
     for srv, check in (("/sim/success", lambda r: r.success is False and "not yet" in r.message),
                        ("/sim/reset", lambda r: r.success and len(r.message) > 5)):
