@@ -17,7 +17,7 @@ Two ways to turn a checked chunk into arm commands (safety filter parameter ``ex
   impedance/pose controller bridge). The check used the filter's IK; the controller may resolve the elbow slightly
   differently (the same TCP pose).
 
-Harness (``training/evaluate.py --safety MODE``), 50 direct episodes of the demo checkpoint: no filter 78%,
+Harness (``training/evaluate.py --safety MODE``), 50 direct episodes of the session-7 demo checkpoint: no filter 78%,
 cartesian 76%, stepwise 64%, trajectory 8% (BENCHMARKS.md, session 7).
 
 Every command is still checked before it is sent (the one-row check), and a chunk the whole-chunk check

@@ -76,14 +76,15 @@ class ScriptedExpert:
         self.push_state = "approach"
         self.recoveries, self._planned_xy, self._pending = 0, None, False
 
-    def _target_cube(self) -> np.ndarray:
+    def _target_cube(self) -> tuple[np.ndarray, np.ndarray]:
+        """(position, rotation) of the episode's target cube."""
         ep = self.env.episode
-        return self.env.body_pose(ep.cubes[ep.target].body)[0]
+        return self.env.body_pose(ep.cubes[ep.target].body)
 
     # ------------------------------------------------------------------ waypoint plans
     def _pick_place_plan(self) -> list:
         env, ep = self.env, self.env.episode
-        cp, cR = env.body_pose(ep.cubes[ep.target].body)
+        cp, cR = self._target_cube()
         yaw = cube_yaw(cR)
         if ep.family == "stack":
             bp, bR = env.body_pose(ep.cubes[ep.dest].body)
@@ -139,7 +140,7 @@ class ScriptedExpert:
         if (not self.recover or self._pending or self.recoveries >= MAX_RECOVERIES
                 or self.env.episode.family == "push_region"):
             return
-        cube, tcp = self._target_cube(), self.env.tcp_pose()[0]
+        cube, tcp = self._target_cube()[0], self.env.tcp_pose()[0]
         if self.phase < GRASP_PHASE:
             # approaching with the gripper open: the cube was pushed away from the planned grasp
             if np.linalg.norm(cube[:2] - self._planned_xy) > REPLAN_DRIFT:
@@ -160,8 +161,7 @@ class ScriptedExpert:
             return self._toward(wp.pos, wp.yaw, wp.gripper)
         wp = self.plan[self.phase]
         if wp.compensate:
-            ep = self.env.episode
-            cube = self.env.body_pose(ep.cubes[ep.target].body)[0]
+            cube = self._target_cube()[0]
             tcp = self.env.tcp_pose()[0]
             off = np.clip(tcp[:2] - cube[:2], -0.04, 0.04)
             wp = Waypoint(np.r_[wp.pos[:2] + off, wp.pos[2]], wp.yaw, wp.gripper, wp.tol, wp.hold)
@@ -177,7 +177,7 @@ class ScriptedExpert:
     # ------------------------------------------------------------------ pushing (closed loop)
     def _act_push(self) -> np.ndarray:
         env, ep = self.env, self.env.episode
-        cube = env.body_pose(ep.cubes[ep.target].body)[0][:2]
+        cube = self._target_cube()[0][:2]
         goal = ep.dests[ep.dest].pos[:2]
         to_goal = goal - cube
         dist = np.linalg.norm(to_goal)
@@ -234,7 +234,7 @@ class _GraspBlunder:
     def executed(self, expert: "ScriptedExpert", a: np.ndarray) -> np.ndarray:
         if self.script is None:
             p, R = expert.env.tcp_pose()
-            if expert.phase != 1 or expert._pending or p[2] > GRASP_Z + 0.02:
+            if expert.phase != GRASP_PHASE - 1 or expert._pending or p[2] > GRASP_Z + 0.02:   # descending
                 return a
             d = R[:2, 0] / max(np.linalg.norm(R[:2, 0]), 1e-9) * self.offset   # across the finger axis (hand y)
             n = int(np.ceil(abs(self.offset) / 0.01))
@@ -287,7 +287,8 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
     rng = np.random.default_rng([int(seed), 0xDA27]) if action_noise > 0 else None
     sd = np.r_[np.full(3, action_noise), np.full(3, action_noise * NOISE_ROT_PER_M)]
     push, push_left = np.zeros(6), 0
-    blunder = _GraspBlunder(rng) if rng is not None and task != "push_region" and rng.random() < MISS_P else None
+    grasps = env.episode.family != "push_region"
+    blunder = _GraspBlunder(rng) if rng is not None and grasps and rng.random() < MISS_P else None
     limit = max_steps or env.episode.max_steps
     acts, states, tcps, imgs = [], [], [], {"agentview": [], "wrist": []}
     success, after, streak = False, 0, 0
