@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..actions import GRIPPER_CLOSED, GRIPPER_OPEN, integrate_chunk
+from .limits import PANDA_ACCEL_LIMITS, PANDA_JERK_LIMITS, PANDA_VELOCITY_LIMITS  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------------------- constants
 PANDA_ARM_JOINTS: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8))
@@ -34,12 +35,7 @@ READY_Q = np.array([0.0, -np.pi / 4, 0.0, -3 * np.pi / 4, 0.0, np.pi / 2, np.pi 
 # toward. On a real arm, set it (safety_filter ``ik_rest_posture``) to the posture your demonstrations keep.
 PANDA_REST_Q = (0.0861, -0.2599, -0.0830, -2.4322, -0.0255, 2.1740, 0.8065)
 
-# Franka's published joint-space limits for the Panda, from the Franka Control Interface documentation,
-# "Robot and interface specifications" -> "Limits for Panda" (frankaemika.github.io/docs/control_parameters.html).
-# Velocity limits equal the URDF's <limit velocity=...>; acceleration and jerk limits are not in the URDF.
-PANDA_VELOCITY_LIMITS = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])          # rad/s
-PANDA_ACCEL_LIMITS = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])                  # rad/s^2
-PANDA_JERK_LIMITS = np.array([7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0])  # rad/s^3
+# Franka's published joint-space limits (velocity, acceleration, jerk): one place, limits.py (source named there).
 
 DESCRIPTION_ENV = "SEMANTICVLA_PANDA_DESCRIPTION"  # override: folder holding urdf/panda.urdf and srdf/panda.srdf
 
