@@ -51,6 +51,37 @@ def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
     return w * th
 
 
+def normalize_rotvec(rv: np.ndarray) -> np.ndarray:
+    """The same rotation as ``rv`` with its angle in [0, pi]: a rotation vector of magnitude 2*pi - 0.05 is a
+    0.05 rad turn the other way, and every clipping or rate limit must see it as that (not as a 6.2 rad turn)."""
+    rv = np.asarray(rv, dtype=np.float64).reshape(3)
+    th = float(np.linalg.norm(rv))
+    if th <= np.pi:
+        return rv.copy()
+    wrapped = (th + np.pi) % (2.0 * np.pi) - np.pi          # in [-pi, pi)
+    return rv / th * wrapped
+
+
+def clip_ee_delta(action: np.ndarray, max_pos: float, max_rot: float) -> np.ndarray:
+    """One ee_delta row as a Cartesian controller executes it: rotation vector normalized (:func:`normalize_rotvec`),
+    then translation and rotation magnitudes clipped to ``max_pos`` [m] / ``max_rot`` [rad] (direction kept), the
+    gripper clipped to [0, 1]. The sim's controller and the safety filter's model of it both call this."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1).copy()
+    if a.shape != (EE_DELTA_DIM,):
+        raise ValueError(f"ee_delta action must have shape ({EE_DELTA_DIM},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("ee_delta action contains NaN or inf")
+    a[3:6] = normalize_rotvec(a[3:6])
+    n = np.linalg.norm(a[:3])
+    if n > max_pos:
+        a[:3] *= max_pos / n
+    n = np.linalg.norm(a[3:6])
+    if n > max_rot:
+        a[3:6] *= max_rot / n
+    a[6] = float(np.clip(a[6], GRIPPER_OPEN, GRIPPER_CLOSED))
+    return a
+
+
 def apply_ee_delta(pos: np.ndarray, rot: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Current TCP pose (pos (3,), rot 3x3) + one ee_delta action (7,) -> (target pos, target rot, gripper)."""
     a = np.asarray(action, dtype=np.float64)

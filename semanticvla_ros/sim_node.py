@@ -24,7 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS
 from semanticvla_core.sim.env import CAMERA_NAMES, FrankaTabletopEnv, SimConfig
-from semanticvla_core.trajectory import TrajectoryFollower
+from semanticvla_core.sim.arm import SimArm
 
 from semanticvla_core.actions import ACTION_SPACE_EE_DELTA
 
@@ -41,9 +41,7 @@ class SimNode(Node):
         self.env = FrankaTabletopEnv(SimConfig(control_hz=self.p.physics_rate_hz, image_size=self.p.image_size,
                                                wrist_image_size=self.p.wrist_image_size))
         self.seed = int(self.p.seed)
-        self.follower = TrajectoryFollower()
-        self.gripper = 0.0
-        self.delta = None             # pending Cartesian ee_delta row (runs at the next physics step)
+        self.arm = SimArm(self.env)   # joint trajectory follower + Cartesian controller (one implementation with the harness)
         self.steps = 0
         self.pub_js = self.create_publisher(JointState, "/joint_states", 20)
         self.pub_img = {n: self.create_publisher(Image, f"/camera/{n}/image_raw", 2) for n in CAMERA_NAMES}
@@ -62,31 +60,28 @@ class SimNode(Node):
 
     def reset_episode(self) -> None:
         self.env.reset(self.p.task, self.seed, instruction=self.p.instruction or None, render=False)
-        self.follower.hold(self.env.joint_positions())
-        self.gripper, self.steps, self.delta = 0.0, 0, None
+        self.arm.reset()
+        self.steps = 0
         self.pub_instr.publish(String(data=self.env.instruction))
         self.get_logger().info(f"episode: task {self.p.task}, seed {self.seed}: {self.env.instruction!r}")
 
     # ------------------------------------------------------------------ inputs
     @guarded()
     def on_trajectory(self, msg: JointTrajectory) -> None:
-        self.follower.set_trajectory(list(msg.joint_names), [list(p.positions) for p in msg.points],
-                                     [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
-                                     stamp_to_ns(msg.header.stamp) or now_ns(self), ARM_JOINTS)
-        self.delta = None
+        self.arm.set_trajectory(list(msg.joint_names), [list(p.positions) for p in msg.points],
+                                [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
+                                stamp_to_ns(msg.header.stamp) or now_ns(self))
 
     @guarded()
     def on_cartesian(self, msg: ActionChunk) -> None:
         c = chunk_from_msg(msg)       # ValueError (logged by guarded) on a malformed message
         if c.action_space != ACTION_SPACE_EE_DELTA:
             raise ValueError(f"Cartesian command: action_space {c.action_space!r} is not {ACTION_SPACE_EE_DELTA!r}; ignored")
-        self.delta = self.env.clip_action(c.actions[0])
+        self.arm.set_delta(c.actions[0])
 
     @guarded()
     def on_gripper(self, msg: Float64) -> None:
-        if not np.isfinite(msg.data):
-            raise ValueError(f"gripper command {msg.data} is not finite; ignored")
-        self.gripper = float(np.clip(msg.data, 0.0, 1.0))
+        self.arm.set_gripper(msg.data)
 
     def on_reset(self, request, response):
         self.seed += 1
@@ -107,12 +102,7 @@ class SimNode(Node):
     @guarded()
     def physics_tick(self) -> None:
         t = now_ns(self)
-        if self.delta is not None:    # a Cartesian row: the demonstrations' own IK step, then hold its target
-            self.env.step(self.delta, render=False)
-            self.gripper, self.delta = self.env.gripper_cmd, None
-            self.follower.hold(self.env.joint_targets())
-        else:
-            self.env.step_joint_targets(self.follower.target(t + int(1e9 / self.p.physics_rate_hz)), self.gripper)
+        self.arm.tick(t)
         self.steps += 1
         self.pub_js.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS,
                                             list(self.env.joint_positions()) + list(self.env.finger_positions()), t))

@@ -121,14 +121,14 @@ def test_chunk_driving_into_table_rejected(checker):
     acts = np.zeros((8, 7)); acts[:, 2] = -0.015                              # 0.3 m/s down, 12 cm in total
     r = checker.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW)
     assert r.is_hold and r.reasons[0].kind is K.TABLE_COLLISION and set(r.rejecting_kinds) == {K.TABLE_COLLISION}
-    z = integrate_chunk(*checker.kin.fk(q_low), acts)[0][:, 2]
-    assert r.first_bad_step == int(np.flatnonzero(z < checker.config.tcp_table_margin_m)[0]) == 4
+    P, R, _ = integrate_chunk(*checker.kin.fk(q_low), acts)
+    assert r.first_bad_step == int(np.flatnonzero(P[:, 2] < checker.tcp_floor(R))[0]) == 4
     assert checker.check_chunk(chunk(acts[:3]), q_low, 0.0, now_ns=NOW).status is SafetyStatus.OK   # stopping above: fine
 
 
 def test_links_touching_table_rejected_by_geometry():
-    # TCP rule disabled (margin -5 cm): only the collision geometry (fingertips vs table box) can catch this
-    c = BuiltinSafetyChecker(SafetyConfig(tcp_table_margin_m=-0.05, workspace_min=(0.1, -0.6, -0.1)))
+    # TCP rule disabled (clearance -5 cm): only the collision geometry (fingertips vs table box) can catch this
+    c = BuiltinSafetyChecker(SafetyConfig(gripper_table_margin_m=-0.05, workspace_min=(0.1, -0.6, -0.1)))
     p0, R0 = c.kin.fk(READY_Q)
     q_low = c.kin.ik(p0 - [0, 0, p0[2] - 0.06], R0, READY_Q).q                # TCP 6 cm above the table
     acts = np.zeros((8, 7)); acts[:, 2] = -(0.06 - 0.002) / 8                  # ... down to 2 mm above it
@@ -155,7 +155,7 @@ def test_self_collision_rejected():
     qs_back = [q0 - k * step for k in range(9)]              # unfolding instead passes
     ok = checker.check_chunk(chunk(joint_path_chunk(checker.kin, qs_back)), q0, 0.0, now_ns=NOW)
     assert ok.status is SafetyStatus.OK, ok.summary()
-    dense = BuiltinSafetyChecker(SafetyConfig(collision_substeps=3, ik=IKConfig(nullspace_gain=0.0)))   # interpolated states: same verdict, never later
+    dense = BuiltinSafetyChecker(SafetyConfig(path_resolution_m=0.002, ik=IKConfig(nullspace_gain=0.0)))   # denser: same verdict
     rd = dense.check_chunk(chunk(joint_path_chunk(checker.kin, qs)), q0, 0.0, now_ns=NOW)
     assert rd.rejecting_kinds == [K.SELF_COLLISION] and rd.first_bad_step <= r.first_bad_step
     # the same configurations as joint targets
@@ -307,42 +307,46 @@ def test_ik_pulls_the_redundant_joints_toward_the_rest_posture(checker):
 def test_tcp_slightly_below_the_table_margin_is_raised_onto_it(checker):
     kin = checker.kin
     p0, R0 = kin.fk(READY_Q)
-    q_low = kin.ik(p0 - [0, 0, p0[2] - 0.03], R0, READY_Q).q          # TCP 3 cm above the table
-    acts = np.zeros((8, 7)); acts[:, 2] = -0.00275                      # to 0.8 cm: 2 mm below the 1 cm margin
+    floor = float(checker.tcp_floor(R0))                                # the fingertips' clearance, as a TCP height
+    q_low = kin.ik(p0 - [0, 0, p0[2] - (floor + 0.02)], R0, READY_Q).q  # TCP 2 cm above that floor
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.022 / 8                    # to 2 mm below it
     r = checker.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW)
     assert r.status is SafetyStatus.CLIPPED and r.kinds[0] is K.TABLE_COLLISION and not r.rejecting_kinds, r.summary()
     assert "by up to 2.0 mm" in r.reasons[0].message
-    assert r.tcp_targets[:, 2].min() == pytest.approx(checker.config.tcp_table_margin_m)
-    assert kin.fk(r.positions[-1])[0][2] == pytest.approx(checker.config.tcp_table_margin_m, abs=1e-3)
+    assert r.tcp_targets[:, 2].min() == pytest.approx(floor, abs=1e-5)
+    assert kin.fk(r.positions[-1])[0][2] == pytest.approx(floor, abs=1e-3)
     strict = BuiltinSafetyChecker(SafetyConfig(table_policy="reject"))
     assert set(strict.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW).rejecting_kinds) == {K.TABLE_COLLISION}
 
 
-def test_stepwise_rows_run_once_by_their_times(checker):
-    from semanticvla_core.safety.stepwise import StepwiseExecutor
+def test_executor_rows_run_once_by_their_times(checker):
+    from semanticvla_core.safety.execution import SafetyExecutor
 
-    ex, t0, dt = StepwiseExecutor(checker), 10**12, 50_000_000
+    ex, t0, dt = SafetyExecutor(checker, "stepwise"), 10**12, 50_000_000
     acts = np.zeros((8, 7)); acts[:, 0] = 0.002
-    assert ex.step(READY_Q, 0.0, t0) is None                                    # nothing admitted yet
+    assert ex.tick(READY_Q, 0.0, t0) is None                                    # nothing admitted yet
     assert ex.admit(chunk(acts, stamp_ns=t0), READY_Q, 0.0, t0).ok
     assert ex.row_index(t0 - dt) == (None, 0)                                   # row 0 is still ahead
-    r = ex.step(READY_Q, 0.0, t0 + 10_000_000)
-    assert r.index == 0 and r.result.ok and r.result.positions.shape == (1, 7)
-    assert ex.step(READY_Q, 0.0, t0 + 20_000_000) is None                       # same slot: not again
-    assert ex.step(READY_Q, 0.0, t0 + dt).index == 1
-    late = ex.step(READY_Q, 0.0, t0 + 5 * dt)                                   # a stalled tick: rows 2..4 passed
-    assert (late.index, late.skipped) == (5, 3)
+    r = ex.tick(READY_Q, 0.0, t0 + 10_000_000)
+    assert r.row == 0 and not r.is_hold and r.positions.shape == (1, 7)
+    assert ex.row_index(t0 + 20_000_000) == (None, 0)                           # same slot: not again
+    assert ex.tick(READY_Q, 0.0, t0 + dt).row == 1
+    late = ex.tick(READY_Q, 0.0, t0 + 5 * dt)                                   # a stalled tick: rows 2..4 passed
+    assert (late.row, late.skipped) == (5, 3)
     # a newer chunk stamped 10 ms after the last row: its row 0 is that slot, so it starts at row 1
     assert ex.admit(chunk(acts, stamp_ns=t0 + 5 * dt + 10_000_000), READY_Q, 0.0, t0 + 5 * dt + 10_000_000).ok
-    assert ex.step(READY_Q, 0.0, t0 + 6 * dt).index == 1
-    assert ex.step(READY_Q, 0.0, t0 + 20 * dt) is None                          # used up
+    assert ex.tick(READY_Q, 0.0, t0 + 6 * dt).row == 1
+    ex.reset()
+    assert ex.tick(READY_Q, 0.0, t0 + 20 * dt) is None                          # used up, setpoint at rest
     # a rejected chunk stops the running one
     bad = acts.copy(); bad[3, 0] = np.nan
     assert ex.admit(chunk(bad, stamp_ns=t0 + 21 * dt), READY_Q, 0.0, t0 + 21 * dt).is_hold
-    assert ex.chunk is None and ex.step(READY_Q, 0.0, t0 + 21 * dt) is None
+    assert ex.chunk is None and ex.tick(READY_Q, 0.0, t0 + 21 * dt) is None
     # each row is relative to the joints measured when it runs (a lagging arm is not pushed further)
+    ex.reset()
     ex.admit(chunk(acts, stamp_ns=t0 + 30 * dt), READY_Q, 0.0, t0 + 30 * dt)
-    a = ex.step(READY_Q, 0.0, t0 + 30 * dt).result.positions[0]
-    b = ex.step(READY_Q, 0.0, t0 + 31 * dt).result.positions[0]
+    a = ex.tick(READY_Q, 0.0, t0 + 30 * dt).positions[0]
+    ex._sp_t = None                                                             # (the arm did not move: no setpoint model)
+    b = ex.tick(READY_Q, 0.0, t0 + 31 * dt).positions[0]
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert checker.kin.fk(a)[0][0] - checker.kin.fk(READY_Q)[0][0] == pytest.approx(0.002, abs=2e-4)

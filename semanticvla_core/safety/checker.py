@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Iterable, Sequence
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..actions import ACTION_SPACE_EE_DELTA, ACTION_SPACE_JOINT_POSITION, EE_DELTA_DIM, GRIPPER_CLOSED, GRIPPER_OPEN
 from ..interfaces import ActionChunkData
-from .kinematics import PANDA_ARM_JOINTS, IKConfig, PandaKinematics
+from .kinematics import PANDA_ARM_JOINTS, IKConfig, PandaKinematics, gripper_to_width
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class ViolationKind(str, Enum):
     UNSUPPORTED_ACTION_SPACE = "UNSUPPORTED_ACTION_SPACE"
     IK_FAILED = "IK_FAILED"
     STALE = "STALE"
+    TIMEOUT = "TIMEOUT"                        # the check ran past its time budget: rejected
+    BAD_INPUT = "BAD_INPUT"                    # an argument of the wrong type or value (robot state, clock, names)
 
 
 @dataclass(frozen=True)
@@ -168,16 +171,27 @@ class SafetyConfig:
     workspace_max: tuple[float, float, float] = (0.85, 0.60, 0.90)
     workspace_policy: str = "clip"        # "clip": project targets into the box | "reject"
     workspace_clip_max_m: float = 0.05    # targets further outside than this are rejected even with "clip"
+    workspace_path_tol_m: float = 0.002   # between targets the TCP may bulge this far out of the box (path curvature)
     # --- table plane and environment (always reject)
     table_z: float = 0.0                  # table top plane z (robot base on the table at the origin)
-    tcp_table_margin_m: float = 0.01      # TCP targets must stay this far above the table (fingertips reach ~1 cm below the TCP)
-    table_policy: str = "clip"            # ee_delta targets below table + margin: "clip": raised onto it | "reject"
+    gripper_table_margin_m: float = 0.004   # the gripper's lowest point (fingers / pads, any orientation) must stay this
+                                          # far above the table at every TCP target (TCP floor from the true geometry;
+                                          # keep it > obstacle_margin_m, or raised targets fail the collision check)
+    table_policy: str = "clip"            # ee_delta targets below that floor: "clip": raised onto it | "reject"
     table_clip_max_m: float = 0.02        # targets further below than this are rejected even with "clip"
     link_table_margin_m: float = 0.0      # robot links (except the fixed base link0) must stay above table_z + this
     table_half_extent_m: float = 2.0      # the table collision box spans +-this in x and y around the base
     env_boxes: list[EnvBox] = field(default_factory=list)
-    check_self_collision: bool = True     # SRDF-filtered link pairs
-    collision_substeps: int = 0           # extra joint-interpolated states checked inside each step (0: waypoints only)
+    check_self_collision: bool = True     # every link pair except those joined by one joint (and the two fingers)
+    gripper: str = "urdf"                 # collision model of the fingers: "urdf" (Franka Hand meshes) | "sim" (+ the
+                                          # MuJoCo sim's longer finger pads, sim/scene.py SIM_FINGER_PADS)
+    # --- the path between checked states (continuous guarantee)
+    path_resolution_m: float = 0.006      # checked pieces of a path: no two robot parts move more than this relative to
+                                          # each other within one (bound: sum_j |dq_j| * reach_j + finger travel)
+    obstacle_margin_m: float = 0.003      # clearance required to table/boxes at every checked state (>= resolution / 2)
+    self_margin_m: float = 0.004          # clearance required between link pairs (>= resolution / 2)
+    # --- time
+    check_budget_s: float = 0.05          # a check that takes longer is stopped and the chunk rejected (TIMEOUT)
     # --- IK and output
     ik: IKConfig = field(default_factory=IKConfig)
     hold_time_s: float = 0.1              # time_from_start of the single hold point
@@ -194,9 +208,56 @@ class SafetyConfig:
             raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
         if self.max_time_scale < 1.0:
             raise ValueError("max_time_scale must be >= 1")
+        if self.gripper not in ("urdf", "sim"):
+            raise ValueError(f"gripper: 'urdf' or 'sim', got {self.gripper!r}")
+        if not (self.path_resolution_m > 0 and self.obstacle_margin_m >= self.path_resolution_m / 2
+                and self.self_margin_m >= self.path_resolution_m / 2):
+            raise ValueError("path_resolution_m must be > 0 and obstacle_margin_m, self_margin_m >= path_resolution_m / 2 "
+                             "(otherwise a collision can hide between checked states)")
+        if not self.check_budget_s > 0:
+            raise ValueError(f"check_budget_s must be > 0, got {self.check_budget_s}")
 
 
 # ---------------------------------------------------------------------------------------------- checker
+class CheckTimeout(Exception):
+    """A check ran past ``SafetyConfig.check_budget_s``."""
+
+
+def _describe(x) -> str:
+    return f"{type(x).__name__} {str(x)[:40]!r}"
+
+
+def _as_vector(x, n: int) -> np.ndarray | None:
+    """x as a float64 vector of length n, or None when it is not one (strings, wrong shapes, objects)."""
+    if x is None or isinstance(x, (str, bytes)):
+        return None
+    try:
+        v = np.asarray(x, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return v if v.shape == (n,) else None
+
+
+def _as_float(x) -> float | None:
+    if isinstance(x, (str, bytes)) or x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _as_int_ns(x) -> int | None:
+    """An integer nanosecond time (int / numpy integer / integral finite float), else None."""
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    f = _as_float(x)
+    return int(f) if f is not None and float(f).is_integer() else None
+
+
 def _first(mask: np.ndarray) -> int | None:
     idx = np.flatnonzero(mask)
     return int(idx[0]) if idx.size else None
@@ -211,6 +272,10 @@ class SafetyChecker(abc.ABC):
         self.config = config or SafetyConfig()
         self.kin = kinematics or PandaKinematics()
         self.fallback_reason: str = ""   # set by make_checker when another backend was asked for
+        self._deadline = float("inf")
+        self._radii = self.reach_radii()
+        self._tcp_radii = self.tcp_reach_radii()
+        self._gripper_pts = self.gripper_points_tcp()
 
     # ------------------------------------------------------------------ backend hook
     @abc.abstractmethod
@@ -221,9 +286,13 @@ class SafetyChecker(abc.ABC):
     def hold(self, q_current: np.ndarray | None, gripper_current: float = GRIPPER_OPEN,
              reasons: Sequence[Violation] = (), **extra) -> SafetyResult:
         """Hold position: one point at ``q_current`` (empty when q_current itself is unusable)."""
-        q = None if q_current is None else np.asarray(q_current, dtype=np.float64).reshape(-1)
-        g = float(gripper_current) if np.isfinite(gripper_current) else GRIPPER_OPEN
-        if q is None or q.shape != (7,) or not np.all(np.isfinite(q)):
+        q = _as_vector(q_current, 7)
+        try:
+            g = float(gripper_current)
+        except (TypeError, ValueError):
+            g = float("nan")
+        g = g if np.isfinite(g) else GRIPPER_OPEN
+        if q is None or not np.all(np.isfinite(q)):
             P, V, T, G = np.zeros((0, 7)), np.zeros((0, 7)), np.zeros(0), np.zeros(0)
         else:
             P, V, T, G = q[None].copy(), np.zeros((1, 7)), np.array([self.config.hold_time_s]), np.array([g])
@@ -240,20 +309,46 @@ class SafetyChecker(abc.ABC):
         return out
 
     def check_chunk(self, chunk: ActionChunkData, q_current: np.ndarray, gripper_current: float,
-                    now_ns: int | None = None, dq_current: np.ndarray | None = None) -> SafetyResult:
-        """Check every step of ``chunk`` from the robot state; never raises on bad input (-> hold with a reason).
+                    now_ns: int | None = None, dq_current: np.ndarray | None = None,
+                    start_q: np.ndarray | None = None, start_v: np.ndarray | None = None,
+                    dynamics: bool = True) -> SafetyResult:
+        """Check every step of ``chunk`` and the path between them from the robot state; never raises (any bad
+        argument -> a hold with a reason) and never runs longer than ``config.check_budget_s`` (-> TIMEOUT).
 
         now_ns: time of the check (the node's clock); enables the STALE check. The returned trajectory's
           ``times_from_start`` are relative to this time (q_current is the state now).
-        dq_current: current joint velocities (7,), optional; when given, the acceleration of the
-          first step is checked against it, otherwise only accelerations inside the chunk are.
+        dq_current: current joint velocities (7,), optional (the acceleration of the first step is checked against
+          ``start_v``, else against it, else only accelerations inside the chunk are checked).
+        start_q, start_v: where the controller's setpoint is now and how fast it moves (the executor's model of
+          the controller; default: the measured state). The checked path runs from start_q through every step, and
+          also from q_current to step 0 (the arm catching up with its setpoint).
+        dynamics: False skips the velocity/acceleration/jerk check (the executor limits each row itself and checks
+          the command it sends with :meth:`verify_command`).
         """
+        self._deadline = time.perf_counter() + self.config.check_budget_s
+        try:
+            return self._check_chunk(chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v, dynamics)
+        except CheckTimeout as e:
+            return self.hold(q_current, gripper_current, [Violation(ViolationKind.TIMEOUT, str(e))])
+        except Exception as e:  # noqa: BLE001 - bad input of any kind must end in a hold with a reason, never a raise
+            log.debug("check_chunk: %s", e, exc_info=True)
+            return self.hold(q_current, gripper_current,
+                             [Violation(ViolationKind.BAD_INPUT, f"could not check the chunk: {type(e).__name__}: {e}")])
+
+    def _tick(self, what: str) -> None:
+        """Raise CheckTimeout when the running check has used up its budget."""
+        if time.perf_counter() > self._deadline:
+            raise CheckTimeout(f"check stopped after {self.config.check_budget_s * 1000:.0f} ms budget ({what}); "
+                               "chunk rejected")
+
+    def _check_chunk(self, chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v,
+                     dynamics) -> SafetyResult:
         cfg = self.config
         # ---- robot state
-        q_cur = np.asarray(q_current, dtype=np.float64).reshape(-1) if q_current is not None else np.zeros(0)
-        if q_cur.shape != (7,):
+        q_cur = _as_vector(q_current, 7)
+        if q_cur is None:
             return self.hold(None, gripper_current, [Violation(ViolationKind.WRONG_SHAPE,
-                                                               f"q_current: expected 7 joint positions, got shape {q_cur.shape}")])
+                                                               f"q_current: expected 7 joint positions, got {_describe(q_current)}")])
         if not np.all(np.isfinite(q_cur)):
             return self.hold(None, gripper_current, [Violation(ViolationKind.NAN, "q_current contains NaN or inf")])
         try:
@@ -262,11 +357,13 @@ class SafetyChecker(abc.ABC):
             g_cur = float("nan")
         if not np.isfinite(g_cur):
             return self.hold(q_cur, GRIPPER_OPEN, [Violation(ViolationKind.NAN, f"gripper_current is not finite: {gripper_current!r}")])
-        dq = None
-        if dq_current is not None:
-            dq = np.asarray(dq_current, dtype=np.float64).reshape(-1)
-            if dq.shape != (7,) or not np.all(np.isfinite(dq)):
-                dq = None   # unusable velocity: fall back to checking accelerations inside the chunk only
+        dq = None if dq_current is None else _as_vector(dq_current, 7)
+        if dq is not None and not np.all(np.isfinite(dq)):
+            dq = None   # unusable velocity: fall back to checking accelerations inside the chunk only
+        q0 = q_cur if start_q is None else _as_vector(start_q, 7)
+        v0 = dq if start_v is None else _as_vector(start_v, 7)
+        if q0 is None or not np.all(np.isfinite(q0)) or (v0 is not None and not np.all(np.isfinite(v0))):
+            return self.hold(q_cur, g_cur, [Violation(ViolationKind.BAD_INPUT, "start_q / start_v: expected 7 finite values")])
 
         # ---- chunk sanity
         bad = self._check_input(chunk, now_ns)
@@ -280,11 +377,11 @@ class SafetyChecker(abc.ABC):
         # ---- targets and IK
         if chunk.action_space == ACTION_SPACE_EE_DELTA:
             P, R, G = self.kin.chunk_targets(q_cur, actions)
-            P, tb = self._table_tcp(P, clip=True)
+            P, tb = self._table_tcp(P, R, clip=True)
             reasons += tb
             P, ws = self._workspace(P)
             reasons += ws
-            ik = self.kin.ik_targets(q_cur, P, R, G, cfg.ik)
+            ik = self.kin.ik_targets(q_cur, P, R, G, cfg.ik, tick=lambda: self._tick("IK"))
             Q = ik.q
             s = _first(~ik.success)
             if s is not None:
@@ -294,35 +391,67 @@ class SafetyChecker(abc.ABC):
         else:  # joint_position: rows are absolute joint targets, an optional 8th column the gripper
             Q = actions[:, :7].copy()
             G = np.clip(actions[:, 7], GRIPPER_OPEN, GRIPPER_CLOSED) if actions.shape[1] == 8 else np.full(H, g_cur)
-            P = np.array([self.kin.fk(q)[0] for q in Q])
-            reasons += self._table_tcp(P, clip=False)[1]
-            lo, hi = np.asarray(cfg.workspace_min), np.asarray(cfg.workspace_max)
-            s = _first(np.any((P < lo) | (P > hi), axis=1))
-            if s is not None:
-                reasons.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(P[s], 3).tolist()} outside the workspace box "
-                                                                  "(joint targets cannot be clipped)", s))
+            P = self._tcp_positions(Q)
+            reasons += self._workspace_strict(P)
+        return self._finish(q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics)
 
-        # ---- limits and collisions
-        reasons += self._joint_limits(Q)
-        reasons += self._collisions_along(q_cur, g_cur, Q, G)
-        scale, dyn = self._dynamics(q_cur, Q, dt, dq)
-        reasons += dyn
-
+    def _finish(self, q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics) -> SafetyResult:
+        """Limits, the dense path check and dynamics of joint waypoints Q; the verdict."""
+        H = len(Q)
+        reasons = reasons + self._joint_limits(Q)
+        if not any(r.rejecting for r in reasons):      # the path check is the expensive part: only when it matters
+            reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
+        scale = 1.0
+        if dynamics:
+            scale, dyn = self._dynamics(q0, Q, dt, v0)
+            reasons += dyn
         rejecting = [r for r in reasons if r.rejecting]
         if rejecting:
             return self.hold(q_cur, g_cur, reasons, time_scale=scale, checked_positions=Q, tcp_targets=P)
         T = (np.arange(1, H + 1)) * dt * scale
-        V = self._waypoint_velocities(q_cur, Q, dt * scale)
+        V = self._waypoint_velocities(q0, Q, dt * scale)
         steps = [r.step for r in reasons if r.step is not None]
         return SafetyResult(SafetyStatus.CLIPPED if reasons else SafetyStatus.OK, reasons, Q.copy(), V, T, G.copy(),
                             first_bad_step=min(steps) if steps else None, time_scale=scale, checked_positions=Q,
                             tcp_targets=P, backend=self.backend_name)
 
+    def verify_command(self, q_current, gripper_current: float, start_q, start_v, positions, times,
+                       gripper) -> list[Violation]:
+        """Re-check a joint command exactly as it will be sent (after any slow-down or clipping): the controller's
+        setpoint moves linearly from ``start_q`` (moving at ``start_v``) through ``positions`` (M, 7) reached at
+        ``times`` (M,) seconds from now. Joint limits, the dense path (also from q_current to the first point),
+        the TCP workspace along it, and velocity / acceleration / jerk with no slow-down allowed. [] = safe to send;
+        never raises (a bad argument is a BAD_INPUT violation)."""
+        self._deadline = time.perf_counter() + self.config.check_budget_s
+        try:
+            q_cur, q0 = _as_vector(q_current, 7), _as_vector(start_q, 7)
+            v0 = None if start_v is None else _as_vector(start_v, 7)
+            Q = np.asarray(positions, dtype=np.float64).reshape(-1, 7)
+            T = np.asarray(times, dtype=np.float64).reshape(-1)
+            G = np.broadcast_to(np.asarray(gripper, dtype=np.float64), (len(Q),)).copy()
+            g_cur = float(gripper_current)
+            if q_cur is None or q0 is None or len(T) != len(Q) or len(Q) == 0:
+                return [Violation(ViolationKind.BAD_INPUT, "verify_command: expected 7 joints and one time per point")]
+            arrays = [q_cur, q0, Q, T, G, [g_cur]] + ([] if v0 is None else [v0])
+            if not all(np.all(np.isfinite(a)) for a in arrays) or np.any(np.diff(np.r_[0.0, T]) <= 0):
+                return [Violation(ViolationKind.BAD_INPUT, "verify_command: non-finite values or times not increasing")]
+            out = self._joint_limits(Q)
+            out += self._workspace_strict(self._tcp_positions(Q))
+            out += self._path_violations(q_cur, g_cur, q0, Q, G)
+            out += self._dynamics_at(q0, Q, np.diff(np.r_[0.0, T]), v0)
+            return [replace(v, rejecting=True) for v in out]
+        except CheckTimeout as e:
+            return [Violation(ViolationKind.TIMEOUT, str(e))]
+        except Exception as e:  # noqa: BLE001
+            return [Violation(ViolationKind.BAD_INPUT, f"verify_command: {type(e).__name__}: {e}")]
+
     # ------------------------------------------------------------------ pieces
-    def _check_input(self, chunk, now_ns: int | None) -> list[Violation]:
+    def _check_input(self, chunk, now_ns) -> list[Violation]:
         cfg = self.config
         if not isinstance(chunk, ActionChunkData):
             return [Violation(ViolationKind.WRONG_SHAPE, f"expected ActionChunkData, got {type(chunk).__name__}")]
+        if not isinstance(chunk.action_space, str):
+            return [Violation(ViolationKind.UNSUPPORTED_ACTION_SPACE, f"action_space must be a string, got {_describe(chunk.action_space)}")]
         try:
             a = np.asarray(chunk.actions, dtype=np.float64)
         except (TypeError, ValueError) as e:
@@ -337,8 +466,11 @@ class SafetyChecker(abc.ABC):
         elif chunk.action_space == ACTION_SPACE_JOINT_POSITION:
             if a.shape[1] not in (7, 8):
                 return [Violation(ViolationKind.WRONG_SHAPE, f"actions: joint_position chunks need 7 or 8 columns, got {a.shape[1]}")]
-            if chunk.joint_names and list(chunk.joint_names)[:7] != list(PANDA_ARM_JOINTS):
-                return [Violation(ViolationKind.WRONG_SHAPE, f"joint_names {list(chunk.joint_names)} do not start with {list(PANDA_ARM_JOINTS)}")]
+            names = chunk.joint_names
+            if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+                return [Violation(ViolationKind.BAD_INPUT, f"joint_names must be a list of strings, got {_describe(names)}")]
+            if names and list(names)[:7] != list(PANDA_ARM_JOINTS):
+                return [Violation(ViolationKind.WRONG_SHAPE, f"joint_names {list(names)} do not start with {list(PANDA_ARM_JOINTS)}")]
         else:
             return [Violation(ViolationKind.UNSUPPORTED_ACTION_SPACE, f"action_space {chunk.action_space!r} is not "
                                                                       f"{ACTION_SPACE_EE_DELTA!r} or {ACTION_SPACE_JOINT_POSITION!r}")]
@@ -346,57 +478,139 @@ class SafetyChecker(abc.ABC):
         if not finite.all():
             s = _first(~finite)
             return [Violation(ViolationKind.NAN, f"actions contain NaN or inf (row {s})", s)]
-        try:
-            dt = float(chunk.dt)
-        except (TypeError, ValueError):
-            dt = float("nan")
-        if not (np.isfinite(dt) and dt > 0):
+        dt = _as_float(chunk.dt)
+        if dt is None or not dt > 0 or isinstance(chunk.dt, bool):
             return [Violation(ViolationKind.BAD_TIMING, f"dt must be a positive finite number of seconds, got {chunk.dt!r}")]
         if now_ns is not None:
-            stamp = int(chunk.stamp_ns)
+            now = _as_int_ns(now_ns)
+            if now is None:
+                return [Violation(ViolationKind.BAD_INPUT, f"now_ns must be an integer time in ns, got {now_ns!r}")]
+            stamp = _as_int_ns(chunk.stamp_ns)
+            if stamp is None:
+                return [Violation(ViolationKind.STALE, f"chunk stamp_ns is not an integer time in ns: {chunk.stamp_ns!r}")]
             if stamp == 0 and cfg.require_stamp:
                 return [Violation(ViolationKind.STALE, "chunk has no stamp (stamp_ns == 0)")]
             if stamp != 0:
-                age = (int(now_ns) - stamp) * 1e-9
+                age = (now - stamp) * 1e-9
                 if age > cfg.max_chunk_age_s:
                     return [Violation(ViolationKind.STALE, f"chunk is {age:.3f} s old (max {cfg.max_chunk_age_s} s)")]
                 if -age > cfg.max_future_s:
                     return [Violation(ViolationKind.STALE, f"chunk is stamped {-age:.3f} s in the future (max {cfg.max_future_s} s)")]
         return []
 
-    def _collisions_along(self, q_cur: np.ndarray, g_cur: float, Q: np.ndarray, G: np.ndarray) -> list[Violation]:
-        """Collisions at the waypoints and, with ``collision_substeps`` > 0, at joint-space interpolations
-        inside each step (step i = the motion from waypoint i-1, or q_current, to waypoint i)."""
-        n = max(int(self.config.collision_substeps), 0)
-        if n == 0:
-            return self.collisions(Q, G)
-        prev_q = np.vstack([q_cur[None], Q[:-1]])
-        prev_g = np.concatenate([[g_cur], G[:-1]])
-        fr = np.arange(1, n + 2) / (n + 1)                    # (n + 1) states per step, the last = the waypoint
-        dense_q = (prev_q[:, None] + fr[None, :, None] * (Q - prev_q)[:, None]).reshape(-1, 7)
-        dense_g = (prev_g[:, None] + fr[None, :] * (G - prev_g)[:, None]).reshape(-1)
-        out = []
-        for v in self.collisions(dense_q, dense_g):
-            step = None if v.step is None else v.step // (n + 1)
-            out.append(Violation(v.kind, v.message, step, v.rejecting))
+    # ------------------------------------------------------------------ the path between checked states
+    def reach_radii(self) -> np.ndarray:
+        """(7,) upper bound of the distance of any robot point from each arm joint's axis (m): a joint change dq_j
+        moves no point of the robot further than |dq_j| * reach_j. Backends with a geometry model compute it; this
+        default (the Panda's reach plus the hand) is conservative."""
+        return np.full(7, 1.3)
+
+    def tcp_reach_radii(self) -> np.ndarray:
+        """(7,) upper bound of the TCP's distance from each arm joint's axis (m), from the kinematic chain."""
+        model = self.kin.model
+        arm = [model.getJointId(n) for n in PANDA_ARM_JOINTS]
+        tcp = float(np.linalg.norm(model.frames[self.kin.tcp_frame_id].placement.translation))
+        out, chain = np.zeros(7), tcp
+        for idx in range(6, -1, -1):
+            out[idx] = chain
+            chain += float(np.linalg.norm(model.jointPlacements[arm[idx]].translation))
+        return out * 1.001 + 1e-4
+
+    def path_samples(self, qa: np.ndarray, qb: np.ndarray, ga: float, gb: float) -> np.ndarray:
+        """Fractions in (0, 1] at which the segment qa -> qb (joint-linear) is checked: consecutive states are at most
+        ``path_resolution_m`` apart for every point of the robot (bound: sum_j |dq_j| reach_j + finger travel)."""
+        bound = float(np.abs(np.asarray(qb) - np.asarray(qa)) @ self._radii) + abs(float(gripper_to_width(gb)) - float(gripper_to_width(ga))) / 2
+        n = max(1, int(np.ceil(bound / self.config.path_resolution_m)))
+        return np.arange(1, n + 1) / n
+
+    def _path_violations(self, q_cur, g_cur, q0, Q, G) -> list[Violation]:
+        """Collisions (with margins) and the TCP workspace at states dense enough that nothing hides between them,
+        along q0 -> Q[0] -> ... -> Q[-1] and, when the arm is not at its setpoint, q_cur -> Q[0]."""
+        starts = [(np.asarray(q0, dtype=np.float64), float(g_cur), 0)]
+        if np.max(np.abs(np.asarray(q0) - q_cur)) > 1e-9:
+            starts.append((q_cur, float(g_cur), 0))
+        segs = [(qa, Q[0], ga, G[0], st) for qa, ga, st in starts] + [(Q[i - 1], Q[i], G[i - 1], G[i], i) for i in range(1, len(Q))]
+        out = self.path_collisions(segs)
+        # the TCP in the workspace box: states at most 4 mm of TCP travel apart (the TCP's own reach bound), so between
+        # them it is within 2 mm of a checked state
+        dq, step = [], []
+        for qa, qb, ga, gb, st in segs:
+            n = max(1, int(np.ceil(float(np.abs(np.asarray(qb) - qa) @ self._tcp_radii) / 0.004)))
+            fr = np.arange(1, n + 1) / n
+            dq.append(qa[None] + fr[:, None] * (qb - qa)[None])
+            step.append(np.full(n, st))
+        P = self._tcp_positions(np.vstack(dq))
+        steps = np.concatenate(step)
+        lo, hi = np.asarray(self.config.workspace_min), np.asarray(self.config.workspace_max)
+        tol = self.config.workspace_path_tol_m
+        s = _first(np.any((P < lo - tol) | (P > hi + tol), axis=1))
+        if s is not None:
+            out.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(P[s], 3).tolist()} leaves the workspace box on the "
+                                                          f"path", int(steps[s])))
         return out
 
-    def _table_tcp(self, P: np.ndarray, clip: bool) -> tuple[np.ndarray, list[Violation]]:
-        """TCP targets below the table plane + margin: raised onto it when ``clip`` and table_policy allow and
-        the excess is at most table_clip_max_m (a clipped, non-rejecting reason), otherwise a rejecting one."""
+    def path_collisions(self, segs) -> list[Violation]:
+        """Collisions along joint-linear segments (q_a, q_b, g_a, g_b, step): states :meth:`path_samples` apart.
+        Backends may skip what provably cannot collide (:class:`BuiltinSafetyChecker` does)."""
+        dq, dg, step = [], [], []
+        for qa, qb, ga, gb, st in segs:
+            fr = self.path_samples(qa, qb, ga, gb)
+            dq.append(qa[None] + fr[:, None] * (qb - qa)[None])
+            dg.append(ga + fr * (gb - ga))
+            step.append(np.full(len(fr), st))
+        steps = np.concatenate(step)
+        return [Violation(v.kind, v.message + " (on the path)", None if v.step is None else int(steps[v.step]), v.rejecting)
+                for v in self.collisions(np.vstack(dq), np.concatenate(dg))]
+
+    def _tcp_positions(self, Q: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(Q), 3))
+        for i, q in enumerate(Q):
+            if i % 32 == 0:
+                self._tick("forward kinematics")
+            out[i] = self.kin.fk(q)[0]
+        return out
+
+    def _workspace_strict(self, P: np.ndarray) -> list[Violation]:
         cfg = self.config
-        lim = cfg.table_z + cfg.tcp_table_margin_m
-        s = _first(P[:, 2] < lim)
+        lo, hi = np.asarray(cfg.workspace_min), np.asarray(cfg.workspace_max)
+        s = _first(np.any((P < lo) | (P > hi), axis=1))
+        if s is None:
+            return []
+        return [Violation(ViolationKind.WORKSPACE, f"TCP {np.round(P[s], 3).tolist()} outside the workspace box "
+                                                   "(joint targets cannot be clipped)", s)]
+
+    def gripper_points_tcp(self) -> np.ndarray:
+        """(N, 3) points in the TCP frame that bound the gripper from below (fingers, pads): the lowest of them under
+        a target orientation is the gripper's lowest point. Default: the URDF fingertips, 1 cm beyond the TCP."""
+        return np.array([[0.0, 0.0, 0.01]])
+
+    def tcp_floor(self, R: np.ndarray) -> np.ndarray:
+        """Lowest allowed TCP height for TCP orientations R (..., 3, 3): the gripper's lowest point then stays
+        ``gripper_table_margin_m`` above the table."""
+        cfg = self.config
+        floor = cfg.table_z + cfg.link_table_margin_m + cfg.gripper_table_margin_m
+        R = np.asarray(R, dtype=np.float64)
+        return floor - np.min(np.einsum("...ij,nj->...ni", R, self._gripper_pts)[..., 2], axis=-1)
+
+    def _table_tcp(self, P: np.ndarray, R: np.ndarray, clip: bool) -> tuple[np.ndarray, list[Violation]]:
+        """TCP targets whose gripper (true geometry, target orientation) would come closer to the table than
+        ``gripper_table_margin_m``: raised just enough when ``clip`` and table_policy allow and the excess is at
+        most table_clip_max_m (a clipped, non-rejecting reason), otherwise a rejecting one."""
+        cfg = self.config
+        floor = cfg.table_z + cfg.link_table_margin_m + cfg.gripper_table_margin_m
+        need = self.tcp_floor(R) - P[:, 2]
+        s = _first(need > 0)
         if s is None:
             return P, []
-        worst = float(lim - P[:, 2].min())
+        worst = float(need.max())
         if clip and cfg.table_policy == "clip" and worst <= cfg.table_clip_max_m:
             P = P.copy()
-            P[:, 2] = np.maximum(P[:, 2], lim)
-            return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP targets raised onto the table plane + margin "
-                                                                f"({lim:.4f} m) by up to {worst * 1000:.1f} mm", s, rejecting=False)]
-        return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP target z = {P[s, 2]:.4f} m is below the table plane + margin "
-                                                            f"({lim:.4f} m)", s)]
+            P[:, 2] += np.maximum(need, 0.0)
+            return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP targets raised by up to {worst * 1000:.1f} mm to keep "
+                                                                f"the gripper {cfg.gripper_table_margin_m * 1000:.1f} mm above the table", s,
+                                 rejecting=False)]
+        return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP target z = {P[s, 2]:.4f} m puts the gripper "
+                                                            f"{need[s] * 1000:.1f} mm too low (table + margin {floor:.4f} m)", s)]
 
     def _workspace(self, P: np.ndarray) -> tuple[np.ndarray, list[Violation]]:
         cfg = self.config
@@ -477,6 +691,32 @@ class SafetyChecker(abc.ABC):
                else "dynamics_policy is 'reject'")
         return scale, [Violation(k, f"{msg}; {why}", s) for k, s, msg in found]
 
+    def _dynamics_at(self, q0: np.ndarray, Q: np.ndarray, durations: np.ndarray, v0: np.ndarray | None) -> list[Violation]:
+        """Velocity / acceleration / jerk of the polyline q0 -> Q with segment ``durations`` (s), against the limits
+        with no slow-down (a command about to be sent). Acceleration between segments uses their mean duration."""
+        cfg = self.config
+        vmax = self.kin.velocity_limits * cfg.velocity_fraction
+        amax = self.kin.accel_limits * cfg.accel_fraction
+        jmax = self.kin.jerk_limits * cfg.jerk_fraction
+        d = np.asarray(durations, dtype=np.float64)
+        v = np.diff(np.vstack([q0[None], Q]), axis=0) / d[:, None]
+        vf = v if v0 is None else np.vstack([v0[None], v])
+        df = d if v0 is None else np.r_[d[0], d]
+        a = np.diff(vf, axis=0) / (0.5 * (df[1:] + df[:-1]))[:, None] if len(vf) > 1 else np.zeros((0, 7))
+        j = np.diff(a, axis=0) / df[2:, None] if len(a) > 1 else np.zeros((0, 7))
+        out = []
+        for kind, x, lim, name, shift in ((ViolationKind.VELOCITY_LIMIT, v, vmax, "velocity", 0),
+                                          (ViolationKind.ACCEL_LIMIT, a, amax, "acceleration", 0 if v0 is not None else 1),
+                                          (ViolationKind.JERK_LIMIT, j if cfg.check_jerk else np.zeros((0, 7)), jmax, "jerk", 1)):
+            if not x.size:
+                continue
+            r = np.abs(x) / lim
+            s = _first(np.any(r > 1.0 + 1e-6, axis=1))
+            if s is not None:
+                jj = int(np.argmax(r[s]))
+                out.append(Violation(kind, f"{PANDA_ARM_JOINTS[jj]} {name} at {r[s, jj]:.2f}x the limit in the command", s + shift))
+        return out
+
     @staticmethod
     def _waypoint_velocities(q_cur: np.ndarray, Q: np.ndarray, step: float) -> np.ndarray:
         """Velocity at each waypoint: mean of the adjacent segment velocities; zero at the last point."""
@@ -489,36 +729,55 @@ class SafetyChecker(abc.ABC):
 
 # ---------------------------------------------------------------------------------------------- builtin backend
 class BuiltinSafetyChecker(SafetyChecker):
-    """Collision checking with Pinocchio + coal on the Panda URDF: the SRDF's self-collision pairs,
-    a table box whose top face is the plane ``table_z + link_table_margin_m``, and ``env_boxes``."""
+    """Collision checking with Pinocchio + coal on the Panda URDF: every pair of robot geometries except those whose
+    links are joined by one joint (the joint's own limits keep them apart) and the two fingers (they close onto each
+    other by design), the table (a box whose top face is ``table_z + link_table_margin_m``) and ``env_boxes``, with
+    the clearances of :class:`SafetyConfig` at every checked state. ``gripper="sim"`` adds the MuJoCo sim's finger
+    pads. The SRDF's disabled pairs are *not* trusted: it disables e.g. link5-link7 and hand-link5, which do collide
+    when the wrist folds (:meth:`disabled_pairs` lists what stays disabled and why)."""
 
     backend_name = "builtin"
 
     def __init__(self, config: SafetyConfig | None = None, kinematics: PandaKinematics | None = None):
-        super().__init__(config, kinematics)
         import coal
         import pinocchio as pin
 
         self._pin = pin
-        kin, cfg = self.kin, self.config
+        cfg = config or SafetyConfig()
+        kin = kinematics or PandaKinematics()
         if kin.collision_model is None:
             raise ValueError("BuiltinSafetyChecker needs PandaKinematics(load_geometry=True)")
         gm = kin.collision_model
-        # self-collision pairs: all pairs minus the SRDF's disabled ones (as MoveIt's ACM would)
+        model = kin.model
+        if cfg.gripper == "sim":
+            from ..sim.scene import SIM_FINGER_PADS
+            for link, center, half in SIM_FINGER_PADS:
+                f = model.frames[model.getFrameId(link)]
+                place = f.placement * pin.SE3(np.eye(3), np.asarray(center, dtype=np.float64))
+                gm.addGeometryObject(pin.GeometryObject(f"{link}_sim_pad", f.parentJoint, model.getFrameId(link), place,
+                                                        coal.Box(*(2 * np.asarray(half, dtype=np.float64)))))
         gm.removeAllCollisionPairs()
         robot_geoms = list(range(gm.ngeoms))
-        if cfg.check_self_collision:
-            gm.addAllCollisionPairs()
-            pin.removeCollisionPairs(kin.model, gm, str(kin.description.srdf))
-        self._pair_kind: list[ViolationKind] = [ViolationKind.SELF_COLLISION] * len(gm.collisionPairs)
-        base_joint = kin.model.getJointId("panda_joint1")   # geometries of link0 hang on the universe joint (0)
+        self._kept_disabled: list[tuple[str, str, str]] = []
+        pairs: list[tuple[int, int]] = []
+        for a in robot_geoms:
+            for b in robot_geoms:
+                if b <= a:
+                    continue
+                why = self._pair_exemption(model, gm.geometryObjects[a], gm.geometryObjects[b])
+                if why:
+                    self._kept_disabled.append((gm.geometryObjects[a].name, gm.geometryObjects[b].name, why))
+                elif cfg.check_self_collision:
+                    pairs.append((a, b))
+        for a, b in pairs:
+            gm.addCollisionPair(pin.CollisionPair(a, b))
+        self._pair_kind: list[ViolationKind] = [ViolationKind.SELF_COLLISION] * len(pairs)
+        base_joint = model.getJointId("panda_joint1")   # geometries of link0 hang on the universe joint (0)
         moving = [i for i in robot_geoms if gm.geometryObjects[i].parentJoint >= base_joint]
-        # table: a thick box whose top is the table plane (+ margin)
         th = 0.1
         top = cfg.table_z + cfg.link_table_margin_m
         e = 2 * cfg.table_half_extent_m
-        table = pin.GeometryObject("table", 0, 0, pin.SE3(np.eye(3), np.array([0.0, 0.0, top - th / 2])),
-                                   coal.Box(e, e, th))
+        table = pin.GeometryObject("table", 0, 0, pin.SE3(np.eye(3), np.array([0.0, 0.0, top - th / 2])), coal.Box(e, e, th))
         tid = gm.addGeometryObject(table)
         for i in moving:
             gm.addCollisionPair(pin.CollisionPair(i, tid))
@@ -533,10 +792,161 @@ class BuiltinSafetyChecker(SafetyChecker):
                 self._pair_kind.append(ViolationKind.ENV_COLLISION)
         self.geom_model = gm
         self.geom_data = pin.GeometryData(gm)
+        for k, kind in enumerate(self._pair_kind):
+            self.geom_data.collisionRequests[k].security_margin = (cfg.self_margin_m if kind is ViolationKind.SELF_COLLISION
+                                                                   else cfg.obstacle_margin_m)
         self.num_self_pairs = self._pair_kind.count(ViolationKind.SELF_COLLISION)
+        self._robot_geoms = robot_geoms
+        self._pair_margin = [cfg.self_margin_m if k is ViolationKind.SELF_COLLISION else cfg.obstacle_margin_m
+                             for k in self._pair_kind]
+        self.kin = kin
+        self._geom_reach, self._geom_finger = self._geometry_reach()
+        self._pair_C, self._pair_F = self._pair_coefficients()
+        super().__init__(cfg, kin)
+
+    @staticmethod
+    def _pair_exemption(model, ga, gb) -> str:
+        """Why a pair of robot geometries is not checked ('' = it is checked)."""
+        ja, jb = ga.parentJoint, gb.parentJoint
+        if ja == jb:
+            return "same link (rigidly attached)"
+        if model.parents[ja] == jb or model.parents[jb] == ja:
+            return "joined by one joint (its limits keep them apart)"
+        finger = {model.getJointId("panda_finger_joint1"), model.getJointId("panda_finger_joint2")}
+        if {ja, jb} == finger:
+            return "the two fingers (they close onto each other by design)"
+        return ""
+
+    def disabled_pairs(self) -> list[tuple[str, str, str]]:
+        """Robot geometry pairs that are not checked: (name 1, name 2, why)."""
+        return list(self._kept_disabled)
+
+    def _geom_in_joint7(self, gi: int, finger_open: float) -> np.ndarray:
+        """AABB corners (8, 3) of geometry gi in the joint-7 frame, fingers at ``finger_open`` (m each)."""
+        pin, model, g = self._pin, self.kin.model, self.geom_model.geometryObjects[gi]
+        g.geometry.computeLocalAABB()
+        lo, hi = np.asarray(g.geometry.aabb_local.min_), np.asarray(g.geometry.aabb_local.max_)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        M = g.placement
+        j = g.parentJoint
+        j7 = model.getJointId("panda_joint7")
+        if j != j7:   # a finger: its joint's placement in joint 7 and the prismatic travel along the joint axis
+            axis = np.asarray(model.joints[j].extract().axis if hasattr(model.joints[j].extract(), "axis") else [0, 1, 0])
+            M = model.jointPlacements[j] * pin.SE3(np.eye(3), axis * finger_open) * M
+        return (np.asarray(M.rotation) @ corners.T).T + np.asarray(M.translation)
+
+    def gripper_points_tcp(self) -> np.ndarray:
+        model = self.kin.model
+        j7 = model.getJointId("panda_joint7")
+        fingers = {model.getJointId("panda_finger_joint1"), model.getJointId("panda_finger_joint2")}
+        tcp = model.frames[self.kin.tcp_frame_id].placement          # TCP in the joint-7 frame
+        pts = []
+        for gi in self._robot_geoms:
+            if self.geom_model.geometryObjects[gi].parentJoint in fingers | {j7}:
+                for w in (0.0, 0.04):
+                    pts.append(self._geom_in_joint7(gi, w))
+        P = np.vstack(pts)
+        return (np.asarray(tcp.rotation).T @ (P - np.asarray(tcp.translation)).T).T
+
+    def _geometry_reach(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ngeoms, 7) reach of every robot geometry from each arm joint's origin (0 where the joint does not move it)
+        and (ngeoms,) 1 for finger geometries (they also move with the gripper's travel)."""
+        model = self.kin.model
+        arm = [model.getJointId(n) for n in PANDA_ARM_JOINTS]
+        reach, finger = np.zeros((self.geom_model.ngeoms, 7)), np.zeros(self.geom_model.ngeoms)
+        for gi in self._robot_geoms:
+            g = self.geom_model.geometryObjects[gi]
+            g.geometry.computeLocalAABB()
+            lo, hi = np.asarray(g.geometry.aabb_local.min_), np.asarray(g.geometry.aabb_local.max_)
+            corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+            r_g = float(np.max(np.linalg.norm((np.asarray(g.placement.rotation) @ corners.T).T
+                                              + np.asarray(g.placement.translation), axis=1)))
+            j = g.parentJoint
+            if j not in arm and j != 0:
+                r_g += 0.04            # a finger: up to 4 cm of travel from its joint's origin
+                finger[gi] = 1.0
+            chain, k = 0.0, j
+            while k > 0:               # walk up to the base: distance from each ancestor joint's origin
+                if k in arm:
+                    reach[gi, arm.index(k)] = chain + r_g
+                chain += float(np.linalg.norm(model.jointPlacements[k].translation))
+                k = model.parents[k]
+        return reach * 1.001 + 1e-4 * (reach > 0), finger
+
+    def reach_radii(self) -> np.ndarray:
+        return self._geom_reach.max(axis=0)
+
+    def _pair_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per collision pair: (npairs, 7) coefficients c and (npairs,) finger flags f such that the pair's relative
+        displacement over a joint-linear motion is at most |dq| . c + f |d finger opening| (only the joints between
+        the two links count for a self pair; every joint up to the link for an obstacle)."""
+        model, gm = self.kin.model, self.geom_model
+        C, F = np.zeros((len(gm.collisionPairs), 7)), np.zeros(len(gm.collisionPairs))
+        for k, pair in enumerate(gm.collisionPairs):
+            a, b = pair.first, pair.second
+            ra = self._geom_reach[a] if a < len(self._geom_reach) else np.zeros(7)
+            rb = self._geom_reach[b] if b < len(self._geom_reach) else np.zeros(7)
+            fa = self._geom_finger[a] if a < len(self._geom_finger) else 0.0
+            fb = self._geom_finger[b] if b < len(self._geom_finger) else 0.0
+            if self._pair_kind[k] is ViolationKind.SELF_COLLISION:
+                # the deeper link moves relative to the shallower one only through the joints in between
+                deep, shallow = (b, a) if np.count_nonzero(rb) >= np.count_nonzero(ra) else (a, b)
+                rd, rs = self._geom_reach[deep], self._geom_reach[shallow]
+                C[k] = np.where(rs > 0, 0.0, rd)
+                F[k] = self._geom_finger[deep] + self._geom_finger[shallow]
+            else:
+                C[k], F[k] = ra + rb, fa + fb
+        return C, F
+
+    def path_collisions(self, segs) -> list[Violation]:
+        """Continuous check of joint-linear segments (q_a, q_b, g_a, g_b, step) by bisection. Over a piece of a
+        segment, each pair's relative displacement is at most D_k = |dq| . c_k (+ finger travel)
+        (:meth:`_pair_coefficients`), so every configuration of the piece is within D_k / 2 of its midpoint: a pair
+        farther apart there than its clearance + D_k / 2 is clear on the whole piece and dropped; for the others
+        the piece is halved, down to D_k <= ``path_resolution_m``, where the normal clearance (>= resolution / 2)
+        suffices. No robot point can touch anything between checked states."""
+        pin, gm, gd, model, data = self._pin, self.geom_model, self.geom_data, self.kin.model, self.kin.data
+        cfg = self.config
+        reqs = gd.collisionRequests
+        margin = self._pair_margin
+        seen: dict[ViolationKind, Violation] = {}
+        try:
+            for qa, qb, ga, gb, st in segs:
+                qa, qb = np.asarray(qa, dtype=np.float64), np.asarray(qb, dtype=np.float64)
+                Dk = self._pair_C @ np.abs(qb - qa) + self._pair_F * abs(float(gripper_to_width(gb)) - float(gripper_to_width(ga))) / 2
+                stack = [(0.0, 1.0, [k for k in range(len(reqs)) if self._pair_kind[k] not in seen])]
+                while stack:
+                    self._tick("collision checks")
+                    f0, f1, cand = stack.pop()
+                    fm = 0.5 * (f0 + f1)
+                    w = f1 - f0
+                    pin.updateGeometryPlacements(model, data, gm, gd, self.kin.full_q(qa + fm * (qb - qa), ga + fm * (gb - ga)))
+                    near = []
+                    for k in cand:
+                        if self._pair_kind[k] in seen:
+                            continue
+                        d = w * Dk[k]
+                        leaf = d <= cfg.path_resolution_m
+                        reqs[k].security_margin = margin[k] + (0.0 if leaf else 0.5 * d)
+                        hit = pin.computeCollision(gm, gd, k)
+                        reqs[k].security_margin = margin[k]
+                        if hit and leaf:
+                            pair = gm.collisionPairs[k]
+                            seen[self._pair_kind[k]] = Violation(
+                                self._pair_kind[k], f"{gm.geometryObjects[pair.first].name} within the clearance of "
+                                                    f"{gm.geometryObjects[pair.second].name} (on the path)", int(st))
+                        elif hit:
+                            near.append(k)
+                    if near:
+                        stack.append((fm, f1, near))
+                        stack.append((f0, fm, near))     # the earlier half first
+        finally:
+            for k in range(len(reqs)):
+                reqs[k].security_margin = margin[k]
+        return list(seen.values())
 
     def colliding_pairs(self, q_arm: np.ndarray, gripper: float = GRIPPER_OPEN) -> list[tuple[ViolationKind, str, str]]:
-        """All colliding pairs of one configuration: (kind, geometry name 1, geometry name 2)."""
+        """All pairs closer than their clearance in one configuration: (kind, geometry name 1, geometry name 2)."""
         pin, gm, gd = self._pin, self.geom_model, self.geom_data
         pin.computeCollisions(self.kin.model, self.kin.data, gm, gd, self.kin.full_q(q_arm, gripper), False)
         out = []
@@ -548,11 +958,13 @@ class BuiltinSafetyChecker(SafetyChecker):
     def collisions(self, q: np.ndarray, gripper: np.ndarray) -> list[Violation]:
         seen: dict[ViolationKind, Violation] = {}
         for i, (qi, gi) in enumerate(zip(q, gripper)):
+            if i % 16 == 0:
+                self._tick("collision checks")
             if not np.all(np.isfinite(qi)):
                 continue
             for kind, a, b in self.colliding_pairs(qi, float(gi)):
                 if kind not in seen:
-                    seen[kind] = Violation(kind, f"{a} collides with {b}", i)
+                    seen[kind] = Violation(kind, f"{a} within the clearance of {b}", i)
         return list(seen.values())
 
 

@@ -264,13 +264,16 @@ class PandaKinematics:
         return integrate_chunk(p0, R0, actions)
 
     def ik_targets(self, q_current: np.ndarray, target_pos: np.ndarray, target_rot: np.ndarray,
-                   gripper: np.ndarray, config: IKConfig | None = None) -> ChunkIK:
-        """Solve a sequence of TCP targets, each warm-started from the previous solution."""
+                   gripper: np.ndarray, config: IKConfig | None = None, tick=None) -> ChunkIK:
+        """Solve a sequence of TCP targets, each warm-started from the previous solution. ``tick()`` is called
+        before each target (a caller's time budget raises from it)."""
         H = int(np.asarray(target_pos).shape[0])
         Q = np.zeros((H, 7))
         pe, re, ok = np.zeros(H), np.zeros(H), np.zeros(H, dtype=bool)
         q = np.asarray(q_current, dtype=np.float64)
         for i in range(H):
+            if tick is not None:
+                tick()
             r = self.ik(target_pos[i], target_rot[i], q, config)
             Q[i], pe[i], re[i], ok[i] = r.q, r.pos_err, r.rot_err, r.success
             q = r.q if np.all(np.isfinite(r.q)) else q

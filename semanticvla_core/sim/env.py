@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..actions import apply_ee_delta, matrix_to_rotvec
+from ..actions import apply_ee_delta, clip_ee_delta
+from ..cartesian import CartesianControllerConfig, cartesian_ik, limit_joint_step
+from ..safety.limits import EE_DELTA_MAX_POS_M, EE_DELTA_MAX_ROT_RAD, PANDA_ACCEL_LIMITS, PANDA_VELOCITY_LIMITS
 from ..camera import PinholeCamera, pose_matrix
 from ..robot_state import R_DOWN, STATE_NAMES, state_vector
 from .scene import ARM_JOINTS, FINGER_JOINTS, SceneConfig, build_scene_xml
@@ -48,8 +50,9 @@ class SimConfig:
     image_size: int = 128                 # agent-view image side (px); 128 px ~ 0.6 cm/px on the workspace
     wrist_image_size: int = 96            # wrist image side (px)
     render: bool = True                   # False: no renderer (physics/expert only, much faster)
-    max_delta_pos: float = 0.05           # |dx,dy,dz| per step is clipped to this (m)
-    max_delta_rot: float = 0.3            # |rotvec| per step is clipped to this (rad)
+    max_delta_pos: float = EE_DELTA_MAX_POS_M    # |dx,dy,dz| per step is clipped to this (m)
+    max_delta_rot: float = EE_DELTA_MAX_ROT_RAD  # |rotvec| per step is clipped to this (rad), after normalizing it
+    limit_rate: bool = True               # Cartesian control: joint setpoints within Franka's velocity/acceleration limits
     ik_damping: float = 0.05              # DLS damping lambda
     ik_iters: int = 8                     # IK iterations per control step
     nullspace_gain: float = 0.05          # pull toward HOME_Q in the Jacobian null space
@@ -127,6 +130,11 @@ class FrankaTabletopEnv:
         self.instruction = ""
         self.t = 0
         self.gripper_cmd = 0.0
+        self.substep_hook = None          # callable(env) after every physics sub-step (the safety judge watches)
+        self._setpoint_v = np.zeros(7)    # velocity of the arm setpoint over the last control period (rad/s)
+        self._ctrl_cfg = CartesianControllerConfig(max_delta_pos=self.cfg.max_delta_pos, max_delta_rot=self.cfg.max_delta_rot,
+                                                   ik_damping=self.cfg.ik_damping, ik_iters=self.cfg.ik_iters,
+                                                   nullspace_gain=self.cfg.nullspace_gain, limit_rate=self.cfg.limit_rate)
         self.home_q = self._solve_home()
         self._reset_robot()
 
@@ -204,36 +212,31 @@ class FrankaTabletopEnv:
         q0_mj = None if q0 is None else np.asarray(q0, dtype=np.float64) + MJ_JOINT_OFFSET
         return self._solve_ik_mj(pos, rot, q0_mj, iters) - MJ_JOINT_OFFSET
 
+    def _fk_jac(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """TCP pose and Jacobian (6, 7) at arm joints q (Franka/URDF convention) on MuJoCo's kinematics."""
+        mj, m, d = self.mj, self.model, self._ik_data
+        d.qpos[self._arm_qadr] = np.asarray(q, dtype=np.float64) + MJ_JOINT_OFFSET
+        mj.mj_kinematics(m, d)
+        mj.mj_comPos(m, d)
+        jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
+        mj.mj_jacSite(m, d, jacp, jacr, self._tcp_site)
+        p, R = self.tcp_pose(d)
+        return p, R, np.vstack([jacp[:, self._arm_dadr], jacr[:, self._arm_dadr]])
+
     def _solve_ik_mj(self, pos: np.ndarray, rot: np.ndarray, q0: np.ndarray | None = None,
                      iters: int | None = None) -> np.ndarray:
-        """Damped-least-squares IK for the TCP on MuJoCo's Jacobian; returns joint targets (7,) within limits."""
-        mj, m, d = self.mj, self.model, self._ik_data
-        d.qpos[:] = self.data.qpos
-        if q0 is not None:
-            d.qpos[self._arm_qadr] = q0
-        lam2 = self.cfg.ik_damping ** 2
-        jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
-        for _ in range(iters or self.cfg.ik_iters):
-            mj.mj_kinematics(m, d)
-            mj.mj_comPos(m, d)
-            p, R = self.tcp_pose(d)
-            err = np.concatenate([pos - p, matrix_to_rotvec(rot @ R.T)])
-            if np.linalg.norm(err[:3]) < 1e-5 and np.linalg.norm(err[3:]) < 1e-4:
-                break
-            mj.mj_jacSite(m, d, jacp, jacr, self._tcp_site)
-            J = np.vstack([jacp[:, self._arm_dadr], jacr[:, self._arm_dadr]])
-            JJt = J @ J.T + lam2 * np.eye(6)
-            dq = J.T @ np.linalg.solve(JJt, err)
-            # null-space pull toward the home posture keeps the elbow where it belongs
-            Jpinv = J.T @ np.linalg.inv(JJt)
-            q = d.qpos[self._arm_qadr]
-            dq += (np.eye(7) - Jpinv @ J) @ (self.cfg.nullspace_gain * (self.home_q - q))
-            dq = np.clip(dq, -0.5, 0.5)
-            d.qpos[self._arm_qadr] = np.clip(q + dq, self._jnt_range[:, 0], self._jnt_range[:, 1])
-        return d.qpos[self._arm_qadr].copy()
+        """The Cartesian controller's IK (:func:`semanticvla_core.cartesian.cartesian_ik`, the one the safety filter
+        models) on MuJoCo's kinematics; joints in MuJoCo's convention in and out, within the joint ranges."""
+        self._ik_data.qpos[:] = self.data.qpos
+        q0_mj = self.data.qpos[self._arm_qadr] if q0 is None else np.asarray(q0, dtype=np.float64)
+        q = cartesian_ik(self._fk_jac, q0_mj - MJ_JOINT_OFFSET, pos, rot, self.home_q - MJ_JOINT_OFFSET,
+                         self._jnt_range[:, 0] - MJ_JOINT_OFFSET, self._jnt_range[:, 1] - MJ_JOINT_OFFSET,
+                         self._ctrl_cfg, iters=iters)
+        return q + MJ_JOINT_OFFSET
 
     def _solve_home(self) -> np.ndarray:
         self.home_q = HOME_Q.copy()
+        self.data.qpos[self._arm_qadr] = HOME_Q
         return self._solve_ik_mj(HOME_TCP, R_DOWN, q0=HOME_Q, iters=200)
 
     # ------------------------------------------------------------------ stepping
@@ -252,24 +255,25 @@ class FrankaTabletopEnv:
 
     def _step_internal(self, q_mj: np.ndarray, gripper: float) -> None:
         """One control period toward joint targets in MuJoCo's own joint convention."""
+        before = self.data.ctrl[:7].copy()
         self._apply_ctrl(np.clip(q_mj, self._jnt_range[:, 0], self._jnt_range[:, 1]), gripper)
-        self.mj.mj_step(self.model, self.data, nstep=self.substeps)
+        self._setpoint_v = (self.data.ctrl[:7] - before) / self.dt
+        if self.substep_hook is None:
+            self.mj.mj_step(self.model, self.data, nstep=self.substeps)
+        else:
+            for _ in range(self.substeps):
+                self.mj.mj_step(self.model, self.data)
+                self.substep_hook(self)
         self.t += 1
 
     def clip_action(self, action: np.ndarray) -> np.ndarray:
-        """Clip translation and rotation magnitudes to the configured per-step limits."""
-        a = np.asarray(action, dtype=np.float64).reshape(-1).copy()
-        if a.shape != (7,):
-            raise ValueError(f"action must have shape (7,), got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError("action contains NaN or inf")
-        n = np.linalg.norm(a[:3])
-        if n > self.cfg.max_delta_pos:
-            a[:3] *= self.cfg.max_delta_pos / n
-        n = np.linalg.norm(a[3:6])
-        if n > self.cfg.max_delta_rot:
-            a[3:6] *= self.cfg.max_delta_rot / n
-        return a
+        """The controller's per-step clipping (:func:`~semanticvla_core.actions.clip_ee_delta`: rotation vector
+        normalized first, then translation and rotation magnitudes clipped)."""
+        return clip_ee_delta(action, self.cfg.max_delta_pos, self.cfg.max_delta_rot)
+
+    def setpoint_velocity(self) -> np.ndarray:
+        """Velocity (7,) of the arm's joint setpoint over the last control period (rad/s)."""
+        return self._setpoint_v.copy()
 
     def step(self, action: np.ndarray, render: bool | None = None) -> dict:
         """Apply one 7-D ee_delta action; returns the next observation (see :meth:`observe`)."""
@@ -277,7 +281,10 @@ class FrankaTabletopEnv:
         p, R = self.tcp_pose()
         p_t, R_t, g = apply_ee_delta(p, R, a)
         p_t[2] = max(p_t[2], 0.0)   # never ask the IK to go below the table top
-        self._step_internal(self._solve_ik_mj(p_t, R_t), g)
+        q_t = self._solve_ik_mj(p_t, R_t)
+        if self.cfg.limit_rate:     # the setpoint moves within Franka's joint velocity / acceleration limits
+            q_t = limit_joint_step(self.data.ctrl[:7], self._setpoint_v, q_t, self.dt)
+        self._step_internal(q_t, g)
         return self.observe(render)
 
     def observe(self, render: bool | None = None) -> dict:
@@ -297,6 +304,7 @@ class FrankaTabletopEnv:
         self.data.qpos[self._arm_qadr] = self.home_q
         self.data.qpos[self._finger_qadr] = FINGER_OPEN
         self._apply_ctrl(self.home_q, 0.0)
+        self._setpoint_v = np.zeros(7)
         self.t = 0
         mj.mj_forward(self.model, self.data)
 

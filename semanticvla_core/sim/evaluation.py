@@ -27,10 +27,9 @@ import numpy as np
 
 from ..data.viz import write_mp4
 from ..interfaces import ActionChunkData
-from ..safety.checker import BuiltinSafetyChecker
-from ..safety.kinematics import PANDA_ARM_JOINTS
-from ..safety.stepwise import EXECUTION_MODES, StepwiseExecutor
-from ..trajectory import TrajectoryFollower
+from ..safety.checker import BuiltinSafetyChecker, SafetyConfig
+from ..safety.execution import EXECUTION_MODES, SafetyExecutor
+from .arm import SimArm
 from .env import FrankaTabletopEnv, SimConfig
 from .expert import ScriptedExpert
 from .instructions import KINDS
@@ -173,62 +172,43 @@ def _draw(frame: np.ndarray, anchors, tcp_uv, keypoints=None) -> np.ndarray:
 
 
 class SafetyExecution:
-    """Runs chunks in the simulator the way the ROS graph's safety filter commands the arm, without ROS or latency,
-    in one of its execution modes (``safety/stepwise.py``): ``cartesian`` (admit the chunk, then one checked row
-    per step relative to the measured TCP, executed by env.step, the controller that recorded the demonstrations),
-    ``stepwise`` (the same rows as joint targets from the filter's IK) or ``trajectory`` (the whole chunk
-    integrated open loop, followed like a joint trajectory controller). A refused chunk or row holds the arm for
-    one step. Counts what the filter did."""
+    """Runs chunks in the simulator the way the ROS graph's safety filter commands the arm, without ROS or latency:
+    the same executor (:class:`~semanticvla_core.safety.execution.SafetyExecutor`, one of its execution modes) and
+    the same simulated controllers as the sim node (:class:`~semanticvla_core.sim.arm.SimArm`). A refused chunk or
+    row brakes the arm. Counts what the filter did."""
 
     def __init__(self, env: FrankaTabletopEnv, mode: str):
         if mode not in EXECUTION_MODES:
             raise ValueError(f"safety: one of {EXECUTION_MODES} or 'none', got {mode!r}")
         self.env, self.mode = env, mode
-        self.checker = BuiltinSafetyChecker()
-        self.stepwise = StepwiseExecutor(self.checker)
-        self.follower = TrajectoryFollower()
+        self.checker = BuiltinSafetyChecker(SafetyConfig(gripper="sim"))
         self.dt_ns = int(round(1e9 / env.cfg.control_hz))
+        self.executor = SafetyExecutor(self.checker, mode, period_s=self.dt_ns * 1e-9)
+        self.arm = SimArm(env)
         self.counts = {"chunks": 0, "rejected": 0, "clipped": 0, "rows_refused": 0}
 
     def reset(self) -> None:
         self.t_ns, self.counts = 10**12, {k: 0 for k in self.counts}
-        self.stepwise.reset()
-        self.follower.hold(self.env.joint_positions())
+        self.executor.reset()
+        self.arm.reset()
 
     def start_chunk(self, acts: np.ndarray) -> None:
         env, c = self.env, ActionChunkData(np.asarray(acts, np.float64), self.dt_ns * 1e-9, stamp_ns=self.t_ns)
-        q, g = env.joint_positions(), env.gripper_cmd
-        res = (self.stepwise.admit(c, q, g, self.t_ns) if self.mode != "trajectory"
-               else self.checker.check_chunk(c, q, g, now_ns=self.t_ns))
+        res = self.executor.admit(c, env.joint_positions(), env.gripper_cmd, self.t_ns)
         self.counts["chunks"] += 1
         if res.is_hold or res.reasons:
             self.counts["rejected" if res.is_hold else "clipped"] += 1
-        self.grip = g
-        if self.mode == "trajectory":
-            if res.is_hold:
-                self.follower.hold(q)
-            else:
-                names = list(PANDA_ARM_JOINTS)
-                self.follower.set_trajectory(names, res.positions.tolist(), res.times_from_start.tolist(), self.t_ns, names)
-                self.grip = float(res.gripper[0])
 
     def step(self, render: bool) -> dict:
         env = self.env
-        if self.mode == "trajectory":
-            env.step_joint_targets(self.follower.target(self.t_ns + self.dt_ns), self.grip)
-        else:
-            q = env.joint_positions()
-            row = self.stepwise.step(q, env.gripper_cmd, self.t_ns)
-            if row is not None and row.result.is_hold:
+        cmd = self.executor.tick(env.joint_positions(), env.gripper_cmd, self.t_ns)
+        if cmd is not None:
+            if cmd.is_hold and cmd.row is not None:
                 self.counts["rows_refused"] += 1
-            if row is None or row.result.is_hold:
-                env.step_joint_targets(q, env.gripper_cmd)                      # hold
-            elif self.mode == "cartesian":
-                env.step(self.stepwise.cartesian_command(row, q), render=False)  # the demonstrations' controller
-            else:
-                env.step_joint_targets(row.result.positions[0], float(row.result.gripper[0]))
+            self.arm.command(cmd)
+        obs = self.arm.tick(self.t_ns, render)
         self.t_ns += self.dt_ns
-        return env.observe(render)
+        return obs
 
 
 def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str, split: str = "eval",

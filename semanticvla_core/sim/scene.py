@@ -44,6 +44,12 @@ HAND_IN_LINK7_QUAT = (0.92388, 0.0, 0.0, -0.382683)
 TCP_OFFSET = 0.1034
 LABEL_YAW = 1.5707963    # label squares turned so glyphs read upright in the agent view
 PAD_OFFSET = 0.003    # pad centre from the finger frame along the finger's closing axis
+PAD_CENTER_Z = 0.06   # pad centre along the finger's axis (from the finger frame, toward the fingertip)
+PAD_HALF_SIZE = (0.0095, 0.004, 0.028)   # pad box half sizes (m): its bottom reaches ~4.3 cm beyond the TCP
+# The sim's finger pads as boxes in each finger link's frame (URDF panda_{left,right}finger = the MJCF finger bodies):
+# (finger link, centre (3,), half sizes (3,)). The safety filter adds them to its collision model (gripper "sim").
+SIM_FINGER_PADS = (("panda_leftfinger", (0.0, PAD_OFFSET, PAD_CENTER_Z), PAD_HALF_SIZE),
+                   ("panda_rightfinger", (0.0, -PAD_OFFSET, PAD_CENTER_Z), PAD_HALF_SIZE))
 
 
 def franka_assets_dir() -> Path:
@@ -133,8 +139,8 @@ def _panda_chain_xml(assets: Path) -> tuple[str, str, str]:
     # about which it pivots and squirts out when squeezed off-centre
     for side, sign in (("left", 1.0), ("right", -1.0)):
         m = re.search(rf'<body gravcomp="1" name="panda_{side}finger"[^>]*>', chain)
-        pad = (f'<geom name="panda_{side}_pad" type="box" pos="0 {sign * PAD_OFFSET} 0.06" '
-               f'size="0.0095 0.004 0.028" rgba="0.25 0.25 0.25 1" group="0"/>')
+        pad = (f'<geom name="panda_{side}_pad" type="box" pos="0 {sign * PAD_OFFSET} {PAD_CENTER_Z}" '
+               f'size="{" ".join(map(str, PAD_HALF_SIZE))}" rgba="0.25 0.25 0.25 1" group="0"/>')
         chain = chain[:m.end()] + pad + chain[m.end():]
     body_start = chain.index("<body")
     body_end = chain.rindex("</mujocoinclude>")

@@ -1,0 +1,249 @@
+"""What the safety filter sends to the arm, checked as it will be executed (ROS-free; the safety node, the evaluation
+harness and the fuzz campaign all run this one executor).
+
+The executor keeps a model of the arm controller's **setpoint**: a joint trajectory controller (ros2_control's JTC
+with position-only points, the sim's follower) moves its setpoint linearly from where it is to each point by that
+point's time; the Cartesian controller (:mod:`semanticvla_core.cartesian`) moves it to its rate-limited IK solution
+every period. Every command is built from that setpoint and re-checked *as sent*
+(:meth:`SafetyChecker.verify_command`): joint limits, velocity / acceleration / jerk with no slow-down left, and
+collisions + workspace along the whole segment the setpoint sweeps (and the segment from the measured joints, the
+arm catching up), at states dense enough that nothing can hide between them (``SafetyConfig.path_resolution_m``).
+A command that fails is never sent: the arm brakes instead (within the acceleration limits, the braking path checked
+the same way; if even that path is unsafe, an immediate stop at the setpoint).
+
+Modes (safety filter parameter ``execution``):
+
+* ``stepwise``: a chunk is admitted by the whole-chunk check (:meth:`SafetyChecker.check_chunk` from the setpoint),
+  then each period one row runs relative to the TCP *measured* then (how ee_delta demonstrations are recorded:
+  target = measured TCP + delta), solved by the filter's IK, limited to the joint velocity / acceleration limits
+  (:func:`~semanticvla_core.cartesian.limit_joint_step`) and sent as one JointTrajectory point.
+* ``cartesian``: as ``stepwise``, but the row goes to the arm's Cartesian controller as an ee_delta. The filter
+  predicts the joint setpoint that controller will command by running the controller's own functions
+  (clip_ee_delta -> cartesian_ik -> limit_joint_step) on its model of the same arm, and checks that.
+* ``trajectory``: the whole admitted chunk, time-scaled to the limits, goes out as one JointTrajectory with
+  position-only points (JTC interpolates those linearly: the polyline that was checked).
+
+Rows are consumed by their times (row i applies at ``stamp + i * dt``): each row runs at most once, rows whose time
+has passed by more than one period are skipped, and a tick with no row due brakes a moving setpoint to rest.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..actions import ACTION_SPACE_EE_DELTA, apply_ee_delta, clip_ee_delta, normalize_rotvec
+from ..cartesian import CartesianControllerConfig, cartesian_ik, limit_joint_step
+from ..interfaces import ActionChunkData
+from .checker import SafetyChecker, SafetyResult, Violation, ViolationKind
+from .kinematics import PANDA_REST_Q
+
+EXECUTION_MODES = ("cartesian", "stepwise", "trajectory")
+
+
+@dataclass
+class ArmCommand:
+    """One message to the arm. ``kind``: ``joint_points`` (a JointTrajectory: ``positions`` (M, 7) reached at
+    ``times`` (M,) seconds after ``stamp_ns``, position-only points), ``ee_delta`` (one Cartesian row ``ee_delta``
+    (7,); ``positions[0]`` is the setpoint the controller will command, as checked) or ``hold`` (a joint trajectory
+    that brings the setpoint to rest). ``reasons``: why it was clipped or why the arm holds."""
+
+    kind: str
+    positions: np.ndarray
+    times: np.ndarray
+    gripper: float
+    stamp_ns: int
+    ee_delta: np.ndarray | None = None
+    reasons: list[Violation] = field(default_factory=list)
+    row: int | None = None            # row index of the admitted chunk (stepwise / cartesian)
+    skipped: int = 0                  # rows whose time had passed without running
+
+    @property
+    def is_hold(self) -> bool:
+        return self.kind == "hold"
+
+
+class SafetyExecutor:
+    """Admit whole chunks, then every control period produce the checked command for now (see the module text)."""
+
+    def __init__(self, checker: SafetyChecker, mode: str = "stepwise", period_s: float = 0.05,
+                 cartesian: CartesianControllerConfig | None = None, rest_posture=PANDA_REST_Q,
+                 recapture_rad: float = 0.05):
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, got {mode!r}")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        self.checker, self.mode, self.period = checker, mode, float(period_s)
+        self.cartesian = cartesian or CartesianControllerConfig()
+        self.rest = np.asarray(rest_posture if rest_posture is not None else PANDA_REST_Q, dtype=np.float64)
+        self.recapture = float(recapture_rad)
+        self.chunk: ActionChunkData | None = None
+        self.last_row_ns: int | None = None
+        self._pending: ArmCommand | None = None          # trajectory mode: the admitted chunk, sent at the next tick
+        self._sp_t: np.ndarray | None = None              # setpoint polyline: times (ns) ...
+        self._sp_q: np.ndarray | None = None              # ... and joint positions (K, 7)
+
+    # ------------------------------------------------------------------ the controller's setpoint
+    def reset(self) -> None:
+        """Forget everything (a new episode / a new clock / the arm moved by something else)."""
+        self.chunk, self.last_row_ns, self._pending, self._sp_t, self._sp_q = None, None, None, None, None
+
+    def clear(self) -> None:
+        """Stop the running chunk (a chunk admitted later starts afresh); the setpoint model stays."""
+        self.chunk, self._pending = None, None
+
+    def setpoint(self, now_ns: int, q_measured) -> tuple[np.ndarray, np.ndarray]:
+        """(position, velocity) of the controller's setpoint at ``now_ns`` by the model; the measured joints at rest
+        when there is no model yet or it disagrees with the arm by more than ``recapture_rad``."""
+        q_meas = np.asarray(q_measured, dtype=np.float64).reshape(7)
+        if self._sp_t is None:
+            return q_meas.copy(), np.zeros(7)
+        T, Q = self._sp_t, self._sp_q
+        if now_ns >= T[-1]:
+            q, v = Q[-1].copy(), np.zeros(7)
+        else:
+            i = max(1, int(np.searchsorted(T, now_ns, side="right")))
+            a = (now_ns - T[i - 1]) / (T[i] - T[i - 1])
+            q = Q[i - 1] + a * (Q[i] - Q[i - 1])
+            v = (Q[i] - Q[i - 1]) / ((T[i] - T[i - 1]) * 1e-9)
+        if np.max(np.abs(q - q_meas)) > self.recapture:
+            return q_meas.copy(), np.zeros(7)
+        return q, v
+
+    def _commit(self, now_ns: int, q0: np.ndarray, positions: np.ndarray, times: np.ndarray) -> None:
+        self._sp_t = np.r_[now_ns, now_ns + np.round(np.asarray(times) * 1e9)].astype(np.int64)
+        self._sp_q = np.vstack([q0[None], positions])
+
+    # ------------------------------------------------------------------ admission
+    def admit(self, chunk: ActionChunkData, q_current, gripper_current: float, now_ns: int,
+              dq_current=None) -> SafetyResult:
+        """Whole-chunk check from the setpoint now; an accepted chunk replaces the running one, a rejected one also
+        stops it (the newest plan is unsafe from here: the next tick brakes)."""
+        try:
+            sq, sv = self.setpoint(int(now_ns), q_current)
+        except Exception:  # noqa: BLE001 - bad state: the checker says why
+            sq = sv = None
+        res = self.checker.check_chunk(chunk, q_current, gripper_current, now_ns=now_ns, dq_current=dq_current,
+                                       start_q=sq, start_v=sv)
+        self._pending = None
+        if res.is_hold:
+            self.chunk = None
+            return res
+        self.chunk = replace(chunk, actions=np.array(chunk.actions, dtype=np.float64))
+        if self.mode == "trajectory":
+            self.chunk = None
+            self._pending = ArmCommand("joint_points", res.positions.copy(), res.times_from_start.copy(),
+                                       float(res.gripper[0]), int(now_ns), reasons=list(res.reasons))
+        return res
+
+    # ------------------------------------------------------------------ every period
+    def row_index(self, now_ns: int) -> tuple[int | None, int]:
+        """(row to run now or None, rows skipped) of the admitted chunk (see the module text)."""
+        c = self.chunk
+        if c is None:
+            return None, 0
+        dt_ns = float(c.dt) * 1e9
+        i_now = int(math.floor((now_ns - c.stamp_ns) / dt_ns + 0.5))
+        i_next = 0 if self.last_row_ns is None else int(math.floor((self.last_row_ns - c.stamp_ns) / dt_ns + 0.5)) + 1
+        i_next = max(i_next, 0)
+        skipped = 0
+        if i_next < i_now - 1:
+            skipped, i_next = i_now - i_next, i_now
+        if i_next > i_now or i_next >= c.horizon:
+            return None, 0
+        return i_next, skipped
+
+    def tick(self, q_current, gripper_current: float, now_ns: int, dq_current=None) -> ArmCommand | None:
+        """The command for this period (None: nothing to send, the setpoint is at rest where it should be)."""
+        now_ns = int(now_ns)
+        q = np.asarray(q_current, dtype=np.float64).reshape(7)
+        g = float(gripper_current)
+        sq, sv = self.setpoint(now_ns, q)
+        if self.mode == "trajectory":
+            cmd, self._pending = self._pending, None
+            if cmd is None:
+                return None
+            cmd.stamp_ns = now_ns                 # starts now, from the setpoint now (re-checked from there)
+            bad = self.checker.verify_command(q, g, sq, sv, cmd.positions, cmd.times, cmd.gripper)
+            if bad:
+                return self.brake(q, g, now_ns, bad)
+            self._commit(now_ns, sq, cmd.positions, cmd.times)
+            return cmd
+        i, skipped = self.row_index(now_ns)
+        if i is None:
+            return None if not np.any(sv) else self.brake(q, g, now_ns, [], kind="joint_points")
+        c = self.chunk
+        self.last_row_ns = int(c.stamp_ns + round(i * float(c.dt) * 1e9))
+        try:
+            cmd = self._row_command(c, i, q, g, sq, sv, now_ns)
+        except Exception as e:  # noqa: BLE001 - never raise out of the executor
+            cmd = [Violation(ViolationKind.BAD_INPUT, f"row {i}: {type(e).__name__}: {e}", i)]
+        if isinstance(cmd, list):          # refused: stop the chunk and brake
+            self.chunk = None
+            out = self.brake(q, g, now_ns, cmd)
+            out.row, out.skipped = i, skipped
+            return out
+        cmd.row, cmd.skipped = i, skipped
+        return cmd
+
+    def _row_command(self, c: ActionChunkData, i: int, q: np.ndarray, g: float, sq: np.ndarray, sv: np.ndarray,
+                     now_ns: int) -> ArmCommand | list[Violation]:
+        row_a = np.asarray(c.actions[i], dtype=np.float64)
+        cart = self.mode == "cartesian" and c.action_space == ACTION_SPACE_EE_DELTA
+        if c.action_space == ACTION_SPACE_EE_DELTA:
+            cc = self.cartesian
+            row_a = clip_ee_delta(row_a, cc.max_delta_pos, cc.max_delta_rot)   # what the controller executes
+        row = ActionChunkData(row_a[None], c.dt, c.action_space, c.plan_id, list(c.joint_names), now_ns, c.frame_id)
+        res = self.checker.check_chunk(row, q, g, now_ns=now_ns, start_q=sq, start_v=sv, dynamics=False)
+        if res.is_hold:
+            return [v for v in res.reasons if v.rejecting] or res.reasons
+        grip = float(res.gripper[0])
+        ee = None
+        if cart:
+            kin = self.checker.kin
+            p, R = kin.fk(q)
+            p_t = np.asarray(res.tcp_targets[0], dtype=np.float64)        # after any table / workspace clipping
+            R_t = apply_ee_delta(p, R, row_a)[1]
+            q_t = cartesian_ik(lambda x: (*kin.fk(x), kin.jacobian(x)), q, p_t, R_t, self.rest,
+                               kin.lower, kin.upper, self.cartesian)
+            ee = np.r_[p_t - p, normalize_rotvec(row_a[3:6]), grip]
+        else:
+            q_t = res.positions[0]
+        q_cmd = limit_joint_step(sq, sv, q_t, self.period, self.checker.kin.velocity_limits,
+                                 self.checker.kin.accel_limits)
+        bad = self.checker.verify_command(q, g, sq, sv, q_cmd[None], [self.period], grip)
+        if bad:
+            return bad
+        self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))
+        return ArmCommand("ee_delta" if cart else "joint_points", q_cmd[None], np.array([self.period]), grip, now_ns,
+                          ee_delta=ee, reasons=list(res.reasons))
+
+    # ------------------------------------------------------------------ holding
+    def brake(self, q_current, gripper_current: float, now_ns: int, reasons: list[Violation],
+              kind: str = "hold") -> ArmCommand:
+        """Bring the setpoint to rest: decelerate each joint at its acceleration limit (checked like any command);
+        if that path is unsafe, stop at the setpoint at once. Also what the safety node sends for every hold."""
+        now_ns = int(now_ns)
+        q = np.asarray(q_current, dtype=np.float64).reshape(7)
+        sq, sv = self.setpoint(now_ns, q)
+        T = self.period
+        amax = self.checker.kin.accel_limits
+        pts, v, p = [], sv.copy(), sq.copy()
+        while np.any(np.abs(v) > 1e-9) and len(pts) < 100:
+            v = v - np.clip(v, -amax * T, amax * T)
+            p = p + v * T
+            pts.append(p.copy())
+        reasons = list(reasons)
+        if not pts:
+            P, times = sq[None], np.array([max(self.checker.config.hold_time_s, T)])
+        else:
+            P, times = np.array(pts), T * np.arange(1, len(pts) + 1)
+            bad = self.checker.verify_command(q, gripper_current, sq, sv, P, times, gripper_current)
+            if bad:
+                reasons.append(Violation(ViolationKind.ACCEL_LIMIT, "braking path not safe (" + "; ".join(map(str, bad[:2]))
+                                         + "): immediate stop at the setpoint", rejecting=False))
+                P, times = sq[None], np.array([T])
+        self._commit(now_ns, sq, P, times)
+        self.chunk = None if kind == "hold" else self.chunk
+        return ArmCommand(kind, P, times, float(gripper_current), now_ns, reasons=reasons)
