@@ -165,7 +165,8 @@ class SafetyConfig:
     jerk_fraction: float = 1.0
     check_jerk: bool = True               # at 20 Hz finite differences the jerk limit rarely binds
     dynamics_policy: str = "time_scale"   # "time_scale": slow the chunk down uniformly | "reject"
-    max_time_scale: float = 2.0           # need to slow down more than this -> reject
+    max_time_scale: float = 4.0           # need to slow down more than this -> reject (execution trajectory; the row
+                                          # executions limit each command's velocity / acceleration themselves)
     # --- workspace box for the TCP (base frame, metres)
     workspace_min: tuple[float, float, float] = (0.10, -0.60, 0.0)
     workspace_max: tuple[float, float, float] = (0.85, 0.60, 0.90)
@@ -399,7 +400,7 @@ class SafetyChecker(abc.ABC):
         """Limits, the dense path check and dynamics of joint waypoints Q; the verdict."""
         H = len(Q)
         reasons = reasons + self._joint_limits(Q)
-        if not any(r.rejecting for r in reasons):      # the path check is the expensive part: only when it matters
+        if not any(r.kind is ViolationKind.IK_FAILED for r in reasons):   # (IK failures: no path worth checking)
             reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
         scale = 1.0
         if dynamics:
@@ -908,9 +909,22 @@ class BuiltinSafetyChecker(SafetyChecker):
         pin, gm, gd, model, data = self._pin, self.geom_model, self.geom_data, self.kin.model, self.kin.data
         cfg = self.config
         reqs = gd.collisionRequests
-        margin = self._pair_margin
+        base = self._pair_margin
+        margin = list(base)
+        leaf_at = [min(cfg.path_resolution_m, 2 * m) for m in margin]
         seen: dict[ViolationKind, Violation] = {}
         try:
+            # a pair already closer than its clearance where the motion starts (the arm sagged, or was put there) may
+            # move but never come closer than it is (90%, at least 1 mm): its clearance for this check is lowered
+            # and its pieces are halved finer accordingly
+            for q_s, g_s in {(tuple(np.round(qa, 12)), float(ga)) for qa, _, ga, _, st in segs if st == 0}:
+                pin.computeCollisions(model, data, gm, gd, self.kin.full_q(np.array(q_s), g_s), False)
+                for k in range(len(reqs)):
+                    if gd.collisionResults[k].isCollision():
+                        pin.computeDistance(gm, gd, k)
+                        d0 = float(gd.distanceResults[k].min_distance)
+                        margin[k] = min(margin[k], max(0.9 * d0, 0.001))
+                        leaf_at[k] = 2 * margin[k]
             for qa, qb, ga, gb, st in segs:
                 qa, qb = np.asarray(qa, dtype=np.float64), np.asarray(qb, dtype=np.float64)
                 Dk = self._pair_C @ np.abs(qb - qa) + self._pair_F * abs(float(gripper_to_width(gb)) - float(gripper_to_width(ga))) / 2
@@ -926,7 +940,7 @@ class BuiltinSafetyChecker(SafetyChecker):
                         if self._pair_kind[k] in seen:
                             continue
                         d = w * Dk[k]
-                        leaf = d <= cfg.path_resolution_m
+                        leaf = d <= leaf_at[k]
                         reqs[k].security_margin = margin[k] + (0.0 if leaf else 0.5 * d)
                         hit = pin.computeCollision(gm, gd, k)
                         reqs[k].security_margin = margin[k]
@@ -942,7 +956,7 @@ class BuiltinSafetyChecker(SafetyChecker):
                         stack.append((f0, fm, near))     # the earlier half first
         finally:
             for k in range(len(reqs)):
-                reqs[k].security_margin = margin[k]
+                reqs[k].security_margin = base[k]
         return list(seen.values())
 
     def colliding_pairs(self, q_arm: np.ndarray, gripper: float = GRIPPER_OPEN) -> list[tuple[ViolationKind, str, str]]:

@@ -83,11 +83,13 @@ class SafetyExecutor:
         self._pending: ArmCommand | None = None          # trajectory mode: the admitted chunk, sent at the next tick
         self._sp_t: np.ndarray | None = None              # setpoint polyline: times (ns) ...
         self._sp_q: np.ndarray | None = None              # ... and joint positions (K, 7)
+        self._grip: float | None = None                   # the last gripper command (a hold keeps it: no dropped cube)
 
     # ------------------------------------------------------------------ the controller's setpoint
     def reset(self) -> None:
         """Forget everything (a new episode / a new clock / the arm moved by something else)."""
         self.chunk, self.last_row_ns, self._pending, self._sp_t, self._sp_q = None, None, None, None, None
+        self._grip = None
 
     def clear(self) -> None:
         """Stop the running chunk (a chunk admitted later starts afresh); the setpoint model stays."""
@@ -101,7 +103,11 @@ class SafetyExecutor:
             return q_meas.copy(), np.zeros(7)
         T, Q = self._sp_t, self._sp_q
         if now_ns >= T[-1]:
-            q, v = Q[-1].copy(), np.zeros(7)
+            # arrived: it still moves at the last segment's velocity when the next command comes right now (the
+            # acceleration of that command is measured from it); well after arrival it is at rest
+            q = Q[-1].copy()
+            recent = len(T) > 1 and now_ns - T[-1] < 0.5 * self.period * 1e9
+            v = (Q[-1] - Q[-2]) / ((T[-1] - T[-2]) * 1e-9) if recent else np.zeros(7)
         else:
             i = max(1, int(np.searchsorted(T, now_ns, side="right")))
             a = (now_ns - T[i - 1]) / (T[i] - T[i - 1])
@@ -124,8 +130,10 @@ class SafetyExecutor:
             sq, sv = self.setpoint(int(now_ns), q_current)
         except Exception:  # noqa: BLE001 - bad state: the checker says why
             sq = sv = None
+        # stepwise / cartesian: every row's command is rate-limited and verified as sent, so the admission checks the
+        # path, not the timing (a chunk that starts faster than the arm can accelerate just runs a little later)
         res = self.checker.check_chunk(chunk, q_current, gripper_current, now_ns=now_ns, dq_current=dq_current,
-                                       start_q=sq, start_v=sv)
+                                       start_q=sq, start_v=sv, dynamics=self.mode == "trajectory")
         self._pending = None
         if res.is_hold:
             self.chunk = None
@@ -169,6 +177,7 @@ class SafetyExecutor:
             if bad:
                 return self.brake(q, g, now_ns, bad)
             self._commit(now_ns, sq, cmd.positions, cmd.times)
+            self._grip = cmd.gripper
             return cmd
         i, skipped = self.row_index(now_ns)
         if i is None:
@@ -210,12 +219,17 @@ class SafetyExecutor:
             ee = np.r_[p_t - p, normalize_rotvec(row_a[3:6]), grip]
         else:
             q_t = res.positions[0]
-        q_cmd = limit_joint_step(sq, sv, q_t, self.period, self.checker.kin.velocity_limits,
-                                 self.checker.kin.accel_limits)
+        # look ahead: never faster than the setpoint can brake to rest by the chunk's last row (no overshoot when the
+        # chunk ends without a successor)
+        kin = self.checker.kin
+        rows_left = int(c.horizon) - 1 - i
+        vmax = np.minimum(kin.velocity_limits, kin.accel_limits * self.period * (rows_left + 1))
+        q_cmd = limit_joint_step(sq, sv, q_t, self.period, vmax, kin.accel_limits)
         bad = self.checker.verify_command(q, g, sq, sv, q_cmd[None], [self.period], grip)
         if bad:
             return bad
         self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))
+        self._grip = grip
         return ArmCommand("ee_delta" if cart else "joint_points", q_cmd[None], np.array([self.period]), grip, now_ns,
                           ee_delta=ee, reasons=list(res.reasons))
 
@@ -235,6 +249,8 @@ class SafetyExecutor:
             p = p + v * T
             pts.append(p.copy())
         reasons = list(reasons)
+        if self._grip is not None:
+            gripper_current = self._grip           # keep the grip that was commanded (a held object stays held)
         if not pts:
             P, times = sq[None], np.array([max(self.checker.config.hold_time_s, T)])
         else:
