@@ -305,6 +305,7 @@ class SafetyChecker(abc.ABC):
     def check_state(self, q: np.ndarray, gripper: float = GRIPPER_OPEN) -> list[Violation]:
         """Joint-limit and collision violations of one configuration (e.g. the current state)."""
         q = np.asarray(q, dtype=np.float64).reshape(1, 7)
+        self._deadline = float("inf")
         out = self._joint_limits(q)
         out += self.collisions(q, np.array([gripper], dtype=np.float64))
         return out
