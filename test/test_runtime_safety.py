@@ -219,7 +219,8 @@ def test_bad_robot_state_holds_without_trajectory(checker):
     assert r.is_hold and r.reasons[0].kind is K.WRONG_SHAPE
 
 
-def test_velocity_excess_time_scaled_or_rejected(checker):
+def test_velocity_excess_time_scaled_or_rejected():
+    checker = BuiltinSafetyChecker(SafetyConfig(max_time_scale=2.0))
     acts = np.zeros((6, 7)); acts[:, 1] = 0.07            # 1.4 m/s sideways: too fast for the joints
     r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
     assert r.status is SafetyStatus.CLIPPED and K.VELOCITY_LIMIT in r.kinds and not r.rejecting_kinds
@@ -230,11 +231,12 @@ def test_velocity_excess_time_scaled_or_rejected(checker):
     fast = acts.copy(); fast[:, 1] = 0.09                     # needs more slow-down than allowed
     r2 = checker.check_chunk(chunk(fast), READY_Q, 0.0, now_ns=NOW)
     assert r2.is_hold and r2.rejecting_kinds[0] is K.VELOCITY_LIMIT and r2.time_scale > checker.config.max_time_scale
-    strict = BuiltinSafetyChecker(SafetyConfig(dynamics_policy="reject"), kinematics=None)
+    strict = BuiltinSafetyChecker(SafetyConfig(dynamics_policy="reject"))
     assert strict.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).rejecting_kinds[0] is K.VELOCITY_LIMIT
 
 
-def test_acceleration_against_current_velocity(checker):
+def test_acceleration_against_current_velocity():
+    checker = BuiltinSafetyChecker(SafetyConfig(max_time_scale=2.0))
     acts = np.zeros((8, 7))                                  # stand still ...
     dq = np.zeros(7); dq[0] = 2.0                            # ... while joint 1 turns at 2 rad/s: 40 rad/s^2 stop
     r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW, dq_current=dq)

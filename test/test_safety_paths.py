@@ -50,7 +50,8 @@ def test_collision_between_rows_is_found(checker):
     fr = np.linspace(0, 1, 201)
     assert any(_truly_colliding(checker, qa + f * DIP_DELTA) for f in fr)            # the path is not
     # one row, a long dt (0.5 s: within the velocity / acceleration limits)
-    r = checker.check_chunk(_chunk(qb[None], dt=0.5, space=ACTION_SPACE_JOINT_POSITION), qa, 0.0, now_ns=NOW)
+    slow = BuiltinSafetyChecker(SafetyConfig(check_budget_s=2.0))                    # a 1 m sweep: not a time test
+    r = slow.check_chunk(_chunk(qb[None], dt=0.5, space=ACTION_SPACE_JOINT_POSITION), qa, 0.0, now_ns=NOW)
     assert r.is_hold and K.TABLE_COLLISION in r.rejecting_kinds and "on the path" in r.summary(), r.summary()
 
 
@@ -58,6 +59,7 @@ def test_admitted_segments_are_collision_free_at_every_point(checker):
     """Property: random joint-linear segments near the table and the arm's own links; whatever the checker admits
     is free of contact at 400 points along it (brute force, zero clearance)."""
     rng = np.random.default_rng(7)
+    checker = BuiltinSafetyChecker(SafetyConfig(check_budget_s=2.0))                 # correctness, not time
     kin = checker.kin
     p0, R0 = kin.fk(READY_Q)
     admitted = 0

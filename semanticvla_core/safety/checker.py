@@ -175,11 +175,11 @@ class SafetyConfig:
     workspace_path_tol_m: float = 0.002   # between targets the TCP may bulge this far out of the box (path curvature)
     # --- table plane and environment (always reject)
     table_z: float = 0.0                  # table top plane z (robot base on the table at the origin)
-    gripper_table_margin_m: float = 0.004   # the gripper's lowest point (fingers / pads, any orientation) must stay this
+    gripper_table_margin_m: float = 0.006   # the gripper's lowest point (fingers / pads, any orientation) must stay this
                                           # far above the table at every TCP target (TCP floor from the true geometry;
                                           # keep it > obstacle_margin_m, or raised targets fail the collision check)
     table_policy: str = "clip"            # ee_delta targets below that floor: "clip": raised onto it | "reject"
-    table_clip_max_m: float = 0.02        # targets further below than this are rejected even with "clip"
+    table_clip_max_m: float = 0.05        # targets further below than this are rejected even with "clip"
     link_table_margin_m: float = 0.0      # robot links (except the fixed base link0) must stay above table_z + this
     table_half_extent_m: float = 2.0      # the table collision box spans +-this in x and y around the base
     env_boxes: list[EnvBox] = field(default_factory=list)
@@ -402,7 +402,8 @@ class SafetyChecker(abc.ABC):
         H = len(Q)
         reasons = reasons + self._joint_limits(Q)
         if not any(r.kind is ViolationKind.IK_FAILED for r in reasons):   # (IK failures: no path worth checking)
-            reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
+            known = {r.kind for r in reasons if r.rejecting}
+            reasons += [v for v in self._path_violations(q_cur, g_cur, q0, Q, G) if v.kind not in known]
         scale = 1.0
         if dynamics:
             scale, dyn = self._dynamics(q0, Q, dt, v0)
@@ -533,22 +534,27 @@ class SafetyChecker(abc.ABC):
             starts.append((q_cur, float(g_cur), 0))
         segs = [(qa, Q[0], ga, G[0], st) for qa, ga, st in starts] + [(Q[i - 1], Q[i], G[i - 1], G[i], i) for i in range(1, len(Q))]
         out = self.path_collisions(segs)
-        # the TCP in the workspace box: states at most 4 mm of TCP travel apart (the TCP's own reach bound), so between
-        # them it is within 2 mm of a checked state
-        dq, step = [], []
-        for qa, qb, ga, gb, st in segs:
-            n = max(1, int(np.ceil(float(np.abs(np.asarray(qb) - qa) @ self._tcp_radii) / 0.004)))
-            fr = np.arange(1, n + 1) / n
-            dq.append(qa[None] + fr[:, None] * (qb - qa)[None])
-            step.append(np.full(n, st))
-        P = self._tcp_positions(np.vstack(dq))
-        steps = np.concatenate(step)
+        # the TCP in the workspace box, by bisection: over a piece with TCP travel bound D (|dq| . tcp reach), every TCP
+        # position is within D / 2 of the piece's midpoint, so a midpoint deeper inside the box than D / 2 clears it
         lo, hi = np.asarray(self.config.workspace_min), np.asarray(self.config.workspace_max)
         tol = self.config.workspace_path_tol_m
-        s = _first(np.any((P < lo - tol) | (P > hi + tol), axis=1))
-        if s is not None:
-            out.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(P[s], 3).tolist()} leaves the workspace box on the "
-                                                          f"path", int(steps[s])))
+        for qa, qb, ga, gb, st in segs:
+            D_full = float(np.abs(np.asarray(qb) - qa) @ self._tcp_radii)
+            stack = [(0.0, 1.0)]
+            while stack:
+                f0, f1 = stack.pop()
+                fm = 0.5 * (f0 + f1)
+                p = self._tcp_positions((qa + fm * (np.asarray(qb) - qa))[None])[0]
+                inside = float(min(np.min(p - lo), np.min(hi - p)))
+                half = 0.5 * (f1 - f0) * D_full
+                if inside >= half:
+                    continue
+                if inside < -tol:
+                    out.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(p, 3).tolist()} leaves the workspace box "
+                                                                  f"on the path", int(st)))
+                    return out
+                if half > 0.001:
+                    stack += [(fm, f1), (f0, fm)]
         return out
 
     def path_collisions(self, segs) -> list[Violation]:

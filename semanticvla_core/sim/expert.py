@@ -2,9 +2,12 @@
 
 The expert is a small state machine over waypoints (TCP pose + gripper command). Each step it emits the
 7-D ee_delta action from the *measured* TCP pose toward the current waypoint, through
-:func:`semanticvla_core.actions.ee_delta_between` (the inverse of what the simulator applies), saturated
-at ``max_step`` metres / ``max_rot`` radians. Traces: the TCP projected through the agent-view
-:class:`PinholeCamera` every frame, cut into windows by :func:`semanticvla_core.traces.trace_windows`.
+:func:`semanticvla_core.actions.ee_delta_between` (the inverse of what the simulator applies), at most
+``max_step`` metres / ``max_rot`` radians and within Franka's limits (:mod:`semanticvla_core.safety.limits`):
+a trapezoidal speed profile that speeds up from rest and brakes toward each waypoint with bounded joint
+velocities and accelerations (``VEL_FRACTION``, ``ACCEL_FRACTION`` of the limits), so that a safety filter
+checking the demonstrations' action chunks admits them at every speed. Traces: the TCP projected through the
+agent-view :class:`PinholeCamera` every frame, cut into windows by :func:`semanticvla_core.traces.trace_windows`.
 """
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..actions import ee_delta_between, matrix_to_rotvec
+from ..actions import ee_delta_between, matrix_to_rotvec, rotvec_to_matrix
+from ..safety.limits import (CARTESIAN_ACCEL_LIMIT_M_S2, CARTESIAN_ROT_ACCEL_LIMIT_RAD_S2,
+                             CARTESIAN_ROT_VELOCITY_LIMIT_RAD_S, CARTESIAN_VELOCITY_LIMIT_M_S, PANDA_ACCEL_LIMITS,
+                             PANDA_VELOCITY_LIMITS)
 from ..traces import DEFAULT_WINDOW, trace_windows
 from .env import R_DOWN
 from .scene import BOWL_WALL_H, CUBE_HALF, PLATE_HALF_H, REGION_HALF
@@ -33,6 +39,16 @@ HELD_XY = 0.03                # the cube counts as held while its centre is with
 HELD_DZ = 0.05                # ... and at most this far below it (grasping: GRASP_Z - CUBE_HALF = 2.7 cm)
 GRASP_PHASE = 2               # index of the closing waypoint in _pick_place_plan (lift, carry, lower follow)
 MAX_RECOVERIES = 3            # re-grasps per episode before the expert gives up recovering
+# Motion limits of the expert's commands, as fractions of Franka's (safety/limits.py), on finite differences at the
+# control period (as the safety checker measures them). The joint setpoints a command will produce are predicted with
+# the simulator's own IK (accelerations) and its damped Jacobian pseudo-inverse (velocities, braking distances); the
+# rest of the limit is margin for what the prediction misses (the IK's null-space drift, servo tracking, another
+# IK's redundancy resolution in a checker). Measured (benchmarks/bench_expert_limits.py, seeds 0-19, speeds
+# 0.01-0.05): executed joint accelerations up to ~0.7-0.85 of the limits, velocities up to ~0.8.
+LIMIT_MOTION = True           # False: the expert before these limits (full speed from rest, proportional stops)
+VEL_FRACTION = 0.7            # joint (and Cartesian) velocities of the commanded motion: at most this fraction
+ACCEL_FRACTION = 0.6          # joint (and Cartesian) accelerations: at most this fraction
+BRAKE_SHARE = 0.7             # braking toward a waypoint is planned with this share of the acceleration budget
 
 
 def yaw_matrix(yaw: float) -> np.ndarray:
@@ -65,9 +81,13 @@ class ScriptedExpert:
         the grasp closed, the grasp is planned again from where the cube lies now; when the hand lifts
         without the cube (a missed or lost grasp), it opens, rises and grasps again (at most
         ``MAX_RECOVERIES`` times). Demonstrations then show how to get back from a miss, which a learned
-        policy needs and clean demonstrations never contain."""
+        policy needs and clean demonstrations never contain.
+
+        ``max_step`` / ``carry_step`` [m] and ``max_rot`` [rad] cap one step's motion; the motion limits
+        (``limit_motion``, ``VEL_FRACTION``, ``ACCEL_FRACTION``) may keep it slower."""
         self.env, self.max_step, self.max_rot, self.gain = env, max_step, max_rot, gain
         self.carry_step, self.recover = carry_step, recover
+        self.limit_motion = LIMIT_MOTION
         self.push_step = 0.012       # m per step while in contact (0.24 m/s): the cube slides, never flies
         self.reset()
 
@@ -75,6 +95,8 @@ class ScriptedExpert:
         self.phase, self.held, self.plan, self.done = 0, 0, None, False
         self.push_state = "approach"
         self.recoveries, self._planned_xy, self._pending = 0, None, False
+        self._last = np.zeros(6)     # the previous action's translation and rotation (commanded velocity * dt)
+        self._last_dq = np.zeros(7)  # the joint setpoint change [rad] predicted for that action
 
     def _target_cube(self) -> tuple[np.ndarray, np.ndarray]:
         """(position, rotation) of the episode's target cube."""
@@ -108,16 +130,88 @@ class ScriptedExpert:
 
     def _toward(self, pos: np.ndarray, yaw: float, gripper: float, max_step: float | None = None) -> np.ndarray:
         p, R = self.env.tcp_pose()
-        Rt = yaw_matrix(yaw)
-        a = ee_delta_between(p, R, pos, Rt, gripper)
+        a = ee_delta_between(p, R, pos, yaw_matrix(yaw), gripper)
         a[:3] *= self.gain
-        n, lim = np.linalg.norm(a[:3]), max_step or self.max_step
-        if n > lim:
-            a[:3] *= lim / n
-        n = np.linalg.norm(a[3:6])
-        if n > self.max_rot:
-            a[3:6] *= self.max_rot / n
+        a[:6] = self._limited_step(a[:6], max_step or self.max_step)
         return a
+
+    def _jacobian_pinv(self) -> np.ndarray:
+        """(7, 6): arm joint motion per TCP motion [translation; rotation, world axes] at the measured joints (the
+        damped pseudo-inverse of the TCP Jacobian, the simulator's IK's)."""
+        env = self.env
+        m, d = env.model, env.data
+        jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
+        env.mj.mj_jacSite(m, d, jacp, jacr, env._tcp_site)
+        J = np.vstack([jacp[:, env._arm_dadr], jacr[:, env._arm_dadr]])
+        lam = float(getattr(env.cfg, "ik_damping", 0.05))
+        return J.T @ np.linalg.inv(J @ J.T + lam * lam * np.eye(6))
+
+    def _limited_step(self, err: np.ndarray, vmax: float) -> np.ndarray:
+        """The next step [translation (3) m; rotation vector (3) rad] toward a goal ``err`` away.
+
+        Translation and rotation each move toward the goal at most ``vmax`` / ``max_rot`` per step, at most the
+        remaining distance, and at most the speed from which braking still stops at the goal (braking by ``dv`` per
+        step from ``s = k dv`` covers ``s + (s - dv) + ... + dv = s^2 / (2 dv) + s / 2``; ``dv``: a share,
+        ``BRAKE_SHARE``, of what the acceleration budget allows along the way, by the Jacobian). Together they are
+        slowed down to the velocity budget (``VEL_FRACTION`` of the joint velocity limits, by the Jacobian, and of the
+        Cartesian ones). The step then moves from the previous one toward that wanted step as far as the
+        acceleration budget allows (``ACCEL_FRACTION`` of the Cartesian limits, and of the joint limits for the
+        joint setpoints the simulator's IK will command: speeding up, braking, turning, and the joint acceleration a
+        straight line needs as the arm's Jacobian changes along it). The previous step is the expert's own command
+        (its recorded action), not the executed motion: pushes of ``rollout_expert(action_noise=)`` and a
+        ``_GraspBlunder`` move the hand, the expert's actions stay smooth and steer back."""
+        err = np.asarray(err, dtype=np.float64)
+        if not self.limit_motion:   # saturated proportional steps
+            step = err.copy()
+            for sl, cap in ((slice(0, 3), vmax), (slice(3, 6), self.max_rot)):
+                n = np.linalg.norm(step[sl])
+                if n > cap:
+                    step[sl] *= cap / n
+            self._last = step
+            return step.copy()
+        env, dt = self.env, self.env.dt
+        Jp = self._jacobian_pinv()
+        v_budget = PANDA_VELOCITY_LIMITS * dt * VEL_FRACTION          # joint motion per step [rad]
+        a_budget = PANDA_ACCEL_LIMITS * dt * dt * ACCEL_FRACTION      # change of that per step [rad]
+        parts = ((slice(0, 3), vmax, CARTESIAN_VELOCITY_LIMIT_M_S, CARTESIAN_ACCEL_LIMIT_M_S2),
+                 (slice(3, 6), self.max_rot, CARTESIAN_ROT_VELOCITY_LIMIT_RAD_S, CARTESIAN_ROT_ACCEL_LIMIT_RAD_S2))
+
+        def usage(d6: np.ndarray, budget: np.ndarray) -> float:
+            """How many times ``budget`` the joint motion of the TCP motion ``d6`` takes (its worst joint)."""
+            return float(np.max(np.abs(Jp @ d6) / budget))
+
+        want = np.zeros(6)
+        for sl, cap, v_cart, a_cart in parts:
+            r = float(np.linalg.norm(err[sl]))
+            if r < 1e-12:
+                continue
+            u = np.zeros(6)
+            u[sl] = err[sl] / r
+            dv = BRAKE_SHARE * min(a_cart * dt * dt * ACCEL_FRACTION, 1.0 / max(usage(u, a_budget), 1e-12))
+            s = min(cap, v_cart * dt * VEL_FRACTION, r, dv * (np.sqrt(0.25 + 2.0 * r / dv) - 0.5))
+            want[sl] = u[sl] * s
+        over = usage(want, v_budget)
+        if over > 1.0:
+            want /= over
+        change = want - self._last
+        over = 0.0
+        for sl, _, _, a_cart in parts:
+            over = max(over, float(np.linalg.norm(change[sl])) / (a_cart * dt * dt * ACCEL_FRACTION))
+        lam_max = 1.0 / over if over > 1.0 else 1.0
+        # joint setpoint changes of the next step [rad], from the controller's own IK: continuing the last step
+        # (lam = 0) or taking the wanted one (lam = 1), in between linearly
+        p, R = env.tcp_pose()
+        q = env.joint_positions()
+        dq0 = env.solve_ik(p + self._last[:3], rotvec_to_matrix(self._last[3:]) @ R) - q
+        dq1 = env.solve_ik(p + want[:3], rotvec_to_matrix(want[3:]) @ R) - q
+        lams = np.linspace(0.0, 1.0, 21) * lam_max
+        acc = np.abs(dq0[None] + lams[:, None] * (dq1 - dq0)[None] - self._last_dq[None]) / a_budget
+        worst = acc.max(axis=1)
+        ok = np.flatnonzero(worst <= 1.0)
+        k = int(ok[-1]) if ok.size else int(np.argmin(worst))
+        self._last = self._last + lams[k] * change
+        self._last_dq = dq0 + lams[k] * (dq1 - dq0)
+        return self._last.copy()
 
     def _reached(self, wp: Waypoint) -> bool:
         p, R = self.env.tcp_pose()
@@ -259,7 +353,9 @@ def rollout_expert(env, task, seed: int, instruction_kind: str = "direct", split
 
     ``speed``: cap of the TCP's travel per step [m] for free motion and carrying (default: the expert's own,
     0.03 / 0.02 m, i.e. 0.6 / 0.4 m/s at 20 Hz). A slower expert gives longer episodes: more frames per
-    demonstration and smaller motions per action chunk, which a learned closed-loop policy can follow.
+    demonstration and smaller motions per action chunk, which a learned closed-loop policy can follow. Franka's
+    joint limits keep the expert slower than the cap where they bind (speeding up and braking at bounded
+    acceleration, see ``VEL_FRACTION``), so above ~0.02 m the cap changes little.
 
     ``action_noise``: per-step std [m] of random pushes added to the *executed* translation while the gripper
     is commanded open (rotation: ``NOISE_ROT_PER_M`` times as much, in rad), in bursts of 3-8 steps
