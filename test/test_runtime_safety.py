@@ -13,12 +13,13 @@ from semanticvla_core.safety import (PANDA_ARM_JOINTS, READY_Q, TCP_OFFSET_M, Bu
                                      SafetyStatus, ViolationKind, Watchdog, WatchdogConfig, make_checker)
 
 K = ViolationKind
+LONG = 5.0   # check time budget of checkers whose tests are about verdicts, not time (a loaded CI box)
 NOW = 5_000_000_000   # a check time in ns; chunks are stamped relative to it
 
 
 @pytest.fixture(scope="module")
 def checker() -> BuiltinSafetyChecker:
-    return BuiltinSafetyChecker()
+    return BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG))
 
 
 def chunk(actions, **kw) -> ActionChunkData:
@@ -128,7 +129,7 @@ def test_chunk_driving_into_table_rejected(checker):
 
 def test_links_touching_table_rejected_by_geometry():
     # TCP rule disabled (clearance -5 cm): only the collision geometry (fingertips vs table box) can catch this
-    c = BuiltinSafetyChecker(SafetyConfig(gripper_table_margin_m=-0.05, workspace_min=(0.1, -0.6, -0.1)))
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper_table_margin_m=-0.05, workspace_min=(0.1, -0.6, -0.1)))
     p0, R0 = c.kin.fk(READY_Q)
     q_low = c.kin.ik(p0 - [0, 0, p0[2] - 0.06], R0, READY_Q).q                # TCP 6 cm above the table
     acts = np.zeros((8, 7)); acts[:, 2] = -(0.06 - 0.002) / 8                  # ... down to 2 mm above it
@@ -144,7 +145,7 @@ SELF_COLLISION_START = np.array([-0.122, -1.713, 0.823, -3.022, -0.192, 1.607, -
 
 def test_self_collision_rejected():
     # plain minimum-norm IK (no pull toward the rest posture), so the ee_delta chunk retraces the joint path
-    checker = BuiltinSafetyChecker(SafetyConfig(ik=IKConfig(nullspace_gain=0.0)))
+    checker = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, ik=IKConfig(nullspace_gain=0.0)))
     q0 = SELF_COLLISION_START
     assert checker.check_state(q0) == []                     # the start is collision free and within limits
     step = np.zeros(7); step[5] = -0.03
@@ -155,7 +156,7 @@ def test_self_collision_rejected():
     qs_back = [q0 - k * step for k in range(9)]              # unfolding instead passes
     ok = checker.check_chunk(chunk(joint_path_chunk(checker.kin, qs_back)), q0, 0.0, now_ns=NOW)
     assert ok.status is SafetyStatus.OK, ok.summary()
-    dense = BuiltinSafetyChecker(SafetyConfig(path_resolution_m=0.002, ik=IKConfig(nullspace_gain=0.0)))   # denser: same verdict
+    dense = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, path_resolution_m=0.002, ik=IKConfig(nullspace_gain=0.0)))   # denser: same verdict
     rd = dense.check_chunk(chunk(joint_path_chunk(checker.kin, qs)), q0, 0.0, now_ns=NOW)
     assert rd.rejecting_kinds == [K.SELF_COLLISION] and rd.first_bad_step <= r.first_bad_step
     # the same configurations as joint targets
@@ -165,10 +166,10 @@ def test_self_collision_rejected():
 
 
 def test_environment_box_rejected():
-    base = BuiltinSafetyChecker()
+    base = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG))
     p0 = base.kin.fk(READY_Q)[0]
     box = EnvBox("block", center=(p0[0], p0[1], p0[2] - 0.12), size=(0.1, 0.1, 0.1))
-    c = BuiltinSafetyChecker(SafetyConfig(env_boxes=[box]))
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, env_boxes=[box]))
     acts = np.zeros((8, 7)); acts[:, 2] = -0.01                 # 8 cm down: fingertips reach the box top
     r = c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
     assert r.is_hold and r.rejecting_kinds == [K.ENV_COLLISION] and "env_block" in r.reasons[0].message
@@ -220,7 +221,7 @@ def test_bad_robot_state_holds_without_trajectory(checker):
 
 
 def test_velocity_excess_time_scaled_or_rejected():
-    checker = BuiltinSafetyChecker(SafetyConfig(max_time_scale=2.0))
+    checker = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, max_time_scale=2.0))
     acts = np.zeros((6, 7)); acts[:, 1] = 0.07            # 1.4 m/s sideways: too fast for the joints
     r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
     assert r.status is SafetyStatus.CLIPPED and K.VELOCITY_LIMIT in r.kinds and not r.rejecting_kinds
@@ -231,12 +232,12 @@ def test_velocity_excess_time_scaled_or_rejected():
     fast = acts.copy(); fast[:, 1] = 0.09                     # needs more slow-down than allowed
     r2 = checker.check_chunk(chunk(fast), READY_Q, 0.0, now_ns=NOW)
     assert r2.is_hold and r2.rejecting_kinds[0] is K.VELOCITY_LIMIT and r2.time_scale > checker.config.max_time_scale
-    strict = BuiltinSafetyChecker(SafetyConfig(dynamics_policy="reject"))
+    strict = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, dynamics_policy="reject"))
     assert strict.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).rejecting_kinds[0] is K.VELOCITY_LIMIT
 
 
 def test_acceleration_against_current_velocity():
-    checker = BuiltinSafetyChecker(SafetyConfig(max_time_scale=2.0))
+    checker = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, max_time_scale=2.0))
     acts = np.zeros((8, 7))                                  # stand still ...
     dq = np.zeros(7); dq[0] = 2.0                            # ... while joint 1 turns at 2 rad/s: 40 rad/s^2 stop
     r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW, dq_current=dq)
@@ -245,7 +246,7 @@ def test_acceleration_against_current_velocity():
 
 
 def test_workspace_clip_and_reject():
-    c = BuiltinSafetyChecker(SafetyConfig(workspace_max=(0.85, 0.6, 0.5)))
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, workspace_max=(0.85, 0.6, 0.5)))
     acts = np.zeros((8, 7)); acts[:, 2] = 0.005               # 4 cm up from z = 0.487 -> clipped at 0.5
     r = c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
     assert r.status is SafetyStatus.CLIPPED and r.kinds == [K.WORKSPACE]
@@ -296,7 +297,7 @@ def test_ik_pulls_the_redundant_joints_toward_the_rest_posture(checker):
     q_off = kin.ik(p0, R0, rest + np.array([0, 0, 0.6, 0, 0, 0, 0]), IKConfig(nullspace_gain=0.0)).q
     assert np.allclose(kin.fk(q_off)[0], p0, atol=1e-4) and abs(q_off[2] - rest[2]) > 0.15
     acts = np.zeros((8, 7)); acts[:, 0] = 0.004                      # 3.2 cm along x
-    plain = BuiltinSafetyChecker(SafetyConfig(ik=IKConfig(nullspace_gain=0.0)))
+    plain = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, ik=IKConfig(nullspace_gain=0.0)))
     r0 = plain.check_chunk(chunk(acts), q_off, 0.0, now_ns=NOW)
     r1 = checker.check_chunk(chunk(acts), q_off, 0.0, now_ns=NOW)
     assert r0.ok and r1.ok, (r0.summary(), r1.summary())
@@ -317,7 +318,7 @@ def test_tcp_slightly_below_the_table_margin_is_raised_onto_it(checker):
     assert "by up to 2.0 mm" in r.reasons[0].message
     assert r.tcp_targets[:, 2].min() == pytest.approx(floor, abs=1e-5)
     assert kin.fk(r.positions[-1])[0][2] == pytest.approx(floor, abs=1e-3)
-    strict = BuiltinSafetyChecker(SafetyConfig(table_policy="reject"))
+    strict = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, table_policy="reject"))
     assert set(strict.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW).rejecting_kinds) == {K.TABLE_COLLISION}
 
 

@@ -14,6 +14,7 @@ from semanticvla_core.safety import READY_Q, BuiltinSafetyChecker, SafetyConfig,
 from semanticvla_core.safety.execution import SafetyExecutor
 from semanticvla_core.safety.limits import PANDA_ACCEL_LIMITS, PANDA_VELOCITY_LIMITS
 
+LONG = 5.0   # check time budget of checkers whose tests are about verdicts, not time (a loaded CI box)
 NOW = 10**12
 
 
@@ -23,7 +24,7 @@ def _chunk(actions, dt=0.05, space="ee_delta_xyz_rotvec_gripper", stamp=NOW):
 
 @pytest.fixture(scope="module")
 def checker():
-    return BuiltinSafetyChecker(SafetyConfig())
+    return BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG))
 
 
 def _truly_colliding(c: BuiltinSafetyChecker, q, g=0.0) -> list:
@@ -141,7 +142,7 @@ def test_sim_cartesian_controller_turns_the_normalized_way_within_joint_limits()
 def test_sim_finger_pads_are_in_the_collision_model():
     from semanticvla_core.sim.env import FrankaTabletopEnv, SimConfig
 
-    urdf, sim = BuiltinSafetyChecker(SafetyConfig(gripper="urdf")), BuiltinSafetyChecker(SafetyConfig(gripper="sim"))
+    urdf, sim = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper="urdf")), BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper="sim"))
     env = FrankaTabletopEnv(SimConfig(render=False))
     env.reset("pick_place_plate", 0, render=False)
     R = env.tcp_pose()[1]

@@ -810,6 +810,22 @@ class BuiltinSafetyChecker(SafetyChecker):
         self.kin = kin
         self._geom_reach, self._geom_finger = self._geometry_reach()
         self._pair_C, self._pair_F = self._pair_coefficients()
+        # broad phase: a bounding sphere per robot geometry (its AABB's), the table as a plane; exact (coal) checks
+        # only for pairs the spheres cannot clear
+        centers, radii = [], []
+        for gi in robot_geoms:
+            g = gm.geometryObjects[gi]
+            g.geometry.computeLocalAABB()
+            lo, hi = np.asarray(g.geometry.aabb_local.min_), np.asarray(g.geometry.aabb_local.max_)
+            centers.append(0.5 * (lo + hi))
+            radii.append(0.5 * float(np.linalg.norm(hi - lo)))
+        self._sph_c, self._sph_r = np.array(centers), np.array(radii)
+        self._pair_a = np.array([p.first for p in gm.collisionPairs])
+        self._pair_b = np.array([p.second for p in gm.collisionPairs])
+        self._pair_sphere = np.array([k in (ViolationKind.SELF_COLLISION, ViolationKind.TABLE_COLLISION)
+                                      for k in self._pair_kind])
+        self._pair_table = np.array([k is ViolationKind.TABLE_COLLISION for k in self._pair_kind])
+        self._table_top = top
         super().__init__(cfg, kin)
 
     @staticmethod
@@ -942,6 +958,7 @@ class BuiltinSafetyChecker(SafetyChecker):
                     fm = 0.5 * (f0 + f1)
                     w = f1 - f0
                     pin.updateGeometryPlacements(model, data, gm, gd, self.kin.full_q(qa + fm * (qb - qa), ga + fm * (gb - ga)))
+                    cand = self._sphere_prune(cand, w * Dk, margin, leaf_at)
                     near = []
                     for k in cand:
                         if self._pair_kind[k] in seen:
@@ -965,6 +982,27 @@ class BuiltinSafetyChecker(SafetyChecker):
             for k in range(len(reqs)):
                 reqs[k].security_margin = base[k]
         return list(seen.values())
+
+    def _sphere_prune(self, cand: list, d: np.ndarray, margin: list, leaf_at: list) -> list:
+        """Candidates (pair indices) the bounding spheres cannot clear at the current placements, with each pair's
+        clearance inflated as in :meth:`path_collisions` (pieces of bound d)."""
+        gd = self.geom_data
+        n = len(self._sph_r)
+        C = np.empty((n, 3))
+        for i in range(n):
+            M = gd.oMg[i]
+            C[i] = M.rotation @ self._sph_c[i] + M.translation
+        idx = np.asarray(cand, dtype=int)
+        if idx.size == 0:
+            return []
+        infl = np.asarray(margin)[idx] + np.where(d[idx] <= np.asarray(leaf_at)[idx], 0.0, 0.5 * d[idx])
+        a, b = self._pair_a[idx], self._pair_b[idx]
+        sep = np.full(idx.size, -np.inf)
+        tab = self._pair_table[idx]
+        sep[tab] = C[a[tab], 2] - self._sph_r[a[tab]] - self._table_top
+        slf = self._pair_sphere[idx] & ~tab
+        sep[slf] = np.linalg.norm(C[a[slf]] - C[b[slf]], axis=1) - self._sph_r[a[slf]] - self._sph_r[b[slf]]
+        return idx[sep <= infl].tolist()
 
     def colliding_pairs(self, q_arm: np.ndarray, gripper: float = GRIPPER_OPEN) -> list[tuple[ViolationKind, str, str]]:
         """All pairs closer than their clearance in one configuration: (kind, geometry name 1, geometry name 2)."""

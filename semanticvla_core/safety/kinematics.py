@@ -177,6 +177,7 @@ class PandaKinematics:
         self.hand_frame_id = hand_id
         self.data = self.model.createData()
         self._pin = pin
+        self._neutral = pin.neutral(self.model)
 
     # ------------------------------------------------------------------ configuration helpers
     def full_q(self, q_arm: np.ndarray, gripper: float = GRIPPER_OPEN) -> np.ndarray:
@@ -184,9 +185,11 @@ class PandaKinematics:
         q_arm = np.asarray(q_arm, dtype=np.float64)
         if q_arm.shape != (7,):
             raise ValueError(f"q_arm: expected shape (7,), got {q_arm.shape}")
-        q = self._pin.neutral(self.model)
+        q = self._neutral.copy()          # (hot path of the collision checks: no numpy scalar clipping here)
         q[self.arm_q_idx] = q_arm
-        q[self.finger_q_idx] = float(gripper_to_width(gripper)) / 2.0
+        g = float(gripper)
+        g = GRIPPER_OPEN if not g > GRIPPER_OPEN else (GRIPPER_CLOSED if g > GRIPPER_CLOSED else g)
+        q[self.finger_q_idx] = (1.0 - g) * GRIPPER_MAX_WIDTH_M / 2.0
         return q
 
     def within_limits(self, q_arm: np.ndarray, margin: float = 0.0) -> np.ndarray:
