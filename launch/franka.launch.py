@@ -1,27 +1,85 @@
 """ros2 launch semanticvla_ros franka.launch.py [sim:=true] [checkpoint:=DIR] [instruction:="..."]
-                                               [use_moveit:=false] [rviz:=false] [config:=FILE]
+                                               [use_moveit:=false] [rviz:=false] [respawn:=false] [config:=FILE]
 
 Starts perception, planner, controller, safety filter, trace overlay (+ the MuJoCo sim, + RViz) from the
 graph description in semanticvla_ros.graph, the same one `python -m semanticvla_ros.bringup` uses where
 launch_ros is not installed.
+
+Fail safe, not fail stop (as the bring-up): an OnProcessExit handler per node publishes every exit at once on
+/semanticvla/supervisor/node_exit (std_msgs/String, JSON {"node", "returncode", "stamp_ns"}; reliable +
+transient_local) through launch_ros's own rclpy node, so the safety filter holds the arm and names the node.
+perception, planner, controller and the trace overlay may exit without taking the graph down (respawn:=true restarts
+the first three after 1 s: launch_ros Node respawn / respawn_delay); an exit of the safety filter or the sim stops
+the whole launch with a non-zero exit code (nothing could hold the arm any more). Ctrl-C stops everything as usual.
 """
+import time
+
+import launch.logging
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.ros_adapters import get_ros_node
 
-from semanticvla_ros.graph import LAUNCH_ARGUMENTS, graph, resolve_arguments
+from semanticvla_ros.graph import LAUNCH_ARGUMENTS, NODE_EXIT_TOPIC, graph, node_exit_message, resolve_arguments
+
+
+class CriticalNodeExited(RuntimeError):
+    """Raised in the launch loop when the safety filter or the sim exits: launch then shuts everything down and
+    `ros2 launch` exits with code 1 (a plain Shutdown action would exit 0)."""
+
+
+def _exit_publisher(context):
+    """The node-exit publisher on launch_ros's own node (created once per launch, before any node starts, so that
+    discovery is done when an exit has to be reported)."""
+    pub = getattr(context.locals, "semanticvla_node_exit_pub", None)
+    if pub is None:
+        from std_msgs.msg import String
+
+        from semanticvla_ros.node_utils import node_exit_qos
+        pub = get_ros_node(context).create_publisher(String, NODE_EXIT_TOPIC, node_exit_qos())
+        context.extend_globals({"semanticvla_node_exit_pub": pub})
+    return pub
+
+
+def _on_node_exit(context, spec):
+    """OpaqueFunction run by OnProcessExit of ``spec``'s node: report the exit, then stop all if it was critical."""
+    from std_msgs.msg import String
+
+    from semanticvla_ros.bringup import describe_exit
+
+    if context.is_shutdown:
+        return None       # Ctrl-C / a shutdown in progress: every node exits (and launch_ros's node is gone)
+    rc = context.locals.event.returncode
+    what = describe_exit(spec.name, rc)
+    log = launch.logging.get_logger("franka.launch")
+    try:
+        _exit_publisher(context).publish(String(data=node_exit_message(spec.name, rc, time.time_ns())))
+    except Exception as e:  # noqa: BLE001 - an exception here would take the whole launch down
+        log.error(f"could not report '{what}' on {NODE_EXIT_TOPIC}: {type(e).__name__}: {e}")
+    if spec.critical:
+        raise CriticalNodeExited(f"{what}: nothing can hold the arm without it; stopping every node")
+    more = (f"restarting it in {spec.respawn_delay:g} s" if spec.respawn
+            else "the rest keeps running (respawn:=true restarts perception, planner and controller)")
+    log.warning(f"{what}; the safety filter holds the arm; {more}")
+    return None
 
 
 def _nodes(context, *args, **kwargs):
     given = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
     resolved = resolve_arguments(given)
+    _exit_publisher(context)
     actions = []
     for spec in graph(resolved):
         params = [resolved["config"], spec.parameters] if spec.module else []
-        actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name, output="screen",
-                            parameters=params, arguments=spec.arguments, remappings=spec.remappings,
-                            emulate_tty=True))
+        node = Node(package=spec.package, executable=spec.executable, name=spec.name, output="screen",
+                    parameters=params, arguments=spec.arguments, remappings=spec.remappings,
+                    emulate_tty=True, respawn=spec.respawn,
+                    respawn_delay=spec.respawn_delay if spec.respawn else None)
+        actions.append(RegisterEventHandler(OnProcessExit(
+            target_action=node, on_exit=[OpaqueFunction(function=_on_node_exit, args=[spec])])))
+        actions.append(node)
     return actions
 
 

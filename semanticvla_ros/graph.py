@@ -8,14 +8,26 @@ Launch arguments (both starters accept ``name:=value``):
   use_moveit  false  safety filter backend: MoveIt planning scene (needs moveit_py) instead of the built-in one
   rviz        false  start RViz with config/rviz/semanticvla.rviz (needs rviz2; the bring-up cannot)
   config      <share>/config/franka.yaml   node parameter file
+  respawn     false  restart a planner, controller or perception that exited, after RESPAWN_DELAY_S
+
+Supervision (both starters): every node exit is reported at once on NODE_EXIT_TOPIC (std_msgs/String holding
+:func:`node_exit_message`, reliable + transient_local) so the safety filter holds the arm and names the node. An
+exit of the safety filter or the sim (``NodeSpec.critical``) stops the whole graph with a non-zero exit code:
+nothing could hold the arm any more. Any other node's exit leaves the rest running (the safety filter holds until
+the node publishes again), and with ``respawn:=true`` perception, planner and controller are restarted.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE = "semanticvla_ros"
+NODE_EXIT_TOPIC = "/semanticvla/supervisor/node_exit"   # std_msgs/String, JSON: see node_exit_message()
+RESPAWN_DELAY_S = 1.0                                     # respawn:=true restarts a node this long after its exit
+RESPAWNABLE = ("perception", "planner", "controller")     # the nodes respawn:=true restarts
+CRITICAL = ("safety_filter", "sim")                       # their exit stops everything: nothing else can hold the arm
 
 
 def _truthy(v: str) -> bool:
@@ -58,6 +70,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "use_moveit": ("false", "Safety filter uses MoveIt's planning scene (moveit_py) instead of the built-in checker"),
     "rviz": ("false", "Start RViz with the trace overlay, markers and robot model"),
     "config": ("", "Node parameter file ('' = config/franka.yaml of the package)"),
+    "respawn": ("false", f"Restart a planner, controller or perception that exited, after {RESPAWN_DELAY_S:g} s "
+                         "(the safety filter holds the arm meanwhile)"),
 }
 
 
@@ -70,6 +84,16 @@ class NodeSpec:
     parameters: dict = field(default_factory=dict)     # overrides from launch arguments
     arguments: list[str] = field(default_factory=list)
     remappings: list[tuple[str, str]] = field(default_factory=list)
+    respawn: bool = False                       # restart after an exit (respawn:=true, RESPAWNABLE nodes)
+    respawn_delay: float = RESPAWN_DELAY_S
+    critical: bool = False                      # its exit stops the whole graph (CRITICAL nodes)
+
+
+def node_exit_message(node: str, returncode: int | None, stamp_ns: int) -> str:
+    """What a supervisor publishes on NODE_EXIT_TOPIC when a node's process exits (returncode < 0: killed by that
+    signal; stamp_ns: wall-clock time of the exit, the clock every node stamps with)."""
+    return json.dumps({"node": node, "returncode": None if returncode is None else int(returncode),
+                       "stamp_ns": int(stamp_ns)})
 
 
 def resolve_arguments(given: dict[str, str] | None = None) -> dict[str, str]:
@@ -99,7 +123,8 @@ def graph(args: dict[str, str]) -> list[NodeSpec]:
         NodeSpec("safety_filter", "safety_node", f"{PACKAGE}.safety_node",
                  parameters={"backend": "moveit" if _truthy(args["use_moveit"]) else "builtin",
                              # the sim node has the Cartesian controller that recorded the demonstrations
-                             **({"execution": "cartesian"} if _truthy(args["sim"]) else {})}),
+                             # and its fingers carry the sim's longer pads (the checker's collision model includes them)
+                             **({"execution": "cartesian", "gripper_model": "sim"} if _truthy(args["sim"]) else {})}),
         NodeSpec("trace_overlay", "trace_overlay_node", f"{PACKAGE}.trace_overlay_node"),
     ]
     if _truthy(args["sim"]):
@@ -107,4 +132,7 @@ def graph(args: dict[str, str]) -> list[NodeSpec]:
     if _truthy(args["rviz"]):
         rviz_cfg = str(share_dir() / "config" / "rviz" / "semanticvla.rviz")
         nodes.append(NodeSpec("rviz", "rviz2", None, package="rviz2", arguments=["-d", rviz_cfg]))
+    for n in nodes:
+        n.critical = n.name in CRITICAL
+        n.respawn = _truthy(args["respawn"]) and n.name in RESPAWNABLE
     return nodes

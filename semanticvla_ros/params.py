@@ -79,20 +79,34 @@ PARAMS: dict[str, list[Param]] = {
         Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState of the arm"),
         Param("chunk_timeout_s", 0.5, "Hold position when no valid ActionChunk arrived for this long"),
         Param("state_timeout_s", 0.5, "Hold position when joint states are older than this"),
+        Param("trace_timeout_s", 1.0, "Hold position when the planner's newest Trace is older than this, once one has "
+                                      "arrived (a silent planner; 0 = do not watch)"),
+        Param("observation_timeout_s", 1.0, "Hold position when perception's newest observation "
+                                            "(/semanticvla/observation/joint_states) is older than this, once one has "
+                                            "arrived (a silent perception; 0 = do not watch)"),
+        Param("upstream_nodes", ["perception", "planner", "controller"],
+              "Nodes whose exit, reported by the supervisor on /semanticvla/supervisor/node_exit, holds the arm at "
+              "once until the node publishes again (a Trace, an ActionChunk, an observation made after the exit)"),
         Param("max_chunk_age_s", 0.5, "Reject a chunk whose first row is older than this (stale plan)"),
         Param("workspace_min", [0.15, -0.6, 0.0], "TCP workspace box, lower corner [m] in the base frame"),
         Param("workspace_max", [0.85, 0.6, 0.75], "TCP workspace box, upper corner [m]"),
         Param("table_z", 0.0, "Height of the table surface [m] in the base frame"),
-        Param("table_margin", 0.01, "TCP targets must stay this far above the table [m] (fingertips reach ~1 cm below the TCP)"),
-        Param("table_policy", _SAFETY.table_policy, "ee_delta TCP targets below table_z + table_margin: clip (raised onto it, when at "
-                                      "most table_clip_max_m below) or reject"),
+        Param("table_margin", _SAFETY.gripper_table_margin_m, "The gripper's lowest point (true finger / pad geometry, "
+                                                             "target orientation) must stay this far above the table [m]"),
+        Param("table_policy", _SAFETY.table_policy, "ee_delta TCP targets whose gripper would come lower: clip (raised just "
+                                      "enough, when at most table_clip_max_m) or reject"),
+        Param("gripper_model", _SAFETY.gripper, "Collision model of the fingers: urdf (Franka Hand meshes) | sim (+ the MuJoCo "
+                                                "sim's longer finger pads; sim:=true selects it)"),
+        Param("check_budget_s", _SAFETY.check_budget_s, "A chunk check that takes longer is stopped and the chunk rejected "
+                                                       "(TIMEOUT) [s]"),
         Param("table_clip_max_m", _SAFETY.table_clip_max_m, "With table_policy clip: targets further below than this are rejected [m]"),
         Param("execution", "stepwise", "stepwise: every period one row of the newest admitted chunk, relative to the "
                                        "measured TCP (how ee_delta demonstrations are recorded), re-checked and sent "
                                        "as one JointTrajectory point | cartesian: the same checked row sent as an "
                                        "ee_delta to cartesian_topic (the arm's Cartesian controller executes it; "
                                        "sim:=true selects this) | trajectory: the whole chunk, integrated open loop, "
-                                       "as one JointTrajectory"),
+                                       "as one JointTrajectory of position-only points (linear interpolation). Every "
+                                       "command is re-checked as sent (semanticvla_core/safety/execution.py)"),
         Param("cartesian_topic", "/panda_cartesian_controller/ee_delta", "execution cartesian: ActionChunk output, "
                                                                           "one checked ee_delta row per period"),
         Param("step_rate_hz", 20.0, "execution stepwise: rows run at this rate (= 1 / the chunks' dt)"),
@@ -102,9 +116,10 @@ PARAMS: dict[str, list[Param]] = {
         Param("ik_nullspace_gain", _IK.nullspace_gain, "Fraction of the distance to ik_rest_posture removed per IK iteration in the "
                                          "Jacobian null space (0: plain damped least squares)"),
         Param("env_boxes_json", "[]", 'Extra collision boxes, JSON: [{"name": "camera", "center": [x, y, z], "size": [sx, sy, sz]}]'),
-        Param("watchdog_rate_hz", 10.0, "Rate of the watchdog that holds position on silence"),
-        Param("hold_recapture_rad", 0.02, "While holding, if the measured joints are further than this from the held "
-                                          "position, hold the measured position instead (never jump back)"),
+        Param("watchdog_rate_hz", 20.0, "Rate of the watchdog that holds position on silence (20 Hz: a timeout is "
+                                        "acted on within one 50 ms control period)"),
+        Param("hold_recapture_rad", 0.05, "If the measured joints are further than this from the controller's setpoint "
+                                          "(the filter's model of it), the model restarts from the measured joints at rest"),
     ],
     "trace_overlay": [
         Param("camera_name", "agentview", "Camera whose image is annotated"),

@@ -29,7 +29,7 @@ def test_graph_follows_the_launch_arguments():
     assert names(sim="true") == ["perception", "planner", "controller", "safety_filter", "trace_overlay", "sim"]
     assert "sim" not in names(sim="false") and "rviz" in names(rviz="true")
     specs = {s.name: s for s in graph(resolve_arguments({"use_moveit": "true", "checkpoint": "/ck", "instruction": "go"}))}
-    assert specs["safety_filter"].parameters == {"backend": "moveit", "execution": "cartesian"}   # sim: its controller
+    assert specs["safety_filter"].parameters == {"backend": "moveit", "execution": "cartesian", "gripper_model": "sim"}   # sim: its controller, its fingers
     assert specs["planner"].parameters == {"checkpoint": "/ck", "instruction": "go"}
     assert specs["controller"].parameters == {"checkpoint": "/ck"}
     real = {s.name: s for s in graph(resolve_arguments({"sim": "false", "checkpoint": "/ck"}))}
