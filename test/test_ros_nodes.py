@@ -397,7 +397,8 @@ def test_controller_refills_a_gap_with_the_fresh_state_until_the_next_plan(h, tm
 # ------------------------------------------------------------------------------------------ safety filter
 @pytest.fixture
 def safety(h):
-    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "execution": "trajectory"})
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "check_budget_s": 1.0,
+                                     "execution": "trajectory", "workspace_min": [0.1, -0.6, 0.0]})
     traj = h.record(JointTrajectory, "/panda_arm_controller/joint_trajectory")
     diag = h.record(DiagnosticArray, "/semanticvla/safety/status")
     pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
@@ -451,7 +452,7 @@ def test_safety_rejects_driving_into_the_table(safety, h):
     p0, R0 = kin.fk(READY_Q)
     state["q"] = kin.ik(p0 - [0, 0, p0[2] - 0.06], R0, READY_Q).q      # TCP 6 cm above the table
     h.spin_for(0.3)
-    acts = np.zeros((8, 7)); acts[:, 2] = -0.01                          # 8 cm down
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.015                         # 12 cm down: too far to raise
     tr, msg = send(acts)
     assert msg.startswith("hold") and "TABLE_COLLISION" in msg and _is_hold(tr, state["q"]), msg
 
@@ -480,7 +481,7 @@ def test_safety_rejects_nan_and_stale(safety, h):
 def test_safety_stepwise_runs_each_row_once_from_the_measured_pose(h):
     """execution stepwise: a robot that follows every commanded point ends one chunk's worth of rows away (each
     row once, none twice), every command is one checked point, and a used-up chunk commands nothing more."""
-    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "execution": "stepwise"})
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "check_budget_s": 1.0, "execution": "stepwise"})
     traj = h.record(JointTrajectory, "/panda_arm_controller/joint_trajectory")
     pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
     state = {"q": READY_Q.copy(), "n": 0}
@@ -512,7 +513,7 @@ def test_safety_cartesian_sends_the_checked_rows_to_the_cartesian_controller(h):
     """execution cartesian: each period one checked row goes out as a one-row ee_delta ActionChunk (unchanged when
     nothing was clipped, raised so that the fingertips keep their clearance when it was), with the gripper command.
     The arm starts with its fingertips already inside that clearance: it may move, never closer to the table."""
-    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "execution": "cartesian"})
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 30.0, "check_budget_s": 1.0, "execution": "cartesian"})
     cart = h.record(ActionChunk, "/panda_cartesian_controller/ee_delta")
     grip = h.record(Float64, "/panda_gripper/command")
     pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")

@@ -401,9 +401,8 @@ class SafetyChecker(abc.ABC):
         """Limits, the dense path check and dynamics of joint waypoints Q; the verdict."""
         H = len(Q)
         reasons = reasons + self._joint_limits(Q)
-        if not any(r.kind is ViolationKind.IK_FAILED for r in reasons):   # (IK failures: no path worth checking)
-            known = {r.kind for r in reasons if r.rejecting}
-            reasons += [v for v in self._path_violations(q_cur, g_cur, q0, Q, G) if v.kind not in known]
+        if not any(r.rejecting for r in reasons):   # the path check is the expensive part: only while it can matter
+            reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
         scale = 1.0
         if dynamics:
             scale, dyn = self._dynamics(q0, Q, dt, v0)
