@@ -156,7 +156,7 @@ def test_sim_finger_pads_are_in_the_collision_model():
     q = env.joint_positions()
     dz = 0.025 - env.tcp_pose()[0][2]
     rows = np.zeros((8, 7)); rows[:, 2] = dz / 8
-    assert urdf.check_chunk(_chunk(rows), q, 0.0, now_ns=NOW).ok
+    assert K.TABLE_COLLISION not in urdf.check_chunk(_chunk(rows), q, 0.0, now_ns=NOW).kinds
     r = sim.check_chunk(_chunk(rows), q, 0.0, now_ns=NOW)
     assert K.TABLE_COLLISION in r.kinds and (r.is_hold or r.tcp_targets[:, 2].min() >= float(sim.tcp_floor(R)) - 1e-4)
 

@@ -165,7 +165,8 @@ class SafetyConfig:
     jerk_fraction: float = 1.0
     check_jerk: bool = True               # at 20 Hz finite differences the jerk limit rarely binds
     dynamics_policy: str = "time_scale"   # "time_scale": slow the chunk down uniformly | "reject"
-    max_time_scale: float = 4.0           # need to slow down more than this -> reject (execution trajectory; the row
+    control_period_s: float = 0.05        # the controller's setpoint is commanded / observed every period (20 Hz)
+    max_time_scale: float = 8.0           # need to slow down more than this -> reject (execution trajectory; the row
                                           # executions limit each command's velocity / acceleration themselves)
     # --- workspace box for the TCP (base frame, metres)
     workspace_min: tuple[float, float, float] = (0.10, -0.60, 0.0)
@@ -418,7 +419,7 @@ class SafetyChecker(abc.ABC):
                             tcp_targets=P, backend=self.backend_name)
 
     def verify_command(self, q_current, gripper_current: float, start_q, start_v, positions, times,
-                       gripper) -> list[Violation]:
+                       gripper, period: float | None = None, end_at_rest: bool = False) -> list[Violation]:
         """Re-check a joint command exactly as it will be sent (after any slow-down or clipping): the controller's
         setpoint moves linearly from ``start_q`` (moving at ``start_v``) through ``positions`` (M, 7) reached at
         ``times`` (M,) seconds from now. Joint limits, the dense path (also from q_current to the first point),
@@ -440,7 +441,7 @@ class SafetyChecker(abc.ABC):
             out = self._joint_limits(Q)
             out += self._workspace_strict(self._tcp_positions(Q))
             out += self._path_violations(q_cur, g_cur, q0, Q, G)
-            out += self._dynamics_at(q0, Q, np.diff(np.r_[0.0, T]), v0)
+            out += self._dynamics_at(q0, Q, np.diff(np.r_[0.0, T]), v0, period, end_at_rest)
             return [replace(v, rejecting=True) for v in out]
         except CheckTimeout as e:
             return [Violation(ViolationKind.TIMEOUT, str(e))]
@@ -644,8 +645,8 @@ class SafetyChecker(abc.ABC):
         return [Violation(ViolationKind.JOINT_LIMIT, f"{PANDA_ARM_JOINTS[j]} = {Q[s, j]:.4f} rad outside "
                                                      f"[{self.kin.lower[j] + m:.4f}, {self.kin.upper[j] - m:.4f}]", s)]
 
-    def _dynamics(self, q_cur: np.ndarray, Q: np.ndarray, dt: float, dq_cur: np.ndarray | None
-                  ) -> tuple[float, list[Violation]]:
+    def _dynamics(self, q_cur: np.ndarray, Q: np.ndarray, dt: float, dq_cur: np.ndarray | None,
+                  end_at_rest: bool = True) -> tuple[float, list[Violation]]:
         """Velocity/acceleration/jerk check; returns (time scale, violations)."""
         cfg = self.config
         vmax = self.kin.velocity_limits * cfg.velocity_fraction
@@ -653,11 +654,18 @@ class SafetyChecker(abc.ABC):
         jmax = self.kin.jerk_limits * cfg.jerk_fraction
         qs = np.vstack([q_cur[None], Q])
 
+        P = cfg.control_period_s
+
         def derivs(step: float):
+            # the controller interpolates the points linearly: the velocity jumps at each point, which the setpoint
+            # sampled every control period P shows as a change of velocity within one period (so a slow-down by s
+            # lowers accelerations by s, not s^2)
             v = np.diff(qs, axis=0) / step                          # (H, 7): segment velocities
             vf = v if dq_cur is None else np.vstack([dq_cur[None], v])
-            a = np.diff(vf, axis=0) / step                          # accelerations between segments
-            j = np.diff(a, axis=0) / step
+            if end_at_rest:                                         # ... and it stops at the last one
+                vf = np.vstack([vf, np.zeros((1, 7))])
+            a = np.diff(vf, axis=0) / P                             # accelerations at the points
+            j = np.diff(a, axis=0) / P
             return v, a, j
 
         def ratios(step: float):
@@ -669,7 +677,7 @@ class SafetyChecker(abc.ABC):
 
         def need(step: float) -> float:
             rv, ra, rj = ratios(step)
-            return max(1.0, float(rv.max(initial=0.0)), float(np.sqrt(ra.max(initial=0.0))), float(np.cbrt(rj.max(initial=0.0))))
+            return max(1.0, float(rv.max(initial=0.0)), float(ra.max(initial=0.0)), float(rj.max(initial=0.0)))
 
         rv, ra, rj = ratios(dt)
         off = dq_cur is not None   # acceleration row k involves segment k (first row: q_current -> Q[0])
@@ -698,9 +706,11 @@ class SafetyChecker(abc.ABC):
                else "dynamics_policy is 'reject'")
         return scale, [Violation(k, f"{msg}; {why}", s) for k, s, msg in found]
 
-    def _dynamics_at(self, q0: np.ndarray, Q: np.ndarray, durations: np.ndarray, v0: np.ndarray | None) -> list[Violation]:
+    def _dynamics_at(self, q0: np.ndarray, Q: np.ndarray, durations: np.ndarray, v0: np.ndarray | None,
+                     period: float | None = None, end_at_rest: bool = False) -> list[Violation]:
         """Velocity / acceleration / jerk of the polyline q0 -> Q with segment ``durations`` (s), against the limits
-        with no slow-down (a command about to be sent). Acceleration between segments uses their mean duration."""
+        with no slow-down (a command about to be sent). Accelerations: the velocity changes at the points over one
+        control period ``period`` (the setpoint is interpolated linearly); ``end_at_rest``: it stops at the last point."""
         cfg = self.config
         vmax = self.kin.velocity_limits * cfg.velocity_fraction
         amax = self.kin.accel_limits * cfg.accel_fraction
@@ -708,9 +718,11 @@ class SafetyChecker(abc.ABC):
         d = np.asarray(durations, dtype=np.float64)
         v = np.diff(np.vstack([q0[None], Q]), axis=0) / d[:, None]
         vf = v if v0 is None else np.vstack([v0[None], v])
-        df = d if v0 is None else np.r_[d[0], d]
-        a = np.diff(vf, axis=0) / (0.5 * (df[1:] + df[:-1]))[:, None] if len(vf) > 1 else np.zeros((0, 7))
-        j = np.diff(a, axis=0) / df[2:, None] if len(a) > 1 else np.zeros((0, 7))
+        if end_at_rest:
+            vf = np.vstack([vf, np.zeros((1, 7))])
+        P = float(period or cfg.control_period_s)                    # (see _dynamics: velocity jumps at the points)
+        a = np.diff(vf, axis=0) / P if len(vf) > 1 else np.zeros((0, 7))
+        j = np.diff(a, axis=0) / P if len(a) > 1 else np.zeros((0, 7))
         out = []
         for kind, x, lim, name, shift in ((ViolationKind.VELOCITY_LIMIT, v, vmax, "velocity", 0),
                                           (ViolationKind.ACCEL_LIMIT, a, amax, "acceleration", 0 if v0 is not None else 1),

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..actions import ACTION_SPACE_EE_DELTA, apply_ee_delta, clip_ee_delta, normalize_rotvec
+from ..actions import ACTION_SPACE_EE_DELTA, apply_ee_delta, clip_ee_delta, matrix_to_rotvec, normalize_rotvec
 from ..cartesian import CartesianControllerConfig, cartesian_ik, limit_joint_step
 from ..interfaces import ActionChunkData
 from .checker import SafetyChecker, SafetyResult, Violation, ViolationKind
+from ..actions import GRIPPER_OPEN
 from .kinematics import PANDA_REST_Q
 
 EXECUTION_MODES = ("cartesian", "stepwise", "trajectory")
@@ -102,14 +103,15 @@ class SafetyExecutor:
         if self._sp_t is None:
             return q_meas.copy(), np.zeros(7)
         T, Q = self._sp_t, self._sp_q
-        if now_ns >= T[-1]:
+        if now_ns > T[-1] or (now_ns == T[-1] and len(T) > 1):
             # arrived: it still moves at the last segment's velocity when the next command comes right now (the
             # acceleration of that command is measured from it); well after arrival it is at rest
             q = Q[-1].copy()
             recent = len(T) > 1 and now_ns - T[-1] < 0.5 * self.period * 1e9
             v = (Q[-1] - Q[-2]) / ((T[-1] - T[-2]) * 1e-9) if recent else np.zeros(7)
         else:
-            i = max(1, int(np.searchsorted(T, now_ns, side="right")))
+            # at a point: the velocity it arrived with (the next command's acceleration is measured from it)
+            i = min(max(1, int(np.searchsorted(T, now_ns, side="left"))), len(T) - 1)
             a = (now_ns - T[i - 1]) / (T[i] - T[i - 1])
             q = Q[i - 1] + a * (Q[i] - Q[i - 1])
             v = (Q[i] - Q[i - 1]) / ((T[i] - T[i - 1]) * 1e-9)
@@ -125,7 +127,15 @@ class SafetyExecutor:
     def admit(self, chunk: ActionChunkData, q_current, gripper_current: float, now_ns: int,
               dq_current=None) -> SafetyResult:
         """Whole-chunk check from the setpoint now; an accepted chunk replaces the running one, a rejected one also
-        stops it (the newest plan is unsafe from here: the next tick brakes)."""
+        stops it (the newest plan is unsafe from here: the next tick brakes). Never raises."""
+        try:
+            return self._admit(chunk, q_current, gripper_current, now_ns, dq_current)
+        except Exception as e:  # noqa: BLE001 - bad arguments: a reason, never an exception
+            self.chunk, self._pending = None, None
+            return self.checker.hold(None, GRIPPER_OPEN, [Violation(ViolationKind.BAD_INPUT,
+                                                                    f"admit: {type(e).__name__}: {e}")])
+
+    def _admit(self, chunk, q_current, gripper_current, now_ns, dq_current) -> SafetyResult:
         try:
             sq, sv = self.setpoint(int(now_ns), q_current)
         except Exception:  # noqa: BLE001 - bad state: the checker says why
@@ -163,17 +173,58 @@ class SafetyExecutor:
         return i_next, skipped
 
     def tick(self, q_current, gripper_current: float, now_ns: int, dq_current=None) -> ArmCommand | None:
-        """The command for this period (None: nothing to send, the setpoint is at rest where it should be)."""
-        now_ns = int(now_ns)
-        q = np.asarray(q_current, dtype=np.float64).reshape(7)
-        g = float(gripper_current)
+        """The command for this period (None: nothing to send, the setpoint is at rest where it should be). Never
+        raises: with an unusable state or clock the chunk stops and the setpoint stops where it is."""
+        args = self._valid(q_current, gripper_current, now_ns)
+        if isinstance(args, str):
+            return self._stop_bad_input("tick: " + args)
+        q, g, now_ns = args
+        try:
+            return self._tick(q, g, now_ns)
+        except Exception as e:  # noqa: BLE001
+            return self._stop_bad_input(f"tick: {type(e).__name__}: {e}")
+
+    @staticmethod
+    def _valid(q_current, gripper_current, now_ns):
+        """(q (7,), gripper, now_ns) or a reason string."""
+        if isinstance(q_current, (str, bytes)) or q_current is None:
+            return f"joint state {q_current!r} is not 7 numbers"
+        try:
+            q = np.asarray(q_current, dtype=np.float64).reshape(-1)
+            g = float(gripper_current)
+        except (TypeError, ValueError) as e:
+            return f"bad joint state or gripper: {e}"
+        if q.shape != (7,) or not np.all(np.isfinite(q)) or not np.isfinite(g):
+            return "joint state must be 7 finite numbers and the gripper finite"
+        if isinstance(now_ns, bool) or not isinstance(now_ns, (int, np.integer)):
+            try:
+                f = float(now_ns)
+            except (TypeError, ValueError):
+                return f"now_ns {now_ns!r} is not a time"
+            if not np.isfinite(f):
+                return f"now_ns {now_ns!r} is not a time"
+            now_ns = int(f)
+        return q, g, int(now_ns)
+
+    def _stop_bad_input(self, why: str) -> ArmCommand | None:
+        """Stop the chunk; the setpoint stops where the model has it (nothing to command without a model)."""
+        self.chunk, self._pending = None, None
+        if self._sp_q is None:
+            return None
+        q = self._sp_q[-1].copy()
+        self._sp_t, self._sp_q = None, None
+        return ArmCommand("hold", q[None], np.array([self.period]), float(self._grip or GRIPPER_OPEN),
+                          0, reasons=[Violation(ViolationKind.BAD_INPUT, why)])   # stamp 0: start at once
+
+    def _tick(self, q: np.ndarray, g: float, now_ns: int) -> ArmCommand | None:
         sq, sv = self.setpoint(now_ns, q)
         if self.mode == "trajectory":
             cmd, self._pending = self._pending, None
             if cmd is None:
                 return None
             cmd.stamp_ns = now_ns                 # starts now, from the setpoint now (re-checked from there)
-            bad = self.checker.verify_command(q, g, sq, sv, cmd.positions, cmd.times, cmd.gripper)
+            bad = self.checker.verify_command(q, g, sq, sv, cmd.positions, cmd.times, cmd.gripper, period=self.period,
+                                              end_at_rest=True)
             if bad:
                 return self.brake(q, g, now_ns, bad)
             self._commit(now_ns, sq, cmd.positions, cmd.times)
@@ -208,24 +259,27 @@ class SafetyExecutor:
         if res.is_hold:
             return [v for v in res.reasons if v.rejecting] or res.reasons
         grip = float(res.gripper[0])
-        ee = None
-        if cart:
-            kin = self.checker.kin
-            p, R = kin.fk(q)
-            p_t = np.asarray(res.tcp_targets[0], dtype=np.float64)        # after any table / workspace clipping
-            R_t = apply_ee_delta(p, R, row_a)[1]
-            q_t = cartesian_ik(lambda x: (*kin.fk(x), kin.jacobian(x)), q, p_t, R_t, self.rest,
-                               kin.lower, kin.upper, self.cartesian)
-            ee = np.r_[p_t - p, normalize_rotvec(row_a[3:6]), grip]
-        else:
-            q_t = res.positions[0]
+        kin = self.checker.kin
         # look ahead: never faster than the setpoint can brake to rest by the chunk's last row (no overshoot when the
         # chunk ends without a successor)
-        kin = self.checker.kin
         rows_left = int(c.horizon) - 1 - i
         vmax = np.minimum(kin.velocity_limits, kin.accel_limits * self.period * (rows_left + 1))
-        q_cmd = limit_joint_step(sq, sv, q_t, self.period, vmax, kin.accel_limits)
-        bad = self.checker.verify_command(q, g, sq, sv, q_cmd[None], [self.period], grip)
+        ee = None
+        if cart:
+            p, R = kin.fk(q)
+            R_t = apply_ee_delta(p, R, row_a)[1]
+            ee = np.r_[np.asarray(res.tcp_targets[0], dtype=np.float64) - p, normalize_rotvec(row_a[3:6]), grip]
+            q_cmd = self._cartesian_setpoint(q, sq, sv, ee)               # what the controller will command
+            q_want = limit_joint_step(sq, sv, q_cmd, self.period, vmax, kin.accel_limits)
+            if np.max(np.abs(q_want - q_cmd)) > 1e-9:
+                # the look-ahead binds: ask the controller for the pose of the slower setpoint instead, and predict
+                # (and check) what it will command for that
+                p_w, R_w = kin.fk(q_want)
+                ee = np.r_[p_w - p, matrix_to_rotvec(R_w @ R.T), grip]
+                q_cmd = self._cartesian_setpoint(q, sq, sv, ee)
+        else:
+            q_cmd = limit_joint_step(sq, sv, res.positions[0], self.period, vmax, kin.accel_limits)
+        bad = self.checker.verify_command(q, g, sq, sv, q_cmd[None], [self.period], grip, period=self.period)
         if bad:
             return bad
         self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))
@@ -233,13 +287,30 @@ class SafetyExecutor:
         return ArmCommand("ee_delta" if cart else "joint_points", q_cmd[None], np.array([self.period]), grip, now_ns,
                           ee_delta=ee, reasons=list(res.reasons))
 
+    def _cartesian_setpoint(self, q: np.ndarray, sq: np.ndarray, sv: np.ndarray, ee: np.ndarray) -> np.ndarray:
+        """The joint setpoint the Cartesian controller commands for row ``ee`` from the measured joints ``q``: the
+        controller's own steps (clip_ee_delta, target from the measured TCP, cartesian_ik, limit_joint_step from its
+        setpoint) on the filter's model of the arm."""
+        kin, cc = self.checker.kin, self.cartesian
+        a = clip_ee_delta(ee, cc.max_delta_pos, cc.max_delta_rot)
+        p, R = kin.fk(q)
+        p_t, R_t, _ = apply_ee_delta(p, R, a)
+        p_t[2] = max(p_t[2], 0.0)                    # (the sim's controller never asks its IK below the table top)
+        q_t = cartesian_ik(lambda x: (*kin.fk(x), kin.jacobian(x)), q, p_t, R_t, self.rest, kin.lower, kin.upper, cc)
+        if not cc.limit_rate:
+            return q_t
+        return limit_joint_step(sq, sv, q_t, self.period, kin.velocity_limits, kin.accel_limits)
+
     # ------------------------------------------------------------------ holding
     def brake(self, q_current, gripper_current: float, now_ns: int, reasons: list[Violation],
-              kind: str = "hold") -> ArmCommand:
+              kind: str = "hold") -> ArmCommand | None:
         """Bring the setpoint to rest: decelerate each joint at its acceleration limit (checked like any command);
-        if that path is unsafe, stop at the setpoint at once. Also what the safety node sends for every hold."""
-        now_ns = int(now_ns)
-        q = np.asarray(q_current, dtype=np.float64).reshape(7)
+        if that path is unsafe, stop at the setpoint at once. Also what the safety node sends for every hold. Never
+        raises (an unusable state: the setpoint stops where the model has it; None without a model)."""
+        args = self._valid(q_current, gripper_current, now_ns)
+        if isinstance(args, str):
+            return self._stop_bad_input("brake: " + args)
+        q, gripper_current, now_ns = args
         sq, sv = self.setpoint(now_ns, q)
         T = self.period
         amax = self.checker.kin.accel_limits
@@ -255,7 +326,8 @@ class SafetyExecutor:
             P, times = sq[None], np.array([max(self.checker.config.hold_time_s, T)])
         else:
             P, times = np.array(pts), T * np.arange(1, len(pts) + 1)
-            bad = self.checker.verify_command(q, gripper_current, sq, sv, P, times, gripper_current)
+            bad = self.checker.verify_command(q, gripper_current, sq, sv, P, times, gripper_current, period=T,
+                                              end_at_rest=True)
             if bad:
                 reasons.append(Violation(ViolationKind.ACCEL_LIMIT, "braking path not safe (" + "; ".join(map(str, bad[:2]))
                                          + "): immediate stop at the setpoint", rejecting=False))
