@@ -118,7 +118,7 @@ PARAMS: dict[str, list[Param]] = {
         Param("env_boxes_json", "[]", 'Extra collision boxes, JSON: [{"name": "camera", "center": [x, y, z], "size": [sx, sy, sz]}]'),
         Param("watchdog_rate_hz", 20.0, "Rate of the watchdog that holds position on silence (20 Hz: a timeout is "
                                         "acted on within one 50 ms control period)"),
-        Param("hold_recapture_rad", 0.05, "If the measured joints are further than this from the controller's setpoint "
+        Param("hold_recapture_rad", 0.3, "If the measured joints are further than this from the controller's setpoint "
                                           "(the filter's model of it), the model restarts from the measured joints at rest"),
     ],
     "trace_overlay": [

@@ -197,7 +197,10 @@ class SafetyNode(Node):
         self._send(cmd)
 
     def _send(self, cmd) -> None:
-        """Publish an ArmCommand: a Cartesian ee_delta row or a JointTrajectory (position-only points)."""
+        """Publish an ArmCommand: a Cartesian ee_delta row or a JointTrajectory (position-only points); None: nothing
+        to send (the last verified command finishes by itself)."""
+        if cmd is None:
+            return
         self.holding = cmd.is_hold
         if cmd.kind == "ee_delta" and self.pub_cart is not None:
             self.pub_cart.publish(chunk_to_msg(ActionChunkData(cmd.ee_delta[None].astype(np.float32), float(cmd.times[0]),

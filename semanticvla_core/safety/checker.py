@@ -536,9 +536,10 @@ class SafetyChecker(abc.ABC):
         out = self.path_collisions(segs)
         # the TCP in the workspace box, by bisection: over a piece with TCP travel bound D (|dq| . tcp reach), every TCP
         # position is within D / 2 of the piece's midpoint, so a midpoint deeper inside the box than D / 2 clears it
+        # (the setpoint's path only: the box is a virtual limit on where the arm is sent, not an obstacle)
         lo, hi = np.asarray(self.config.workspace_min), np.asarray(self.config.workspace_max)
         tol = self.config.workspace_path_tol_m
-        for qa, qb, ga, gb, st in segs:
+        for qa, qb, ga, gb, st in [sg for n, sg in enumerate(segs) if not (len(starts) > 1 and n == 1)]:
             D_full = float(np.abs(np.asarray(qb) - qa) @ self._tcp_radii)
             stack = [(0.0, 1.0)]
             while stack:
@@ -623,7 +624,8 @@ class SafetyChecker(abc.ABC):
     def _workspace(self, P: np.ndarray) -> tuple[np.ndarray, list[Violation]]:
         cfg = self.config
         lo, hi = np.asarray(cfg.workspace_min, dtype=np.float64), np.asarray(cfg.workspace_max, dtype=np.float64)
-        Pc = np.clip(P, lo, hi)
+        inset = 0.001                                  # clipped targets 1 mm inside, not on the faces
+        Pc = np.clip(P, lo + inset, hi - inset)
         dist = np.linalg.norm(P - Pc, axis=1)
         s = _first(dist > 0)
         if s is None:
@@ -694,12 +696,17 @@ class SafetyChecker(abc.ABC):
         if not found:
             return 1.0, []
         scale = 1.0
-        for _ in range(30):   # uniform slow-down until every limit holds (accounts for a fixed dq_current)
-            n = need(dt * scale)
+        for _ in range(60):   # uniform slow-down until every limit holds (accounts for a fixed dq_current), also as
+            n = need(dt * scale)      # the controller samples the points every period (points between its samples)
+            if n <= 1.0 + 1e-9 and end_at_rest:
+                n = self._sampled_ratio(q_cur, dq_cur, Q, dt * scale * np.arange(1, len(Q) + 1), P)
+                n = 1.0 if n <= 1.0 + 1e-9 else 1.0 + 0.5 * (n - 1.0) + 0.02
             if n <= 1.0 + 1e-9:
                 break
             scale *= n * (1.0 + 1e-6)
-        fixable = cfg.dynamics_policy == "time_scale" and scale <= cfg.max_time_scale and need(dt * scale) <= 1.0 + 1e-9
+        fixable = (cfg.dynamics_policy == "time_scale" and scale <= cfg.max_time_scale and need(dt * scale) <= 1.0 + 1e-9
+                   and (not end_at_rest or self._sampled_ratio(q_cur, dq_cur, Q, dt * scale * np.arange(1, len(Q) + 1), P)
+                        <= 1.0 + 1e-9))
         if fixable:
             return scale, [Violation(k, f"{msg}; chunk slowed down {scale:.2f}x", s, rejecting=False) for k, s, msg in found]
         why = (f"needs {scale:.2f}x slow-down (max {cfg.max_time_scale}x)" if cfg.dynamics_policy == "time_scale"
@@ -724,6 +731,11 @@ class SafetyChecker(abc.ABC):
         a = np.diff(vf, axis=0) / P if len(vf) > 1 else np.zeros((0, 7))
         j = np.diff(a, axis=0) / P if len(a) > 1 else np.zeros((0, 7))
         out = []
+        if end_at_rest and len(Q) > 1:
+            r = self._sampled_ratio(q0, v0, Q, np.cumsum(d), P)
+            if r > 1.0 + 1e-6:
+                out.append(Violation(ViolationKind.ACCEL_LIMIT, f"the command sampled every {P * 1000:.0f} ms reaches "
+                                                                f"{r:.2f}x a velocity / acceleration limit"))
         for kind, x, lim, name, shift in ((ViolationKind.VELOCITY_LIMIT, v, vmax, "velocity", 0),
                                           (ViolationKind.ACCEL_LIMIT, a, amax, "acceleration", 0 if v0 is not None else 1),
                                           (ViolationKind.JERK_LIMIT, j if cfg.check_jerk else np.zeros((0, 7)), jmax, "jerk", 1)):
@@ -735,6 +747,22 @@ class SafetyChecker(abc.ABC):
                 jj = int(np.argmax(r[s]))
                 out.append(Violation(kind, f"{PANDA_ARM_JOINTS[jj]} {name} at {r[s, jj]:.2f}x the limit in the command", s + shift))
         return out
+
+    def _sampled_ratio(self, q0: np.ndarray, v0: np.ndarray | None, Q: np.ndarray, T: np.ndarray, P: float) -> float:
+        """The largest velocity / acceleration ratio to the limits of the polyline q0 -> Q (reached at times T, then at
+        rest) as a controller samples it every period P from now on (its setpoint moving at v0 before now)."""
+        cfg = self.config
+        vmax = self.kin.velocity_limits * cfg.velocity_fraction
+        amax = self.kin.accel_limits * cfg.accel_fraction
+        tk = np.arange(0.0, float(T[-1]) + 2.5 * P, P)
+        knots_t = np.r_[0.0, np.asarray(T, dtype=np.float64)]
+        knots_q = np.vstack([q0[None], Q])
+        S = np.stack([np.interp(tk, knots_t, knots_q[:, j]) for j in range(7)], axis=1)
+        if v0 is not None:
+            S = np.vstack([(q0 - v0 * P)[None], S])
+        v = np.diff(S, axis=0) / P
+        a = np.diff(v, axis=0) / P
+        return max(float(np.max(np.abs(v) / vmax, initial=0.0)), float(np.max(np.abs(a) / amax, initial=0.0)))
 
     @staticmethod
     def _waypoint_velocities(q_cur: np.ndarray, Q: np.ndarray, step: float) -> np.ndarray:

@@ -41,6 +41,7 @@ from ..actions import GRIPPER_OPEN
 from .kinematics import PANDA_REST_Q
 
 EXECUTION_MODES = ("cartesian", "stepwise", "trajectory")
+BRAKE_FRACTION = 0.8          # brakes decelerate at 80% of the acceleration limits (margin: see _braking_points)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class SafetyExecutor:
 
     def __init__(self, checker: SafetyChecker, mode: str = "stepwise", period_s: float = 0.05,
                  cartesian: CartesianControllerConfig | None = None, rest_posture=PANDA_REST_Q,
-                 recapture_rad: float = 0.05):
+                 recapture_rad: float = 0.3):
         if mode not in EXECUTION_MODES:
             raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, got {mode!r}")
         if not period_s > 0:
@@ -84,42 +85,56 @@ class SafetyExecutor:
         self._pending: ArmCommand | None = None          # trajectory mode: the admitted chunk, sent at the next tick
         self._sp_t: np.ndarray | None = None              # setpoint polyline: times (ns) ...
         self._sp_q: np.ndarray | None = None              # ... and joint positions (K, 7)
+        self._old: tuple = (None, None)                   # the polyline the current one replaced
+        self._last_now: int | None = None                 # the last valid tick time
         self._grip: float | None = None                   # the last gripper command (a hold keeps it: no dropped cube)
+        self._tail: tuple[int, np.ndarray] | None = None  # (time, braking points) verified with the last row command
 
     # ------------------------------------------------------------------ the controller's setpoint
     def reset(self) -> None:
         """Forget everything (a new episode / a new clock / the arm moved by something else)."""
         self.chunk, self.last_row_ns, self._pending, self._sp_t, self._sp_q = None, None, None, None, None
+        self._old = (None, None)
+        self._last_now = None
         self._grip = None
+        self._tail = None
 
     def clear(self) -> None:
         """Stop the running chunk (a chunk admitted later starts afresh); the setpoint model stays."""
         self.chunk, self._pending = None, None
 
     def setpoint(self, now_ns: int, q_measured) -> tuple[np.ndarray, np.ndarray]:
-        """(position, velocity) of the controller's setpoint at ``now_ns`` by the model; the measured joints at rest
-        when there is no model yet or it disagrees with the arm by more than ``recapture_rad``."""
+        """(position, velocity) of the controller's setpoint at ``now_ns`` by the model, the velocity as the controller
+        samples it: over the last control period (the same number the sim's controller and a 20 Hz observer see); the
+        measured joints at rest when there is no model yet or it disagrees with the arm by more than
+        ``recapture_rad``."""
         q_meas = np.asarray(q_measured, dtype=np.float64).reshape(7)
         if self._sp_t is None:
             return q_meas.copy(), np.zeros(7)
-        T, Q = self._sp_t, self._sp_q
-        if now_ns > T[-1] or (now_ns == T[-1] and len(T) > 1):
-            # arrived: it still moves at the last segment's velocity when the next command comes right now (the
-            # acceleration of that command is measured from it); well after arrival it is at rest
-            q = Q[-1].copy()
-            recent = len(T) > 1 and now_ns - T[-1] < 0.5 * self.period * 1e9
-            v = (Q[-1] - Q[-2]) / ((T[-1] - T[-2]) * 1e-9) if recent else np.zeros(7)
-        else:
-            # at a point: the velocity it arrived with (the next command's acceleration is measured from it)
-            i = min(max(1, int(np.searchsorted(T, now_ns, side="left"))), len(T) - 1)
-            a = (now_ns - T[i - 1]) / (T[i] - T[i - 1])
-            q = Q[i - 1] + a * (Q[i] - Q[i - 1])
-            v = (Q[i] - Q[i - 1]) / ((T[i] - T[i - 1]) * 1e-9)
+        q = self._q_at(now_ns)
         if np.max(np.abs(q - q_meas)) > self.recapture:
             return q_meas.copy(), np.zeros(7)
-        return q, v
+        P_ns = int(round(self.period * 1e9))
+        return q, (q - self._q_at(now_ns - P_ns)) / self.period
+
+    def _q_at(self, t_ns: int) -> np.ndarray:
+        """The modelled setpoint at time t: the current polyline, before its start the one it replaced (at rest at its
+        first point when there was none), after its end its last point."""
+        for n, (T, Q) in enumerate(((self._sp_t, self._sp_q), self._old)):
+            if T is None:
+                continue
+            if t_ns >= T[0] or n == 1:
+                if t_ns >= T[-1]:
+                    return Q[-1].copy()
+                if t_ns <= T[0]:
+                    return Q[0].copy()
+                i = int(np.searchsorted(T, t_ns, side="right"))
+                a = (t_ns - T[i - 1]) / (T[i] - T[i - 1])
+                return Q[i - 1] + a * (Q[i] - Q[i - 1])
+        return self._sp_q[0].copy()
 
     def _commit(self, now_ns: int, q0: np.ndarray, positions: np.ndarray, times: np.ndarray) -> None:
+        self._old = (self._sp_t, self._sp_q)
         self._sp_t = np.r_[now_ns, now_ns + np.round(np.asarray(times) * 1e9)].astype(np.int64)
         self._sp_q = np.vstack([q0[None], positions])
 
@@ -179,6 +194,7 @@ class SafetyExecutor:
         if isinstance(args, str):
             return self._stop_bad_input("tick: " + args)
         q, g, now_ns = args
+        self._last_now = now_ns
         try:
             return self._tick(q, g, now_ns)
         except Exception as e:  # noqa: BLE001
@@ -207,14 +223,21 @@ class SafetyExecutor:
         return q, g, int(now_ns)
 
     def _stop_bad_input(self, why: str) -> ArmCommand | None:
-        """Stop the chunk; the setpoint stops where the model has it (nothing to command without a model)."""
+        """No usable state or clock: stop the chunk and brake the modelled setpoint from where it will be one period
+        after the last valid tick (None when there is no model: nothing can be commanded)."""
         self.chunk, self._pending = None, None
-        if self._sp_q is None:
+        if self._sp_t is None or self._last_now is None:
             return None
-        q = self._sp_q[-1].copy()
-        self._sp_t, self._sp_q = None, None
-        return ArmCommand("hold", q[None], np.array([self.period]), float(self._grip or GRIPPER_OPEN),
-                          0, reasons=[Violation(ViolationKind.BAD_INPUT, why)])   # stamp 0: start at once
+        t = int(self._last_now + round(self.period * 1e9))
+        q = self._q_at(t)
+        sv = (q - self._q_at(t - int(round(self.period * 1e9)))) / self.period
+        pts = self._braking_points(q, sv)
+        P, times = (np.array(pts), self.period * np.arange(1, len(pts) + 1)) if len(pts) else \
+            (q[None], np.array([self.period]))
+        self._commit(t, q, P, times)
+        self._last_now = t                 # the next unusable tick estimates one period later again
+        return ArmCommand("hold", P, times, float(self._grip if self._grip is not None else GRIPPER_OPEN), t,
+                          reasons=[Violation(ViolationKind.BAD_INPUT, why)])
 
     def _tick(self, q: np.ndarray, g: float, now_ns: int) -> ArmCommand | None:
         sq, sv = self.setpoint(now_ns, q)
@@ -263,7 +286,7 @@ class SafetyExecutor:
         # look ahead: never faster than the setpoint can brake to rest by the chunk's last row (no overshoot when the
         # chunk ends without a successor)
         rows_left = int(c.horizon) - 1 - i
-        vmax = np.minimum(kin.velocity_limits, kin.accel_limits * self.period * (rows_left + 1))
+        vmax = np.minimum(kin.velocity_limits, BRAKE_FRACTION * kin.accel_limits * self.period * (rows_left + 1))
         ee = None
         if cart:
             p, R = kin.fk(q)
@@ -279,10 +302,16 @@ class SafetyExecutor:
                 q_cmd = self._cartesian_setpoint(q, sq, sv, ee)
         else:
             q_cmd = limit_joint_step(sq, sv, res.positions[0], self.period, vmax, kin.accel_limits)
-        bad = self.checker.verify_command(q, g, sq, sv, q_cmd[None], [self.period], grip, period=self.period)
+        # the command is checked together with the brake that would follow it: if the next row is refused (or none
+        # comes) the setpoint can always stop safely within the acceleration limits from where this row leaves it
+        tail = self._braking_points(q_cmd, (q_cmd - sq) / self.period)
+        P = np.vstack([q_cmd[None], tail]) if len(tail) else q_cmd[None]
+        bad = self.checker.verify_command(q, g, sq, sv, P, self.period * np.arange(1, len(P) + 1), grip,
+                                          period=self.period, end_at_rest=True)
         if bad:
             return bad
         self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))
+        self._tail = (int(self._sp_t[-1]), tail)          # verified with this command: how it stops from there
         self._grip = grip
         return ArmCommand("ee_delta" if cart else "joint_points", q_cmd[None], np.array([self.period]), grip, now_ns,
                           ee_delta=ee, reasons=list(res.reasons))
@@ -301,6 +330,18 @@ class SafetyExecutor:
             return q_t
         return limit_joint_step(sq, sv, q_t, self.period, kin.velocity_limits, kin.accel_limits)
 
+    def _braking_points(self, q0: np.ndarray, v0: np.ndarray) -> np.ndarray:
+        """(n, 7) setpoints one period apart that bring (q0, v0) to rest, each joint decelerating at BRAKE_FRACTION of
+        its limit (the rest is margin for a Cartesian controller whose setpoint the model predicts to ~1e-3 rad)."""
+        amax = self.checker.kin.accel_limits * self.checker.config.accel_fraction * BRAKE_FRACTION
+        T = self.period
+        pts, v, p = [], np.asarray(v0, dtype=np.float64).copy(), np.asarray(q0, dtype=np.float64).copy()
+        while np.any(np.abs(v) > 1e-9) and len(pts) < 200:
+            v = v - np.clip(v, -amax * T, amax * T)
+            p = p + v * T
+            pts.append(p.copy())
+        return np.array(pts).reshape(-1, 7)
+
     # ------------------------------------------------------------------ holding
     def brake(self, q_current, gripper_current: float, now_ns: int, reasons: list[Violation],
               kind: str = "hold") -> ArmCommand | None:
@@ -311,14 +352,12 @@ class SafetyExecutor:
         if isinstance(args, str):
             return self._stop_bad_input("brake: " + args)
         q, gripper_current, now_ns = args
+        self._last_now = now_ns
         sq, sv = self.setpoint(now_ns, q)
         T = self.period
-        amax = self.checker.kin.accel_limits
-        pts, v, p = [], sv.copy(), sq.copy()
-        while np.any(np.abs(v) > 1e-9) and len(pts) < 100:
-            v = v - np.clip(v, -amax * T, amax * T)
-            p = p + v * T
-            pts.append(p.copy())
+        pts = list(self._braking_points(sq, sv))
+        verified = self._tail is not None and abs(now_ns - self._tail[0]) < 1000 and len(pts) == len(self._tail[1]) \
+            and (not pts or np.allclose(np.array(pts), self._tail[1], atol=1e-9))
         reasons = list(reasons)
         if self._grip is not None:
             gripper_current = self._grip           # keep the grip that was commanded (a held object stays held)
@@ -326,8 +365,12 @@ class SafetyExecutor:
             P, times = sq[None], np.array([max(self.checker.config.hold_time_s, T)])
         else:
             P, times = np.array(pts), T * np.arange(1, len(pts) + 1)
-            bad = self.checker.verify_command(q, gripper_current, sq, sv, P, times, gripper_current, period=T,
-                                              end_at_rest=True)
+            # the brake at the end of a row command is the one verified with it; any other is checked now, and only
+            # a collision on it (not a virtual limit, not the time budget) makes the arm stop at the setpoint at once
+            bad = [] if verified else [
+                v for v in self.checker.verify_command(q, gripper_current, sq, sv, P, times, gripper_current, period=T,
+                                                       end_at_rest=True)
+                if v.kind in (ViolationKind.SELF_COLLISION, ViolationKind.TABLE_COLLISION, ViolationKind.ENV_COLLISION)]
             if bad:
                 reasons.append(Violation(ViolationKind.ACCEL_LIMIT, "braking path not safe (" + "; ".join(map(str, bad[:2]))
                                          + "): immediate stop at the setpoint", rejecting=False))
