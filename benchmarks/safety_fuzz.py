@@ -38,6 +38,7 @@ if str(_HERE.parent) not in sys.path:
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+from machine import cpu_model  # noqa: E402
 from safety_judge import (FRANKA_DQ_MAX, FRANKA_Q_MAX, FRANKA_Q_MIN, REPORTED_CRITERIA, UNSAFE_CRITERIA,  # noqa: E402
                           JudgeConfig, SafetyJudge, attach, contacts_of, detach, workspace_from_config)
 
@@ -1120,14 +1121,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import mujoco
     return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
             "mujoco": mujoco.__version__, "node": platform.node()}
