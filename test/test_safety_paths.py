@@ -166,6 +166,7 @@ def test_sim_finger_pads_are_in_the_collision_model():
     dict(now_ns="now"), dict(q_current="abcdefg"), dict(dq_current="fast"), dict(action_space=np.zeros(3)),
     dict(joint_names=5, action_space=ACTION_SPACE_JOINT_POSITION), dict(q_current=object()), dict(gripper_current="x"),
     dict(dt="0.05"), dict(dt=True), dict(actions=[[1, 2], [3]]), dict(actions="rows"), dict(start_q="x"),
+    dict(actions=np.zeros((8, 7)) + 1e-3j),
 ])
 def test_malformed_arguments_give_a_reason_never_an_exception(checker, bad):
     args = dict(actions=np.zeros((8, 7)), dt=0.05, action_space="ee_delta_xyz_rotvec_gripper", joint_names=[],

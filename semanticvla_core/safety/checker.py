@@ -456,7 +456,10 @@ class SafetyChecker(abc.ABC):
         if not isinstance(chunk.action_space, str):
             return [Violation(ViolationKind.UNSUPPORTED_ACTION_SPACE, f"action_space must be a string, got {_describe(chunk.action_space)}")]
         try:
-            a = np.asarray(chunk.actions, dtype=np.float64)
+            raw = np.asarray(chunk.actions)
+            if raw.dtype.kind not in "biuf":           # complex, object, strings: not real numbers
+                raise TypeError(f"dtype {raw.dtype} is not real numbers")
+            a = raw.astype(np.float64)
         except (TypeError, ValueError) as e:
             return [Violation(ViolationKind.WRONG_SHAPE, f"actions are not a numeric array: {e}")]
         if a.ndim != 2 or a.shape[0] == 0:
