@@ -174,6 +174,8 @@ class SafetyConfig:
     workspace_policy: str = "clip"        # "clip": project targets into the box | "reject"
     workspace_clip_max_m: float = 0.05    # targets further outside than this are rejected even with "clip"
     workspace_path_tol_m: float = 0.002   # between targets the TCP may bulge this far out of the box (path curvature)
+    workspace_clip_inset_m: float = 0.008 # targets clipped this far inside the faces (an arm turning its wrist fast
+                                          # lags its setpoint by up to ~1 cm at the TCP: benchmarks/safety_fuzz.py)
     # --- table plane and environment (always reject)
     table_z: float = 0.0                  # table top plane z (robot base on the table at the origin)
     gripper_table_margin_m: float = 0.006   # the gripper's lowest point (fingers / pads, any orientation) must stay this
@@ -540,8 +542,12 @@ class SafetyChecker(abc.ABC):
         # the TCP in the workspace box, by bisection: over a piece with TCP travel bound D (|dq| . tcp reach), every TCP
         # position is within D / 2 of the piece's midpoint, so a midpoint deeper inside the box than D / 2 clears it
         # (the setpoint's path only: the box is a virtual limit on where the arm is sent, not an obstacle)
+        # The path must stay workspace_clip_inset_m inside the faces (an arm lags its setpoint at speed), minus the
+        # curvature tolerance; a path that starts closer than that may move but not closer to a face than it is.
         lo, hi = np.asarray(self.config.workspace_min), np.asarray(self.config.workspace_max)
         tol = self.config.workspace_path_tol_m
+        p0 = self._tcp_positions(np.asarray(q0, dtype=np.float64)[None])[0]
+        need = min(self.config.workspace_clip_inset_m, float(min(np.min(p0 - lo), np.min(hi - p0)))) - tol
         for qa, qb, ga, gb, st in [sg for n, sg in enumerate(segs) if not (len(starts) > 1 and n == 1)]:
             D_full = float(np.abs(np.asarray(qb) - qa) @ self._tcp_radii)
             stack = [(0.0, 1.0)]
@@ -551,11 +557,12 @@ class SafetyChecker(abc.ABC):
                 p = self._tcp_positions((qa + fm * (np.asarray(qb) - qa))[None])[0]
                 inside = float(min(np.min(p - lo), np.min(hi - p)))
                 half = 0.5 * (f1 - f0) * D_full
-                if inside >= half:
+                if inside - need >= half:
                     continue
-                if inside < -tol:
-                    out.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(p, 3).tolist()} leaves the workspace box "
-                                                                  f"on the path", int(st)))
+                if inside < need:
+                    out.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(p, 3).tolist()} comes within "
+                                                                  f"{max(need, 0) * 1000:.0f} mm of a workspace face on the path",
+                                         int(st)))
                     return out
                 if half > 0.001:
                     stack += [(fm, f1), (f0, fm)]
@@ -627,7 +634,7 @@ class SafetyChecker(abc.ABC):
     def _workspace(self, P: np.ndarray) -> tuple[np.ndarray, list[Violation]]:
         cfg = self.config
         lo, hi = np.asarray(cfg.workspace_min, dtype=np.float64), np.asarray(cfg.workspace_max, dtype=np.float64)
-        inset = 0.001                                  # clipped targets 1 mm inside, not on the faces
+        inset = cfg.workspace_clip_inset_m             # clipped targets inside the faces, not on them
         Pc = np.clip(P, lo + inset, hi - inset)
         dist = np.linalg.norm(P - Pc, axis=1)
         s = _first(dist > 0)

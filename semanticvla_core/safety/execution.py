@@ -87,6 +87,7 @@ class SafetyExecutor:
         self._sp_q: np.ndarray | None = None              # ... and joint positions (K, 7)
         self._old: tuple = (None, None)                   # the polyline the current one replaced
         self._last_now: int | None = None                 # the last valid tick time
+        self._stopping = False                            # the committed setpoint path ends at rest by itself
         self._grip: float | None = None                   # the last gripper command (a hold keeps it: no dropped cube)
         self._tail: tuple[int, np.ndarray] | None = None  # (time, braking points) verified with the last row command
 
@@ -96,6 +97,7 @@ class SafetyExecutor:
         self.chunk, self.last_row_ns, self._pending, self._sp_t, self._sp_q = None, None, None, None, None
         self._old = (None, None)
         self._last_now = None
+        self._stopping = False
         self._grip = None
         self._tail = None
 
@@ -235,6 +237,7 @@ class SafetyExecutor:
         P, times = (np.array(pts), self.period * np.arange(1, len(pts) + 1)) if len(pts) else \
             (q[None], np.array([self.period]))
         self._commit(t, q, P, times)
+        self._stopping = True
         self._last_now = t                 # the next unusable tick estimates one period later again
         return ArmCommand("hold", P, times, float(self._grip if self._grip is not None else GRIPPER_OPEN), t,
                           reasons=[Violation(ViolationKind.BAD_INPUT, why)])
@@ -251,11 +254,12 @@ class SafetyExecutor:
             if bad:
                 return self.brake(q, g, now_ns, bad)
             self._commit(now_ns, sq, cmd.positions, cmd.times)
+            self._stopping = True                 # (a whole chunk ends at rest at its last point)
             self._grip = cmd.gripper
             return cmd
         i, skipped = self.row_index(now_ns)
-        if i is None:
-            return None if not np.any(sv) else self.brake(q, g, now_ns, [], kind="joint_points")
+        if i is None:          # no row due: a setpoint left moving by the last row brakes (one already stopping goes on)
+            return None if (self._stopping or not np.any(sv)) else self.brake(q, g, now_ns, [], kind="joint_points")
         c = self.chunk
         self.last_row_ns = int(c.stamp_ns + round(i * float(c.dt) * 1e9))
         try:
@@ -311,6 +315,7 @@ class SafetyExecutor:
         if bad:
             return bad
         self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))
+        self._stopping = False
         self._tail = (int(self._sp_t[-1]), tail)          # verified with this command: how it stops from there
         self._grip = grip
         return ArmCommand("ee_delta" if cart else "joint_points", q_cmd[None], np.array([self.period]), grip, now_ns,
@@ -353,14 +358,29 @@ class SafetyExecutor:
             return self._stop_bad_input("brake: " + args)
         q, gripper_current, now_ns = args
         self._last_now = now_ns
-        sq, sv = self.setpoint(now_ns, q)
-        T = self.period
-        pts = list(self._braking_points(sq, sv))
-        verified = self._tail is not None and abs(now_ns - self._tail[0]) < 1000 and len(pts) == len(self._tail[1]) \
-            and (not pts or np.allclose(np.array(pts), self._tail[1], atol=1e-9))
+        self.chunk = None if kind == "hold" else self.chunk
+        if self._stopping and self._sp_t is not None and np.max(np.abs(self._q_at(now_ns) - q)) <= self.recapture:
+            return None                            # already stopping along a checked path: let it finish
         reasons = list(reasons)
         if self._grip is not None:
             gripper_current = self._grip           # keep the grip that was commanded (a held object stays held)
+        T = self.period
+        if (self._tail is not None and self._sp_t is not None and int(self._sp_t[0]) <= now_ns < self._tail[0]
+                and self._tail[0] == int(self._sp_t[-1]) and self.setpoint(now_ns, q)[0] is not None
+                and np.max(np.abs(self._q_at(now_ns) - q)) <= self.recapture):
+            # inside the last row's period: that row finishes, then the brake verified with it (all checked already)
+            t_end, tail = self._tail
+            P = np.vstack([self._sp_q[-1][None], tail]) if len(tail) else self._sp_q[-1][None]
+            times = (t_end - now_ns) * 1e-9 + T * np.arange(len(P))
+            self._commit(now_ns, self._q_at(now_ns), P, times)
+            self._stopping = True
+            self._tail = (int(self._sp_t[-1]), np.zeros((0, 7)))
+            self.chunk = None if kind == "hold" else self.chunk
+            return ArmCommand(kind, P, times, float(gripper_current), now_ns, reasons=reasons)
+        sq, sv = self.setpoint(now_ns, q)
+        pts = list(self._braking_points(sq, sv))
+        verified = self._tail is not None and abs(now_ns - self._tail[0]) < 1000 and len(pts) == len(self._tail[1]) \
+            and (not pts or np.allclose(np.array(pts), self._tail[1], atol=1e-9))
         if not pts:
             P, times = sq[None], np.array([max(self.checker.config.hold_time_s, T)])
         else:
@@ -376,5 +396,5 @@ class SafetyExecutor:
                                          + "): immediate stop at the setpoint", rejecting=False))
                 P, times = sq[None], np.array([T])
         self._commit(now_ns, sq, P, times)
-        self.chunk = None if kind == "hold" else self.chunk
+        self._stopping = True
         return ArmCommand(kind, P, times, float(gripper_current), now_ns, reasons=reasons)
