@@ -254,7 +254,7 @@ class SafetyExecutor:
             if bad:
                 return self.brake(q, g, now_ns, bad)
             self._commit(now_ns, sq, cmd.positions, cmd.times)
-            self._stopping = True                 # (a whole chunk ends at rest at its last point)
+            self._stopping = False                # (it ends at rest, but a hold must brake it now)
             self._grip = cmd.gripper
             return cmd
         i, skipped = self.row_index(now_ns)
