@@ -526,13 +526,13 @@ def test_safety_cartesian_sends_the_checked_rows_to_the_cartesian_controller(h):
     acts = np.zeros((8, 7)); acts[:, 0] = 0.0005 * np.arange(1, 9); acts[:, 6] = 1.0   # x tells the rows apart
     acts[5:, 2] = -0.004                                                       # rows 5..7: 2 mm below the margin
     pub_c.publish(chunk_to_msg(ActionChunkData(acts.astype(np.float32), 0.05, stamp_ns=h.now_ns())))
-    assert h.spin_until(lambda: len(cart) >= 7, 5), len(cart)
+    assert h.spin_until(lambda: len(cart) >= 6, 5), len(cart)     # (a row whose time passed on a loaded box is skipped)
     h.spin_for(0.3)
     rows = [np.asarray(m.actions, np.float64).reshape(m.horizon, m.action_dim) for _, m in cart]
-    assert all(r.shape == (1, 7) for r in rows) and 7 <= len(rows) <= 8
+    assert all(r.shape == (1, 7) for r in rows) and 6 <= len(rows) <= 8
     got = np.vstack(rows)
     idx = np.round(got[:, 0] / 0.0005).astype(int) - 1
-    assert list(idx) == sorted(set(idx)) and idx[-1] == 7                    # in order, each row once
+    assert list(idx) == sorted(set(idx)) and idx[-1] >= 6                    # in order, each row once
     want = acts[idx].copy()
     from semanticvla_core.safety import BuiltinSafetyChecker
     floor = float(BuiltinSafetyChecker().tcp_floor(R0))                      # ~1.35 cm: fingertips 4 mm above the table

@@ -224,7 +224,7 @@ def test_bad_robot_state_holds_without_trajectory(checker):
 def test_velocity_excess_time_scaled_or_rejected():
     checker = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, max_time_scale=12.0))
     acts = np.zeros((6, 7)); acts[:, 1] = 0.07            # 1.4 m/s sideways from rest, then stop: too fast for the joints
-    r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
+    r = checker.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW, end_at_rest=True)   # (sent whole: execution trajectory)
     assert r.status is SafetyStatus.CLIPPED and K.VELOCITY_LIMIT in r.kinds and not r.rejecting_kinds, r.summary()
     assert 1.0 < r.time_scale <= checker.config.max_time_scale
     # the command as the controller runs it (linear between the points, from rest, to rest at the last point):
@@ -235,7 +235,7 @@ def test_velocity_excess_time_scaled_or_rejected():
     dv = np.diff(np.vstack([np.zeros(7), v, np.zeros(7)]), axis=0) / checker.config.control_period_s
     assert np.all(np.abs(dv) <= checker.kin.accel_limits * (1 + 1e-6))
     capped = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, max_time_scale=2.0))   # needs more than allowed
-    r2 = capped.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
+    r2 = capped.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW, end_at_rest=True)
     assert r2.is_hold and K.VELOCITY_LIMIT in r2.rejecting_kinds and r2.time_scale > 2.0
     strict = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, dynamics_policy="reject"))
     assert K.VELOCITY_LIMIT in strict.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).rejecting_kinds

@@ -316,7 +316,7 @@ class SafetyChecker(abc.ABC):
     def check_chunk(self, chunk: ActionChunkData, q_current: np.ndarray, gripper_current: float,
                     now_ns: int | None = None, dq_current: np.ndarray | None = None,
                     start_q: np.ndarray | None = None, start_v: np.ndarray | None = None,
-                    dynamics: bool = True) -> SafetyResult:
+                    dynamics: bool = True, end_at_rest: bool = False) -> SafetyResult:
         """Check every step of ``chunk`` and the path between them from the robot state; never raises (any bad
         argument -> a hold with a reason) and never runs longer than ``config.check_budget_s`` (-> TIMEOUT).
 
@@ -329,10 +329,14 @@ class SafetyChecker(abc.ABC):
           also from q_current to step 0 (the arm catching up with its setpoint).
         dynamics: False skips the velocity/acceleration/jerk check (the executor limits each row itself and checks
           the command it sends with :meth:`verify_command`).
+        end_at_rest: the chunk is sent whole and the controller stops at its last point (execution trajectory): the
+          stop counts as an acceleration and the points are checked as the controller samples them. False: the
+          chunk is a window of a longer motion.
         """
         self._deadline = time.perf_counter() + self.config.check_budget_s
         try:
-            return self._check_chunk(chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v, dynamics)
+            return self._check_chunk(chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v, dynamics,
+                                     end_at_rest)
         except CheckTimeout as e:
             return self.hold(q_current, gripper_current, [Violation(ViolationKind.TIMEOUT, str(e))])
         except Exception as e:  # noqa: BLE001 - bad input of any kind must end in a hold with a reason, never a raise
@@ -347,7 +351,7 @@ class SafetyChecker(abc.ABC):
                                "chunk rejected")
 
     def _check_chunk(self, chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v,
-                     dynamics) -> SafetyResult:
+                     dynamics, end_at_rest=False) -> SafetyResult:
         cfg = self.config
         # ---- robot state
         q_cur = _as_vector(q_current, 7)
@@ -398,9 +402,9 @@ class SafetyChecker(abc.ABC):
             G = np.clip(actions[:, 7], GRIPPER_OPEN, GRIPPER_CLOSED) if actions.shape[1] == 8 else np.full(H, g_cur)
             P = self._tcp_positions(Q)
             reasons += self._workspace_strict(P)
-        return self._finish(q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics)
+        return self._finish(q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest)
 
-    def _finish(self, q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics) -> SafetyResult:
+    def _finish(self, q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest=False) -> SafetyResult:
         """Limits, the dense path check and dynamics of joint waypoints Q; the verdict."""
         H = len(Q)
         reasons = reasons + self._joint_limits(Q)
@@ -408,7 +412,7 @@ class SafetyChecker(abc.ABC):
             reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
         scale = 1.0
         if dynamics:
-            scale, dyn = self._dynamics(q0, Q, dt, v0)
+            scale, dyn = self._dynamics(q0, Q, dt, v0, end_at_rest)
             reasons += dyn
         rejecting = [r for r in reasons if r.rejecting]
         if rejecting:
@@ -658,7 +662,7 @@ class SafetyChecker(abc.ABC):
                                                      f"[{self.kin.lower[j] + m:.4f}, {self.kin.upper[j] - m:.4f}]", s)]
 
     def _dynamics(self, q_cur: np.ndarray, Q: np.ndarray, dt: float, dq_cur: np.ndarray | None,
-                  end_at_rest: bool = True) -> tuple[float, list[Violation]]:
+                  end_at_rest: bool = False) -> tuple[float, list[Violation]]:
         """Velocity/acceleration/jerk check; returns (time scale, violations)."""
         cfg = self.config
         vmax = self.kin.velocity_limits * cfg.velocity_fraction

@@ -160,7 +160,8 @@ class SafetyExecutor:
         # stepwise / cartesian: every row's command is rate-limited and verified as sent, so the admission checks the
         # path, not the timing (a chunk that starts faster than the arm can accelerate just runs a little later)
         res = self.checker.check_chunk(chunk, q_current, gripper_current, now_ns=now_ns, dq_current=dq_current,
-                                       start_q=sq, start_v=sv, dynamics=self.mode == "trajectory")
+                                       start_q=sq, start_v=sv, dynamics=self.mode == "trajectory",
+                                       end_at_rest=self.mode == "trajectory")
         self._pending = None
         if res.is_hold:
             self.chunk = None
