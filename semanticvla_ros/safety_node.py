@@ -177,6 +177,10 @@ class SafetyNode(Node):
         self.counts["clipped" if res.reasons else "ok"] += 1
         self.watchdog.feed("chunk", t)
         self._diag(res.status.value, violations_text(res.reasons), t)
+        if self.p.execution == "trajectory":       # a whole chunk goes out now, not at the next period
+            cmd = self.commander.tick(self.q, self.gripper, t, self.dq)
+            if cmd is not None:
+                self._hold(cmd.reasons, t, cmd=cmd) if cmd.is_hold else self._send(cmd)
 
     @guarded()
     def on_step(self) -> None:

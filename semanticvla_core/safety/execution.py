@@ -360,11 +360,17 @@ class SafetyExecutor:
         q, gripper_current, now_ns = args
         self._last_now = now_ns
         self.chunk = None if kind == "hold" else self.chunk
-        if self._stopping and self._sp_t is not None and np.max(np.abs(self._q_at(now_ns) - q)) <= self.recapture:
-            return None                            # already stopping along a checked path: let it finish
         reasons = list(reasons)
         if self._grip is not None:
             gripper_current = self._grip           # keep the grip that was commanded (a held object stays held)
+        if self._stopping and self._sp_t is not None and np.max(np.abs(self._q_at(now_ns) - q)) <= self.recapture:
+            # already stopping along a checked path: the rest of that same path again (at rest: its last point)
+            later = self._sp_t > now_ns
+            if np.any(later):
+                P, times = self._sp_q[later], (self._sp_t[later] - now_ns) * 1e-9
+            else:
+                P, times = self._sp_q[-1][None], np.array([max(self.checker.config.hold_time_s, self.period)])
+            return ArmCommand(kind, P.copy(), times, float(gripper_current), now_ns, reasons=reasons)
         T = self.period
         if (self._tail is not None and self._sp_t is not None and int(self._sp_t[0]) <= now_ns < self._tail[0]
                 and self._tail[0] == int(self._sp_t[-1]) and self.setpoint(now_ns, q)[0] is not None
