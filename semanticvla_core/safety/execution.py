@@ -24,7 +24,7 @@ Modes (safety filter parameter ``execution``):
   position-only points (JTC interpolates those linearly: the polyline that was checked).
 
 Rows are consumed by their times (row i applies at ``stamp + i * dt``): each row runs at most once, rows whose time
-has passed by more than one period are skipped, and a tick with no row due brakes a moving setpoint to rest.
+has passed by more than two periods are skipped, and a tick with no row due brakes a moving setpoint to rest.
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ class SafetyExecutor:
         i_next = 0 if self.last_row_ns is None else int(math.floor((self.last_row_ns - c.stamp_ns) / dt_ns + 0.5)) + 1
         i_next = max(i_next, 0)
         skipped = 0
-        if i_next < i_now - 1:
+        if i_next < i_now - 2:            # late by more than two periods: skip to the row for now
             skipped, i_next = i_now - i_next, i_now
         if i_next > i_now or i_next >= c.horizon:
             return None, 0
