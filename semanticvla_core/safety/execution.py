@@ -373,7 +373,7 @@ class SafetyExecutor:
             return ArmCommand(kind, P.copy(), times, float(gripper_current), now_ns, reasons=reasons)
         T = self.period
         if (self._tail is not None and self._sp_t is not None and int(self._sp_t[0]) <= now_ns < self._tail[0]
-                and self._tail[0] == int(self._sp_t[-1]) and self.setpoint(now_ns, q)[0] is not None
+                and self._tail[0] == int(self._sp_t[-1])
                 and np.max(np.abs(self._q_at(now_ns) - q)) <= self.recapture):
             # inside the last row's period: that row finishes, then the brake verified with it (all checked already)
             t_end, tail = self._tail
