@@ -6,10 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from semanticvla_core.camera import PinholeCamera, look_at
+from semanticvla_core.data.cameras import DEFAULT_IMAGE_KEY as AGENT, DEFAULT_WRIST_KEY as WRIST  # noqa: F401
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Writer
-
-AGENT = "observation.images.agentview"
-WRIST = "observation.images.wrist"
 
 
 def frame_image(e: int, i: int, h: int, w: int, seed: int = 0) -> np.ndarray:

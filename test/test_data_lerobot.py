@@ -12,6 +12,7 @@ import pytest
 
 from data_fixtures import AGENT, WRIST, default_features, frame_image, make_dataset
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer, load_meta
+from semanticvla_core.data.tracex import TraceColumns
 
 CODEC_TOL = 8.0  # mean absolute pixel error (0..255) allowed after lossy encoding of the smooth test images
 
@@ -175,14 +176,20 @@ def test_bad_inputs_name_file_episode_frame(tmp_path):
         LeRobotV3Dataset(d)
     with pytest.raises(ValueError, match=r"file-001\.parquet: episode 1 has 7 rows but meta/episodes says length 6"):
         LeRobotV3Dataset(d, check=False).get_columns(1)  # the data file disagrees too
-    # traces outside [0, 1] in a present frame
+    # traces outside [0, 1] in a present frame: every other column stays readable; reading the traces names the
+    # file, episode, frame, column and the option
     d = fresh("trace")
     p = d / "data/chunk-000/file-002.parquet"
     present = pq.read_table(p).column("trace.present").to_pylist()
     row = present.index(True)
     _rewrite_data(p, lambda t: _set_vector(t, "trace.x", row, 1.5))
-    with pytest.raises(ValueError, match=rf"file-002\.parquet: episode 2, frame {row}: trace\.x values outside"):
-        LeRobotV3Dataset(d)
+    ds = LeRobotV3Dataset(d)
+    fr = ds.frame(2, row)
+    assert fr["action"].shape == (7,) and fr[AGENT].shape == (48, 64, 3) and fr["task"].startswith("pick up")
+    TraceColumns(ds).episode(1)
+    with pytest.raises(ValueError, match=rf"file-002\.parquet: episode 2, frame {row}: trace\.x values outside "
+                                         r"\[0, 1\] .*--trace-convention"):
+        TraceColumns(ds).episode(2)
     # NaN action: error policy names it, skip policy drops and counts it
     d = fresh("nan")
     p = d / "data/chunk-000/file-001.parquet"

@@ -2,12 +2,16 @@
 """Add TraceX trace columns (trace.x, trace.y, trace.present) to a LeRobot v3 dataset.
 
 Examples:
-  # exact labels in simulation: project the end-effector position through meta/cameras.json
+  # exact labels in simulation: project the end-effector position through the dataset's camera calibration
   python training/annotate_traces.py --dataset data/sim_demos --method projection   # observation.ee_pos
   # real data: keyframes + Lucas-Kanade tracking, end-effector located on keyframes from a JSON of points
   python training/annotate_traces.py --dataset data/real --method track --tracker lk \
       --keyframe-points keypoints.json --overlay-episodes 4
-Rerunning with --resume continues after the last finished episode.
+  # another dataset's camera name
+  python training/annotate_traces.py --dataset data/real --image-key observation.images.image --method track ...
+Rerunning with --resume continues after the last finished episode. The trace columns are written in [0, 1]
+(coordinate_space normalized_image_xy_0_1 and the camera in their feature info in meta/info.json), replacing
+trace columns of the same names the dataset had.
 """
 from __future__ import annotations
 
@@ -23,8 +27,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="dataset root (LeRobot v3)")
     p.add_argument("--method", choices=["projection", "track"], default=d.method)
-    p.add_argument("--camera", default=d.camera, help="video key the trace is drawn in (default %(default)s)")
-    p.add_argument("--camera-json", default=None, help="PinholeCamera JSON (default: meta/cameras.json)")
+    p.add_argument("--image-key", "--camera", dest="camera", default=d.camera,
+                   help="camera (video key) the trace is drawn in (default %(default)s)")
+    p.add_argument("--camera-json", default=None, help="PinholeCamera JSON (default: the dataset's calibration, "
+                   "meta/info.json features[<image key>].info.camera_calibration or meta/cameras.json)")
     p.add_argument("--window", type=int, default=d.window)
     p.add_argument("--ee-key", default=d.ee_key, help="column with end-effector xyz (default %(default)s)")
     p.add_argument("--ee-slice", type=int, nargs=2, default=list(d.ee_slice), metavar=("START", "STOP"))

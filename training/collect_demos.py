@@ -6,8 +6,10 @@
 Every episode: both cameras (``observation.images.agentview`` / ``.wrist``), ``observation.state`` (15-D,
 see ``semanticvla_core.sim.env.STATE_NAMES``), ``observation.ee_pos``, 7-D ee_delta ``action``, exact traces
 (``trace.x``, ``trace.y`` float32[12], ``trace.present``: the TCP projected through the agent-view camera),
-the instruction as the task string, and ``meta/cameras.json``. Instructions are drawn from the *train*
-split, cycling through the instruction kinds. Only successful expert episodes are written; episode seeds
+the instruction as the task string, and the cameras' calibration (in each camera feature's ``info`` in
+``meta/info.json``, where lerobot's dataset tools keep it, mirrored to ``meta/cameras.json``; the trace
+features record their [0, 1] convention there too; both written by ``LeRobotV3Writer``). Instructions are
+drawn from the *train* split, cycling through the instruction kinds. Only successful expert episodes are written; episode seeds
 are ``seed, seed+1, ...`` (skipped failures consume a seed). Worker processes simulate and render; the
 main process writes (one writer, atomic finalize).
 """
@@ -54,11 +56,14 @@ def _run_episode(job: tuple) -> dict:
     ep = rollout_expert(_ENV, task, seed, instruction_kind=kind, split="train", render=True, speed=speed,
                         action_noise=noise)
     ep["seed"], ep["kind"], ep["task"] = seed, kind, task
+    # the wrist camera moves with the hand: no fixed world pose. Its rigid mount T_tcp_cam places it at any frame
+    # from that frame's TCP pose (observation.state); it is stored as its pose too (in the TCP frame), rounded, so
+    # that every dataset of this robot records the same calibration (it travels in the camera features of
+    # meta/info.json, and lerobot merges only datasets whose features are equal)
+    mount = np.round(_ENV.wrist_mount(), 10).tolist()
     ep["cameras"] = {"observation.images.agentview": _ENV.camera("agentview").to_dict(),
-                     # the wrist camera moves with the hand: its pose at the episode end, plus the rigid mount
-                     # (T_tcp_cam) that places it at any frame from that frame's TCP pose (observation.state)
-                     "observation.images.wrist": {**_ENV.camera("wrist").to_dict(),
-                                                  "T_tcp_cam": _ENV.wrist_mount().tolist()}}
+                     "observation.images.wrist": {**_ENV.camera("wrist").to_dict(), "T_world_cam": mount,
+                                                  "T_tcp_cam": mount}}
     del ep["camera"]
     if not ep["success"]:
         ep.pop("images", None)

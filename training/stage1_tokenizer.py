@@ -3,6 +3,8 @@
 
     python training/stage1_tokenizer.py --dataset data/panda_demos --config tiny --out runs/stage1
     python training/stage1_tokenizer.py --synthetic 4000 --config tiny --out runs/stage1_toy
+    python training/stage1_tokenizer.py --dataset data/libero_tracex --image-key observation.images.image \
+        --trace-convention percent --config tiny --out runs/stage1
     torchrun --nproc_per_node 2 training/stage1_tokenizer.py --dataset ... --config base --out ...
 
 The library function is ``semanticvla_core.training.stage1_tokenizer.train_tokenizer``; this file only
@@ -37,7 +39,7 @@ def split_by_episode(full, eval_fraction: float, seed: int) -> tuple[Subset, Sub
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from semanticvla_core.training.common import add_train_arguments
+    from semanticvla_core.training.common import add_dataset_arguments, add_train_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-a", type=int, default=None, help="stage A (trace VQ-VAE) steps")
     p.add_argument("--steps-b", type=int, default=None, help="stage B (latent VQ-VAE) steps")
     add_train_arguments(p)
+    add_dataset_arguments(p, wrist=False)
     p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the episodes")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--no-progress", action="store_true")
@@ -93,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:
             print(f"error: semanticvla_core.data.pipelines.TokenizerDataset is not available ({e})", file=sys.stderr)
             return 2
-        full = TokenizerDataset(args.dataset, image_size=m.image_size, window=m.window, horizon=m.frame_horizon)
+        from semanticvla_core.training.common import dataset_kwargs
+        try:
+            full = TokenizerDataset(args.dataset, image_size=m.image_size, window=m.window, horizon=m.frame_horizon,
+                                    **dataset_kwargs(args))
+        except ValueError as e:      # a camera key or the trace convention (the message names the option)
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         train_ds, eval_ds = split_by_episode(full, args.eval_fraction, t.seed)
 
     path = train_tokenizer(cfg, train_ds, eval_ds)

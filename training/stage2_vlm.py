@@ -4,6 +4,9 @@
     python training/stage2_vlm.py --synthetic 4000 --config tiny --out runs/stage2_toy
     python training/stage2_vlm.py --dataset data/panda_demos --latent-tokenizer runs/stage1/tokenizer \
         --config tiny --out runs/stage2
+    # another dataset's camera names and trace convention (when its meta/info.json does not state it):
+    python training/stage2_vlm.py --dataset data/libero_tracex --image-key observation.images.image \
+        --wrist-key observation.images.wrist_image --trace-convention percent --latent-tokenizer ... --out ...
     torchrun --nproc_per_node 2 training/stage2_vlm.py --dataset ... --config base --out ...
 
 The library function is ``semanticvla_core.training.stage2_vlm.train_vlm``; this file parses arguments
@@ -19,7 +22,7 @@ from torch.utils.data import Subset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from semanticvla_core.training.common import add_train_arguments
+    from semanticvla_core.training.common import add_dataset_arguments, add_train_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-vision", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("--steps", type=int, default=None)
     add_train_arguments(p)
+    add_dataset_arguments(p)
     p.add_argument("--eval-fraction", type=float, default=0.05, help="held-out share of the samples")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -96,19 +100,26 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         from semanticvla_core.data.pipelines import VLMDataset
+        from semanticvla_core.training.common import dataset_kwargs
+        data_kw = dataset_kwargs(args)
         if not args.latent_tokenizer:
             print("error: --latent-tokenizer is required with --dataset (latent ids come from it)", file=sys.stderr)
             return 2
         ids_path = Path(args.latent_ids) if args.latent_ids else Path(args.out) / "latent_ids.safetensors"
-        if not ids_path.is_file():   # label every frame once with the stage-1 tokenizer (rank 0), then reuse
-            from semanticvla_core.training.common import barrier, setup_distributed
-            from semanticvla_core.training.stage2_vlm import ensure_latent_ids
-            info = setup_distributed(t.device)
-            if info.is_main:
-                ensure_latent_ids(ids_path, args.dataset, args.latent_tokenizer, device=info.device)
-            barrier()
-        full = VLMDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
-                          latent_ids=str(ids_path))
+        try:     # a camera key or the trace convention (the message names the option)
+            if not ids_path.is_file():   # label every frame once with the stage-1 tokenizer (rank 0), then reuse
+                from semanticvla_core.training.common import barrier, setup_distributed
+                from semanticvla_core.training.stage2_vlm import ensure_latent_ids
+                info = setup_distributed(t.device)
+                if info.is_main:
+                    ensure_latent_ids(ids_path, args.dataset, args.latent_tokenizer, device=info.device,
+                                      camera=data_kw["camera"], trace_convention=data_kw["trace_convention"])
+                barrier()
+            full = VLMDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
+                              latent_ids=str(ids_path), **data_kw)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         g = torch.Generator().manual_seed(t.seed)
         perm = torch.randperm(len(full), generator=g).tolist()
         n_eval = int(len(full) * args.eval_fraction)

@@ -3,6 +3,8 @@
 
     python training/stage3_e2e.py --synthetic 4000 --init-from runs/stage2_toy/policy --out runs/stage3_toy
     python training/stage3_e2e.py --dataset data/panda_demos --init-from runs/stage2/policy --out runs/stage3
+    python training/stage3_e2e.py --dataset data/libero_tracex --image-key observation.images.image \
+        --wrist-key observation.images.wrist_image --trace-convention percent --init-from ... --out ...
     torchrun --nproc_per_node 2 training/stage3_e2e.py --dataset ... --init-from ... --out ...
 
 The paper's comparison variants (same stage-3 schedule for all):
@@ -29,7 +31,7 @@ from torch.utils.data import Subset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from semanticvla_core.training.common import add_train_arguments
+    from semanticvla_core.training.common import add_dataset_arguments, add_train_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a fresh model; with --init-from only use_latent / trace_to_decoder")
     p.add_argument("--steps", type=int, default=None)
     add_train_arguments(p)
+    add_dataset_arguments(p)
     p.add_argument("--eval-fraction", type=float, default=0.05)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_ds = synthetic_dataset_for(m, n_eval, seed=t.seed + 1)
     else:
         from semanticvla_core.data.pipelines import ActionDataset
+        from semanticvla_core.training.common import dataset_kwargs
+        data_kw = dataset_kwargs(args)
         if not args.latent_ids and m.use_latent:
             print("error: --latent-ids is required with --dataset (stage 2 writes <stage2 out>/latent_ids.safetensors)",
                   file=sys.stderr)
@@ -159,11 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --latent-ids {args.latent_ids} does not exist and no stage-1 tokenizer to compute it "
                       f"(--latent-tokenizer)", file=sys.stderr)
                 return 2
-            ensure_latent_ids(args.latent_ids, args.dataset, tok, progress=t.progress)
-        full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
-                             latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
-                             stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache,
-                             action_frame=m.action_frame)
+        try:     # a camera key or the trace convention (the message names the option)
+            if args.latent_ids and not Path(args.latent_ids).is_file():
+                ensure_latent_ids(args.latent_ids, args.dataset, tok, progress=t.progress, camera=data_kw["camera"],
+                                  trace_convention=data_kw["trace_convention"])
+            full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
+                                 latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
+                                 stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache,
+                                 action_frame=m.action_frame, **data_kw)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         stats = getattr(full, "stats", None)
         g = torch.Generator().manual_seed(t.seed)
         perm = torch.randperm(len(full), generator=g).tolist()

@@ -4,7 +4,8 @@ Two methods give a per-frame end-effector track (T, 2) in normalized image coord
 windows then come from ``traces.trace_windows`` (``tracex.track_to_columns``):
 
 * ``projection``: calibrated projection of end-effector positions (a state column, world frame) through the
-  camera (``PinholeCamera`` from ``meta/cameras.json`` or a given JSON). Exact in simulation.
+  camera (``PinholeCamera`` from the dataset's calibration - ``cameras.py`` - or a given JSON). Exact in
+  simulation.
 * ``track``: keyframes (gripper open/close events + velocity minima) with the end-effector located on the
   keyframes (a JSON of points a person or a pointing model produced, or projection *at keyframes only*),
   and a ``PointTracker`` (LK or CoTracker) between them.
@@ -27,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from semanticvla_core.camera import PinholeCamera, normalized_to_pixels, pixels_to_normalized
+from semanticvla_core.data.cameras import DEFAULT_IMAGE_KEY, check_camera_key
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset, add_columns
 from semanticvla_core.data.trackers import detect_keyframes, make_tracker, track_between_keyframes
 from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, track_to_columns, tracex_features
@@ -39,8 +41,8 @@ class AnnotateConfig:
     """Options of ``annotate_dataset`` (CLI: ``training/annotate_traces.py``)."""
 
     method: str = "projection"                  # "projection" | "track"
-    camera: str = "observation.images.agentview"  # video key whose image plane the trace lives in
-    camera_json: str | None = None              # PinholeCamera.to_dict() JSON; default meta/cameras.json[camera]
+    camera: str = DEFAULT_IMAGE_KEY             # video key whose image plane the trace lives in (--image-key)
+    camera_json: str | None = None              # PinholeCamera.to_dict() JSON; default: the dataset's calibration
     window: int = DEFAULT_WINDOW                # W anchors per frame
     ee_key: str = "observation.ee_pos"          # column holding the end-effector position (world frame)
     ee_slice: tuple[int, int] = (0, 3)          # xyz = column[..., a:b]
@@ -150,8 +152,8 @@ def annotate_dataset(root, cfg: AnnotateConfig | None = None) -> AnnotateReport:
         raise ValueError(f"method must be 'projection' or 'track', got {cfg.method!r}")
     root = Path(root)
     ds = LeRobotV3Dataset(root, nan_policy="skip", check=False)
-    if cfg.camera not in ds.video_keys and cfg.method == "track":
-        raise ValueError(f"{root}: no video {cfg.camera!r} (have {ds.video_keys})")
+    if cfg.method == "track":
+        check_camera_key(ds.features, cfg.camera, "--image-key", root)
     work = _work_dir(root)
     tracks_dir = work / "tracks"
     prog_path = work / "progress.json"
@@ -206,7 +208,7 @@ def annotate_dataset(root, cfg: AnnotateConfig | None = None) -> AnnotateReport:
             cols[k][r.start:r.stop] = c[k]
         vis_count += int(c[TRACE_PRESENT].sum())
         per_ep[e] = c
-    add_columns(root, tracex_features(cfg.window), cols)
+    add_columns(root, tracex_features(cfg.window, cfg.camera), cols)
     progress["complete"] = True
     _write_json(prog_path, progress)
     report.complete = True

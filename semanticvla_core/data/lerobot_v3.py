@@ -9,7 +9,9 @@ Layout (as the official library writes it; see ``shared/notes/lerobot-v3-format.
     <root>/meta/episodes/chunk-XXX/file-YYY.parquet    one row per episode (+ ``stats/<feature>/<stat>``)
     <root>/data/chunk-XXX/file-YYY.parquet             frames of many episodes, one row group per episode
     <root>/videos/<key>/chunk-XXX/file-YYY.mp4         per camera, episodes back to back
-    <root>/meta/cameras.json                           (ours, optional) {camera_key: PinholeCamera.to_dict()}
+    <root>/meta/cameras.json                           (ours, optional) {camera_key: PinholeCamera.to_dict()}:
+                                                       a mirror of the calibration kept in each camera feature's
+                                                       ``info`` (``cameras.py``), read for older datasets
 
 Writer: frames are buffered per episode, ``save_episode`` appends the episode's rows to the current data
 file (one row group) and encodes its video frames into the current mp4 of every camera, starting the
@@ -24,7 +26,11 @@ features as 0-d arrays, like lerobot), video features decoded as uint8 HxWx3 (AV
 per-file decoder cache makes sequential reads cheap.
 
 Bad input raises ``ValueError`` naming the file, episode and frame (corrupt/truncated Parquet, missing video
-file, mismatched episode lengths, traces outside [0, 1]). Non-finite actions follow ``nan_policy``:
+file, mismatched episode lengths). Trace columns are returned as stored, in whatever layout and coordinate
+convention the dataset has: ``tracex.TraceColumns`` reads them as [0, 1] windows and checks them (the writer
+refuses traces outside [0, 1]), so a dataset with pixel traces still reads its other columns. Camera
+calibration (``cameras.py``) travels in the camera features' ``info`` in ``meta/info.json``, where lerobot's
+dataset tools keep it. Non-finite actions follow ``nan_policy``:
 ``"error"`` raises, ``"skip"`` drops those frames (writer) or leaves them out of the sample index (reader)
 and warns with a count.
 """
@@ -45,6 +51,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..scheduling import normal_scheduling
+from .cameras import add_calibration, calibration_dict, image_shape, load_calibration
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -65,6 +72,7 @@ DEFAULT_FEATURES = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 TRACE_FEATURES = ("trace.x", "trace.y")
+UNIT_COORDINATES = "normalized_image_xy_0_1"   # tracex.UNIT_SPACE: what the writer stores in trace features
 NAN_POLICIES = ("error", "skip")
 _VIDEO_CODECS = {"h264": "libx264", "av1": "libsvtav1"}
 _NUMERIC = {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
@@ -221,8 +229,11 @@ class LeRobotV3Writer:
     ``nan_policy`` applies to the float features named in ``nan_keys`` (default ``("action",)``):
     ``"error"`` raises on a non-finite value, ``"skip"`` drops the frame and counts it (warning at
     ``save_episode``; total in ``skipped_frames``). Traces (``trace.x``/``trace.y``) outside [0, 1] in a frame
-    whose ``trace.present`` is true raise. ``cameras`` ({camera_key: PinholeCamera or its dict}) is written
-    to ``meta/cameras.json``. The size limits (MB) and ``chunks_size`` control file roll-over.
+    whose ``trace.present`` is true raise; their features record that convention (``info.coordinate_space``
+    = ``normalized_image_xy_0_1``). A non-video feature may carry an ``info`` dict (kept in ``info.json``).
+    ``cameras`` ({camera_key: PinholeCamera or its dict}) is written into each camera feature's ``info``
+    (``cameras.CALIBRATION_KEY``) and mirrored to ``meta/cameras.json``. The size limits (MB) and
+    ``chunks_size`` control file roll-over.
     """
 
     def __init__(self, root, fps: int = 20, features: dict | None = None, robot_type: str = "panda",
@@ -254,7 +265,7 @@ class LeRobotV3Writer:
                 raise ValueError(f"feature {name!r} is added automatically; do not declare it")
         self.video_keys = [k for k, ft in self.features.items() if is_video_feature(ft)]
         self.data_keys = [k for k, ft in self.features.items() if not is_video_feature(ft)]
-        self.cameras = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in (cameras or {}).items()}
+        self.cameras = {k: calibration_dict(v) for k, v in (cameras or {}).items()}
 
         self.tmp = self.root.parent / f".{self.root.name}.incomplete"
         if self.tmp.exists():  # left by an interrupted writer of the same dataset
@@ -284,7 +295,17 @@ class LeRobotV3Writer:
             raise ValueError(f"feature name {name!r} may not contain '/'")
         if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
             raise ValueError(f"feature {name!r}: expected a dict with 'dtype' and 'shape', got {ft!r}")
-        ft = {"dtype": ft["dtype"], "shape": [int(s) for s in ft["shape"]], "names": ft.get("names")}
+        info = ft.get("info")
+        if info is not None and not isinstance(info, dict):
+            raise ValueError(f"feature {name!r}: 'info' must be a dict, got {info!r}")
+        ft = {"dtype": ft["dtype"], "shape": [int(s) for s in ft["shape"]], "names": ft.get("names"),
+              **({"info": dict(info)} if info else {})}
+        if name in TRACE_FEATURES:
+            space = ft.setdefault("info", {}).setdefault("coordinate_space", UNIT_COORDINATES)
+            if space != UNIT_COORDINATES:
+                raise ValueError(f"feature {name!r}: the writer stores traces in [0, 1] (coordinate_space "
+                                 f"{UNIT_COORDINATES!r}), got coordinate_space {space!r}; convert them first "
+                                 "(tracex.normalize_trace)")
         if ft["dtype"] == "video":
             if len(ft["shape"]) != 3 or ft["shape"][2] != 3:
                 raise ValueError(f"feature {name!r}: video shape must be [H, W, 3], got {ft['shape']}")
@@ -476,12 +497,14 @@ class LeRobotV3Writer:
             ft = dict(ft)
             if ft["dtype"] == "video":
                 h, w, c = ft["shape"]
-                ft["info"] = {"video.height": h, "video.width": w, "video.codec": self.video_codec,
+                ft["info"] = {**(ft.get("info") or {}), "video.height": h, "video.width": w,
+                              "video.codec": self.video_codec,
                               "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": self.fps,
                               "video.channels": c, "video.g": self.gop,
                               "video.crf": self.crf if self.crf is not None else (23 if self.video_codec == "h264" else 30),
                               "has_audio": False, "is_depth_map": False}
             feats[k] = ft
+        feats = add_calibration(feats, self.cameras)
         n_eps = len(self.episodes)
         return {"codebase_version": CODEBASE_VERSION, "fps": self.fps, "features": feats,
                 "total_episodes": n_eps, "total_frames": self.total_frames, "total_tasks": len(self.tasks),
@@ -627,7 +650,8 @@ def _is_int_list(t: pa.DataType) -> bool:
 @dataclass
 class DatasetMeta:
     """Parsed metadata: ``info`` (dict), ``tasks`` (list indexed by task_index), ``episodes`` (list of dicts
-    indexed by episode_index, without the stats columns), ``stats`` (dict), ``cameras`` (dict or {})."""
+    indexed by episode_index, without the stats columns), ``stats`` (dict), ``cameras`` (calibration per camera
+    key: from the camera features' ``info``, else ``meta/cameras.json``; ``cameras.load_calibration``)."""
 
     root: Path
     info: dict
@@ -649,14 +673,7 @@ class DatasetMeta:
         return [k for k, ft in self.features.items() if ft.get("dtype") == "video"]
 
     def video_shape(self, key: str) -> tuple[int, int, int]:
-        ft = self.features[key]
-        inf = ft.get("info") or {}
-        if "video.height" in inf:
-            return int(inf["video.height"]), int(inf["video.width"]), int(inf.get("video.channels", 3))
-        shape, names = list(ft["shape"]), ft.get("names") or []
-        if names and names[0] in ("channels", "channel", "c"):
-            return int(shape[1]), int(shape[2]), int(shape[0])
-        return int(shape[0]), int(shape[1]), int(shape[2])
+        return image_shape(self.features[key])
 
 
 def _read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
@@ -669,7 +686,7 @@ def _read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa
 
 
 def load_meta(root) -> DatasetMeta:
-    """Read ``meta/`` (info, tasks, episodes, stats, cameras) of a v3.0 dataset."""
+    """Read ``meta/`` (info, tasks, episodes, stats, camera calibration) of a v3.0 dataset."""
     root = Path(root)
     info_path = root / "meta/info.json"
     if not info_path.is_file():
@@ -724,8 +741,7 @@ def load_meta(root) -> DatasetMeta:
                              f"dataset_from_index = {row['dataset_to_index'] - row['dataset_from_index']}")
     spath = root / "meta/stats.json"
     stats = json.loads(spath.read_text()) if spath.is_file() else {}
-    cpath = root / "meta/cameras.json"
-    cameras = json.loads(cpath.read_text()) if cpath.is_file() else {}
+    cameras = load_calibration(root, info)
     return DatasetMeta(root=root, info=info, tasks=tasks, episodes=eps, stats=stats, cameras=cameras)
 
 
@@ -819,9 +835,10 @@ class LeRobotV3Dataset:
     ``len(ds)`` = number of usable frames (all frames, minus non-finite ``nan_keys`` frames when
     ``nan_policy="skip"``); ``ds[i]`` returns the i-th usable frame; ``ds.frame(episode, index)`` any frame.
     A frame is a dict: each non-video feature as a numpy array (shape-[1] features as 0-d arrays), each video
-    feature as uint8 (H, W, 3), and ``task`` (str). ``check=True`` validates all data files up front
-    (episode lengths, frame order, traces in [0, 1], non-finite actions, video files present and their
-    from/to timestamps matching the episode lengths); ``nan_policy="skip"`` needs it to know which frames to
+    feature as uint8 (H, W, 3), and ``task`` (str); trace columns as stored (``tracex.TraceColumns`` normalizes
+    and checks them). ``check=True`` validates all data files up front (episode lengths, frame order,
+    non-finite actions, video files present and their from/to timestamps matching the episode lengths);
+    ``nan_policy="skip"`` needs it to know which frames to
     leave out. With ``check=False`` files are validated lazily, when first read.
     """
 
@@ -913,10 +930,13 @@ class LeRobotV3Dataset:
             raise IndexError(f"episode {e} out of range (0..{self.num_episodes - 1})")
 
     def camera(self, key: str):
-        """PinholeCamera of ``key`` from ``meta/cameras.json`` (ValueError if absent)."""
+        """PinholeCamera of ``key`` (calibration from its feature's ``info``, or ``meta/cameras.json``;
+        ValueError if absent)."""
         from semanticvla_core.camera import PinholeCamera
         if key not in self.meta.cameras:
-            raise ValueError(f"{self.root}/meta/cameras.json: no camera {key!r} (have {list(self.meta.cameras)})")
+            raise ValueError(f"{self.root}: no calibration for camera {key!r} (neither in meta/info.json "
+                             f"features[{key!r}].info.camera_calibration nor in meta/cameras.json; calibrated: "
+                             f"{list(self.meta.cameras)})")
         return PinholeCamera.from_dict(self.meta.cameras[key])
 
     # ---------------------------------------------------------------- files
@@ -984,17 +1004,6 @@ class LeRobotV3Dataset:
                 raise ValueError(f"{path}: episode {e}: 'index' column does not match dataset_from_index "
                                  f"{int(self._ep_from[e])}")
             pos[e] = int(rows[0])
-        present = cols["trace.present"].reshape(-1).astype(bool) if "trace.present" in cols else None
-        for k in TRACE_FEATURES:
-            if k in cols:
-                a = cols[k].reshape(len(idx), -1)
-                bad_rows = ~np.all(np.isfinite(a) & (a >= 0) & (a <= 1), axis=1)
-                if present is not None:
-                    bad_rows &= present
-                if bad_rows.any():
-                    r = int(np.nonzero(bad_rows)[0][0])
-                    raise ValueError(f"{path}: episode {int(epi[r])}, frame {int(fri[r])}: {k} values outside "
-                                     f"[0, 1]: {a[r].tolist()}")
         bad = []
         for k in self.nan_keys:
             a = cols[k].reshape(len(idx), -1)

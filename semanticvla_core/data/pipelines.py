@@ -1,4 +1,10 @@
-"""Training samples for the three stages, from a LeRobot v3 dataset with TraceX columns.
+"""Training samples for the three stages, from a LeRobot v3 dataset with trace columns.
+
+Cameras: ``camera`` is the agent view (default ``cameras.DEFAULT_IMAGE_KEY``), ``wrist_camera`` the optional
+wrist view (the default key is used when the dataset has it, None goes without, any other key must exist);
+a missing key is a ``ValueError`` listing the dataset's camera keys. Traces come through
+``tracex.TraceColumns`` in any of its layouts and conventions (``trace_convention`` for datasets whose
+metadata does not state it), as normalized windows.
 
 Every dataset below is a ``torch.utils.data.Dataset`` of dicts (see ``shared formats``); S = ``image_size``,
 W = ``window`` (trace points per frame), N = ``num_anchors``, K = latent tokens per step, H = ``horizon``,
@@ -38,14 +44,15 @@ from torch.utils.data import DataLoader, Dataset
 from semanticvla_core.camera import pose_matrix
 from semanticvla_core.image_convert import resize_rgb
 
+from semanticvla_core.data.cameras import DEFAULT_IMAGE_KEY, DEFAULT_WRIST_KEY, check_camera_key, resolve_wrist_key
 from semanticvla_core.data.lerobot_v3 import LeRobotV3Dataset
-from semanticvla_core.data.tracex import TRACE_PRESENT, TRACE_X, TRACE_Y, has_traces
+from semanticvla_core.data.tracex import TraceColumns
 from semanticvla_core.normalize import STATE_MIN_RANGE, DatasetStats, NormStats
 from semanticvla_core.robot_state import ACTION_FRAMES, STATE_DIM, TCP_POS, deltas_to_tcp_targets, tcp_pose_from_state
 from semanticvla_core.traces import DEFAULT_NUM_ANCHORS, DEFAULT_WINDOW, object_keypoints, resample_trace
 
-AGENT_CAMERA = "observation.images.agentview"
-WRIST_CAMERA = "observation.images.wrist"
+AGENT_CAMERA = DEFAULT_IMAGE_KEY      # names kept for existing callers; the defaults live in cameras.py
+WRIST_CAMERA = DEFAULT_WRIST_KEY
 STATS_FILE = "meta/semanticvla_stats.json"
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_HORIZON = 8
@@ -167,7 +174,8 @@ def load_plans(plans) -> dict[str, np.ndarray]:
 
 class _StageDataset(Dataset):
     def __init__(self, root, image_size: int, window: int, camera: str, nan_policy: str = "skip",
-                 reader: LeRobotV3Dataset | None = None, cache_frames: bool = False):
+                 reader: LeRobotV3Dataset | None = None, cache_frames: bool = False,
+                 trace_convention: str | None = None):
         self.ds = reader if reader is not None else LeRobotV3Dataset(root, nan_policy=nan_policy)
         # cache_frames: decode each (camera, episode) once, sequentially, and keep the native-size uint8 frames
         # in memory (random access into MP4 otherwise re-decodes from a keyframe for every sample). Costs
@@ -176,18 +184,23 @@ class _StageDataset(Dataset):
         self._frames: dict = {}
         self.root = self.ds.root
         self.image_size, self.window, self.camera = int(image_size), int(window), camera
+        check_camera_key(self.ds.features, camera, "camera / --image-key", self.root)
         if camera not in self.ds.video_keys:
-            raise ValueError(f"{self.root}: no camera {camera!r} (have {self.ds.video_keys})")
-        if not has_traces(self.ds.features):
-            raise ValueError(f"{self.root}: no TraceX columns; run training/annotate_traces.py first")
+            raise ValueError(f"{self.root}: camera {camera!r} is stored as images, not video (video keys: "
+                             f"{self.ds.video_keys})")
+        # layout, convention and image size resolved here (ValueError naming the column and the option)
+        self.traces = TraceColumns(self.ds, trace_convention, camera)
         self._valid = np.zeros(self.ds.num_frames, bool)
         self._valid[self.ds.indices] = True  # frames not skipped for non-finite actions
 
-    def _trace(self, cols: dict, i: int) -> tuple[np.ndarray, bool]:
-        win = np.stack([cols[TRACE_X][i], cols[TRACE_Y][i]], -1).astype(np.float32)
+    def _trace(self, e: int, i: int) -> tuple[np.ndarray, bool]:
+        """Normalized (window, 2) trace of frame i of episode e (resampled when the dataset's windows have
+        another number of points) and whether it is present."""
+        wins, pres = self.traces.episode(e)
+        win = wins[i]
         if win.shape[0] != self.window:
             win = resample_trace(win, self.window)
-        return win, bool(np.asarray(cols[TRACE_PRESENT][i]).reshape(-1)[0])
+        return np.array(win, np.float32), bool(pres[i])
 
     def _frame(self, key: str, e: int, i: int) -> np.ndarray:
         """Native-size uint8 frame (from the in-memory cache when ``cache_frames``)."""
@@ -224,7 +237,7 @@ class TokenizerDataset(_StageDataset):
         samples = []
         for e in range(self.ds.num_episodes):
             r = self.ds.episode(e)
-            pres = np.asarray(self.ds.get_columns(e, [TRACE_PRESENT])[TRACE_PRESENT]).reshape(-1).astype(bool)
+            pres = self.traces.episode(e)[1]
             for t in range(len(r) - self.horizon):
                 if self._valid[r.start + t] and (pres[t] or not only_present):
                     samples.append((e, t))
@@ -232,8 +245,7 @@ class TokenizerDataset(_StageDataset):
 
     def __getitem__(self, k: int) -> dict:
         e, t = (int(v) for v in self.samples[k])
-        cols = self.ds.get_columns(e, [TRACE_X, TRACE_Y, TRACE_PRESENT])
-        win, present = self._trace(cols, t)
+        win, present = self._trace(e, t)
         out = {"trace": torch.from_numpy(win), "trace_present": torch.tensor(present),
                "index": torch.tensor(self.ds.episode(e).start + t)}
         if self.with_images:
@@ -250,7 +262,7 @@ class VLMDataset(_StageDataset):
                  wrist_camera: str | None = WRIST_CAMERA, only_present: bool = True, **kw):
         super().__init__(root, image_size, window, camera, **kw)
         self.num_anchors = int(num_anchors)
-        self.wrist_camera = wrist_camera if wrist_camera in self.ds.video_keys else None
+        self.wrist_camera = resolve_wrist_key(self.ds.features, wrist_camera, self.root)
         self.latent_ids = None if latent_ids is None else load_latent_ids(latent_ids, self.ds.num_frames)
         self.samples = self._select(only_present)
 
@@ -258,7 +270,7 @@ class VLMDataset(_StageDataset):
         samples = []
         for e in range(self.ds.num_episodes):
             r = self.ds.episode(e)
-            pres = np.asarray(self.ds.get_columns(e, [TRACE_PRESENT])[TRACE_PRESENT]).reshape(-1).astype(bool)
+            pres = self.traces.episode(e)[1]
             for t in range(len(r) - horizon_needed):
                 g = r.start + t
                 if not self._valid[g] or (only_present and not pres[t]):
@@ -269,8 +281,7 @@ class VLMDataset(_StageDataset):
         return np.array(samples, np.int64).reshape(-1, 2)
 
     def _vlm_sample(self, e: int, t: int) -> dict:
-        cols = self.ds.get_columns(e, [TRACE_X, TRACE_Y, TRACE_PRESENT])
-        win, present = self._trace(cols, t)
+        win, present = self._trace(e, t)
         g = self.ds.episode(e).start + t
         out = {"image": self._image(self.camera, e, t), "instruction": self.ds.task(e),
                "anchors": torch.from_numpy(resample_trace(win, self.num_anchors)), "trace": torch.from_numpy(win),
@@ -302,7 +313,9 @@ class ActionDataset(VLMDataset):
         if plans is not None:
             self.set_plans(plans)
         if self.stem_wrist_size and not self.wrist_camera:
-            raise ValueError(f"{self.root}: the visual stem wants a wrist camera but there is no {wrist_camera!r}")
+            raise ValueError(f"{self.root}: the visual stem wants a wrist camera but there is none "
+                             f"(wrist_camera / --wrist-key {wrist_camera!r}); the dataset's camera keys are "
+                             f"{self.ds.video_keys}")
         if action_key not in self.ds.features:
             raise ValueError(f"{self.root}: no action column {action_key!r}")
         if state_key is not None and state_key not in self.ds.features:
@@ -334,7 +347,8 @@ class ActionDataset(VLMDataset):
         self.plans, self._plan_row = {k: np.asarray(v) for k, v in plans.items() if k != "index"}, row
 
     def wrist_mount(self) -> np.ndarray | None:
-        """T_tcp_cam (4x4) of the wrist camera from ``meta/cameras.json`` (``collect_demos`` writes it), or None."""
+        """T_tcp_cam (4x4) of the wrist camera from its calibration (``cameras.py``: the feature's ``info``, or
+        ``meta/cameras.json``; ``collect_demos`` writes it), or None."""
         cams = self.ds.meta.cameras or {}
         m = (cams.get(self.wrist_camera) or {}).get("T_tcp_cam") if self.wrist_camera else None
         return None if m is None else np.asarray(m, np.float64).reshape(4, 4)
@@ -359,14 +373,12 @@ class ActionDataset(VLMDataset):
             wcam = self.ds.camera(self.wrist_camera)
             wuv, wok = np.zeros((F, 2, 2), np.float32), np.zeros((F, 2), bool)
         for e in range(self.ds.num_episodes):
-            keys = [self.action_key, TRACE_X, TRACE_Y, TRACE_PRESENT] + ([self.state_key] if wrist else [])
+            keys = [self.action_key] + ([self.state_key] if wrist else [])
             cols = self.ds.get_columns(e, keys)
             L = self.ds.episode_length(e)
             acts = np.asarray(cols[self.action_key], np.float64).reshape(L, -1)
-            first = np.stack([np.asarray(cols[TRACE_X], np.float32).reshape(L, -1)[:, 0],
-                              np.asarray(cols[TRACE_Y], np.float32).reshape(L, -1)[:, 0]], -1)
-            pts, valid = object_keypoints(acts[:, gripper_index], first,
-                                          np.asarray(cols[TRACE_PRESENT], bool).reshape(L, -1)[:, 0])
+            wins, pres = self.traces.episode(e)
+            pts, valid = object_keypoints(acts[:, gripper_index], wins[:, 0], pres)
             s = self.ds.episode(e).start
             uv[s:s + L], ok[s:s + L] = pts, valid
             if wrist:

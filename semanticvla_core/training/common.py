@@ -117,6 +117,36 @@ def add_train_arguments(p) -> None:
     p.add_argument("--amp", choices=["none", "bf16"], default=None)
 
 
+def add_dataset_arguments(p, wrist: bool = True) -> None:
+    """The dataset-reading options every stage CLI shares: which cameras to read (``--image-key``, and with
+    ``wrist`` ``--wrist-key``) and the trace coordinate convention for datasets that do not state it
+    (``--trace-convention``). ``dataset_kwargs(args)`` turns them into the pipelines' keyword arguments."""
+    from ..data.cameras import DEFAULT_IMAGE_KEY, DEFAULT_WRIST_KEY, NO_CAMERA
+    from ..data.tracex import TRACE_CONVENTIONS
+
+    g = p.add_argument_group("dataset cameras and traces")
+    g.add_argument("--image-key", default=DEFAULT_IMAGE_KEY,
+                   help="agent-view camera (video feature) of --dataset, the image the traces are drawn in "
+                        "(default %(default)s)")
+    if wrist:
+        g.add_argument("--wrist-key", default=None,
+                       help=f"wrist camera of --dataset; '{NO_CAMERA}' = none (default: {DEFAULT_WRIST_KEY} when "
+                            "the dataset has it)")
+    g.add_argument("--trace-convention", choices=TRACE_CONVENTIONS, default=None,
+                   help="coordinates of the dataset's trace columns when its meta/info.json does not state them: "
+                        "unit = [0, 1], percent = 0-100, pixel = pixels of the --image-key image")
+
+
+def dataset_kwargs(args) -> dict:
+    """Keyword arguments of the stage datasets (``data.pipelines``) from ``add_dataset_arguments`` options."""
+    from ..data.cameras import wrist_key_option
+
+    kw = {"camera": args.image_key, "trace_convention": args.trace_convention}
+    if hasattr(args, "wrist_key"):
+        kw["wrist_camera"] = wrist_key_option(args.wrist_key)
+    return kw
+
+
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Initialise ``torch.distributed`` from torchrun's environment (env://) if WORLD_SIZE > 1.
 

@@ -208,10 +208,12 @@ def save_latent_ids(path: str | Path, latent_ids: np.ndarray, codebook_version: 
 
 
 def ensure_latent_ids(path: str | Path, dataset_root: str | Path, tokenizer_dir: str | Path,
-                      device: str | torch.device = "cpu", progress: bool = True) -> Path:
+                      device: str | torch.device = "cpu", progress: bool = True, camera: str | None = None,
+                      trace_convention: str | None = None) -> Path:
     """The latent-id labels of every frame of the LeRobot dataset at ``dataset_root``: read from ``path`` when
     it exists, else computed once with the stage-1 tokenizer at ``tokenizer_dir`` (a stage-1 output or a
-    policy's ``latent_tokenizer/``) and written there."""
+    policy's ``latent_tokenizer/``) and written there. ``camera`` (agent view; default the pipelines' default)
+    and ``trace_convention`` as in ``data.pipelines.TokenizerDataset``."""
     p = Path(path)
     if p.is_file():
         return p
@@ -219,7 +221,9 @@ def ensure_latent_ids(path: str | Path, dataset_root: str | Path, tokenizer_dir:
 
     tok = LatentTokenizer.from_pretrained(tokenizer_dir, with_decoders=False)
     lc = tok.config
-    tds = TokenizerDataset(dataset_root, image_size=lc.image_size, window=lc.window, horizon=lc.frame_horizon)
+    kw = {"camera": camera} if camera else {}
+    tds = TokenizerDataset(dataset_root, image_size=lc.image_size, window=lc.window, horizon=lc.frame_horizon,
+                           trace_convention=trace_convention, **kw)
     ids = compute_latent_ids(tok, tds, tds.ds.num_frames, device=device, progress=progress)
     return save_latent_ids(p, ids, tok.codebook_version)
 
