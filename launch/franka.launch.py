@@ -5,7 +5,9 @@ Starts perception, planner, controller, safety filter, trace overlay (+ the MuJo
 graph description in semanticvla_ros.graph, the same one `python -m semanticvla_ros.bringup` uses where
 launch_ros is not installed.
 
-Fail safe, not fail stop (as the bring-up): an OnProcessExit handler per node publishes every exit at once on
+Fail safe, not fail stop (as the bring-up): per node, a watcher started by OnProcessStart reports the node the moment
+the kernel begins to end it (``returncode`` null, a few ms after a SIGKILL) and an OnProcessExit handler reports the
+exit with its code, both on
 /semanticvla/supervisor/node_exit (std_msgs/String, JSON {"node", "returncode", "stamp_ns"}; reliable +
 transient_local) through launch_ros's own rclpy node, so the safety filter holds the arm and names the node.
 perception, planner, controller and the trace overlay may exit without taking the graph down (respawn:=true restarts
@@ -17,7 +19,7 @@ import time
 import launch.logging
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
+from launch.event_handlers import OnProcessExit, OnProcessStart
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.ros_adapters import get_ros_node
@@ -66,6 +68,34 @@ def _on_node_exit(context, spec):
     return None
 
 
+def _watch_exiting(context, spec):
+    """OpaqueFunction run by OnProcessStart of ``spec``'s node: a thread reports the node as exiting the moment the
+    kernel starts ending it (PF_EXITING, e.g. right after a SIGKILL), before launch's wait() returns (which waits for
+    the process's memory to be torn down: tens of ms with torch loaded). OnProcessExit reports again with the code."""
+    import threading
+
+    from std_msgs.msg import String
+
+    from semanticvla_core.scheduling import EXIT_POLL_S, process_exiting
+
+    pid = context.locals.event.pid
+    pub = _exit_publisher(context)
+
+    def watch():
+        while not context.is_shutdown:
+            if process_exiting(pid):
+                if not context.is_shutdown:
+                    try:
+                        pub.publish(String(data=node_exit_message(spec.name, None, time.time_ns())))
+                    except Exception:  # noqa: BLE001 - launch_ros's node may be going away; OnProcessExit reports
+                        pass
+                return
+            time.sleep(EXIT_POLL_S)
+
+    threading.Thread(target=watch, name=f"exit-watch-{spec.name}", daemon=True).start()
+    return None
+
+
 def _nodes(context, *args, **kwargs):
     given = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
     resolved = resolve_arguments(given)
@@ -77,6 +107,8 @@ def _nodes(context, *args, **kwargs):
                     parameters=params, arguments=spec.arguments, remappings=spec.remappings,
                     emulate_tty=True, respawn=spec.respawn,
                     respawn_delay=spec.respawn_delay if spec.respawn else None)
+        actions.append(RegisterEventHandler(OnProcessStart(
+            target_action=node, on_start=[OpaqueFunction(function=_watch_exiting, args=[spec])])))
         actions.append(RegisterEventHandler(OnProcessExit(
             target_action=node, on_exit=[OpaqueFunction(function=_on_node_exit, args=[spec])])))
         actions.append(node)

@@ -6,8 +6,10 @@
 Same nodes, same parameter file and same arguments as ``ros2 launch semanticvla_ros franka.launch.py``
 (both read ``semanticvla_ros.graph``). Output of every node is forwarded with its name as prefix.
 
-Fail safe, not fail stop: one thread per node waits on its process, and the moment a node exits the supervisor's
-own rclpy node reports it on ``/semanticvla/supervisor/node_exit`` (std_msgs/String, JSON ``{"node", "returncode",
+Fail safe, not fail stop: one thread per node waits on its process, and another reads every node's kernel flags
+(``/proc/PID/stat``) every ``EXIT_POLL_S``: a process killed with ``SIGKILL`` is flagged as exiting (PF_EXITING) at once,
+while ``wait()`` returns only after the kernel has torn its memory down (35-100 ms for a node with torch loaded). The
+moment a node is exiting or has exited the supervisor's own rclpy node reports it on ``/semanticvla/supervisor/node_exit`` (std_msgs/String, JSON ``{"node", "returncode",
 "stamp_ns"}``, reliable + transient_local). The safety filter holds the arm right in that callback and names the
 node in its status until the node publishes again. Then:
 
@@ -31,7 +33,7 @@ import threading
 import time
 from collections import Counter
 
-from semanticvla_core.scheduling import normal_scheduling
+from semanticvla_core.scheduling import EXIT_POLL_S, normal_scheduling, process_exiting
 
 from .graph import NODE_EXIT_TOPIC, graph, node_exit_message, resolve_arguments
 
@@ -163,6 +165,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bringup] could not report the exit of {name}: {e}", flush=True)
         exits.put((name, p, rc))
 
+    def watch_exiting() -> None:
+        """Report a node the kernel is ending before its exit status exists (returncode null): the safety filter
+        holds within a few ms of a SIGKILL instead of after the process's teardown."""
+        seen: set[int] = set()
+        while not stop.is_set():
+            for name, p in list(current.items()):
+                if p.pid not in seen and p.returncode is None and process_exiting(p.pid):
+                    seen.add(p.pid)
+                    if reporter is not None:
+                        try:
+                            reporter.report(name, None, time.time_ns())
+                        except Exception as e:  # noqa: BLE001
+                            print(f"[bringup] could not report that {name} is exiting: {e}", flush=True)
+            stop.wait(EXIT_POLL_S)
+
     def start(spec, again: str = "") -> None:
         p = subprocess.Popen(node_command(spec, args["config"]), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -183,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         specs[spec.name] = spec
         start(spec)
 
+    threading.Thread(target=watch_exiting, name="exit-watch", daemon=True).start()
     t0, failed = time.monotonic(), None
     crashed: Counter = Counter()
     respawn_at: dict[str, tuple[float, int]] = {}     # node -> (monotonic time to restart it, its exit code)

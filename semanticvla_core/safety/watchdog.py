@@ -72,7 +72,7 @@ class NodeExit:
     def describe(self) -> str:
         rc = self.returncode
         if rc is None:
-            how = "exit status unknown"
+            how = "exit status not known yet"
         elif rc < 0:
             try:
                 how = f"signal {-rc} {signal.Signals(-rc).name}"
