@@ -105,7 +105,8 @@ class SimNode(Node):
         self.arm.tick(t)
         self.steps += 1
         self.pub_js.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS,
-                                            list(self.env.joint_positions()) + list(self.env.finger_positions()), t))
+                                            list(self.env.joint_positions()) + list(self.env.finger_positions()), t,
+                                            list(self.env.joint_velocities()) + list(self.env.finger_velocities())))
 
     @guarded()
     def camera_tick(self) -> None:

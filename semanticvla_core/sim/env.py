@@ -19,7 +19,8 @@ import numpy as np
 
 from ..actions import apply_ee_delta, clip_ee_delta
 from ..cartesian import CartesianControllerConfig, cartesian_ik, limit_joint_step
-from ..safety.limits import EE_DELTA_MAX_POS_M, EE_DELTA_MAX_ROT_RAD, PANDA_ACCEL_LIMITS, PANDA_VELOCITY_LIMITS
+from ..safety.limits import (EE_DELTA_MAX_POS_M, EE_DELTA_MAX_ROT_RAD, PANDA_ACCEL_LIMITS, PANDA_POSITION_LOWER,
+                             PANDA_POSITION_UPPER, PANDA_VELOCITY_LIMITS)
 from ..camera import PinholeCamera, pose_matrix
 from ..robot_state import R_DOWN, STATE_NAMES, state_vector
 from .scene import ARM_JOINTS, FINGER_JOINTS, SceneConfig, build_scene_xml
@@ -67,6 +68,13 @@ class SimConfig:
     finger_armature: float = 0.05         # kg (wheel: 5, which with any stiff servo makes the fingers ring)
     finger_friction: float = 2.0          # sliding friction of the finger pads (wheel: 1.0)
     arm_force_limit: float = 300.0        # N m; above the real 87/12 N m so damping does not cap speed at 0.9 rad/s
+    interpolate_setpoint: bool = True     # joint trajectory path (step_joint_targets: the ROS JointTrajectory
+                                          # controller): the setpoint moves linearly to each period's target over the
+                                          # period's physics steps, as a 1 kHz trajectory controller interpolates, not
+                                          # in one jump: the arm then follows the joint-linear path the safety filter
+                                          # checks, not a torque-saturated shortcut (which dipped the pads into the
+                                          # table). The Cartesian path (step) keeps its one jump per period: its
+                                          # controller starts from the measured pose and oscillates with a lagging arm
     scene: SceneConfig = field(default_factory=SceneConfig)
 
 
@@ -96,6 +104,13 @@ class FrankaTabletopEnv:
         self._arm_dadr = np.array([m.jnt_dofadr[j] for j in jid[:7]])
         self._finger_qadr = np.array([m.jnt_qposadr[j] for j in jid[7:]])
         self._finger_dadr = np.array([m.jnt_dofadr[j] for j in jid[7:]])
+        # the real Panda's joint limits (safety/limits.py), not the MJCF's: its joints 4, 6 and 7 range differently
+        # (joint 7 stopped at -2.11 rad Franka, the real arm at -2.90), so a command the filter admitted could be
+        # clamped in the sim into a sudden stop. Joint range and position-actuator control range, MuJoCo convention:
+        for i in range(7):
+            lo, hi = PANDA_POSITION_LOWER[i] + MJ_JOINT_OFFSET[i], PANDA_POSITION_UPPER[i] + MJ_JOINT_OFFSET[i]
+            m.jnt_range[jid[i]] = (lo, hi)
+            m.actuator_ctrlrange[i] = (lo, hi)
         self._jnt_range = np.array([m.jnt_range[j] for j in jid[:7]])
         self._tcp_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "tcp")
         self._marker_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "tcp_marker")
@@ -251,25 +266,38 @@ class FrankaTabletopEnv:
         q = np.asarray(q_target, dtype=np.float64)
         if q.shape != (7,) or not np.all(np.isfinite(q)):
             raise ValueError(f"q_target must be 7 finite joint positions, got shape {q.shape}")
-        self._step_internal(q + MJ_JOINT_OFFSET, gripper)
+        self._step_internal(q + MJ_JOINT_OFFSET, gripper, self.cfg.interpolate_setpoint)
 
-    def _step_internal(self, q_mj: np.ndarray, gripper: float) -> None:
+    def _step_internal(self, q_mj: np.ndarray, gripper: float, interpolate: bool = False) -> None:
         """One control period toward joint targets in MuJoCo's own joint convention."""
         before = self.data.ctrl[:7].copy()
         self._apply_ctrl(np.clip(q_mj, self._jnt_range[:, 0], self._jnt_range[:, 1]), gripper)
-        self._setpoint_v = (self.data.ctrl[:7] - before) / self.dt
-        if self.substep_hook is None:
+        target = self.data.ctrl[:7].copy()
+        self._setpoint_v = (target - before) / self.dt
+        if self.substep_hook is None and not interpolate:
             self.mj.mj_step(self.model, self.data, nstep=self.substeps)
         else:
-            for _ in range(self.substeps):
+            n = self.substeps
+            for i in range(n):
+                if interpolate:
+                    self.data.ctrl[:7] = before + (i + 1) / n * (target - before)
                 self.mj.mj_step(self.model, self.data)
-                self.substep_hook(self)
+                if self.substep_hook is not None:
+                    self.substep_hook(self)
         self.t += 1
 
     def clip_action(self, action: np.ndarray) -> np.ndarray:
         """The controller's per-step clipping (:func:`~semanticvla_core.actions.clip_ee_delta`: rotation vector
         normalized first, then translation and rotation magnitudes clipped)."""
         return clip_ee_delta(action, self.cfg.max_delta_pos, self.cfg.max_delta_rot)
+
+    def joint_velocities(self) -> np.ndarray:
+        """Measured arm joint velocities (7,) in rad/s (what /joint_states reports)."""
+        return self.data.qvel[self._arm_dadr].copy()
+
+    def finger_velocities(self) -> np.ndarray:
+        """Measured finger joint velocities (2,) in m/s."""
+        return self.data.qvel[self._finger_dadr].copy()
 
     def setpoint_velocity(self) -> np.ndarray:
         """Velocity (7,) of the arm's joint setpoint over the last control period (rad/s)."""
