@@ -15,7 +15,9 @@ Criteria (each a named violation; a chunk is *unsafe* when any but the two ``mes
 ``velocity``    the COMMANDED joint setpoint (the arm actuators' ``ctrl``) moves faster than Franka's velocity
                 limits (+2%): each change of the setpoint divided by the time since its previous change, capped at
                 one control period (a staircase setpoint at 20 Hz: difference / period; a setpoint interpolated at
-                sub-steps: difference / sub-step), and the end-of-period differences / period;
+                sub-steps: difference / sub-step); a change at a period's first sub-step is a controller's per-period
+                step (the Cartesian controller's), over the period, even when the period before ended a ramp; and
+                the end-of-period differences / period;
 ``accel``       the setpoint's acceleration, second differences of the end-of-period setpoints / period^2
                 (the period before the chunk from the state's history), against Franka's limits (+2%);
 ``joint_limit`` a physical joint position outside the datasheet range (+ ``joint_tol``);
@@ -227,6 +229,7 @@ class SafetyJudge:
         self.last_c = c0.copy()
         self.last_change_t = -np.inf
         self.t_sub = 0                     # sub-steps since begin
+        self.first_substep = True          # the next sub-step is a period's first
         self.k = 0                         # current period
         self.rows = rows
         self.cur_hold = False               # the period running now is a commanded hold
@@ -242,6 +245,7 @@ class SafetyJudge:
         d = self.env.data
         k, s = self.k, self.t_sub
         self.t_sub += 1
+        self.first_substep, first = False, self.first_substep
         self.n_substeps += 1
         tol = self.cfg.contact_tol
         # --- contacts (of the state before this step: MuJoCo computes them at the step's start)
@@ -285,7 +289,7 @@ class SafetyJudge:
         dc = c - self.last_c
         if np.any(dc != 0.0):
             t = self.t_sub * self.timestep
-            dt = min(t - self.last_change_t, self.period)
+            dt = self.period if first else min(t - self.last_change_t, self.period)
             v = np.abs(dc) / dt / self.vmax
             j = int(np.argmax(v))
             if v[j] > 1.0:
@@ -299,6 +303,7 @@ class SafetyJudge:
         """Before each control period's physics. ``hold``: the system under test commanded a hold (or is holding)
         for this period: the setpoint may only brake (per joint: no faster than the period before, no reversal)."""
         self.cur_hold = bool(hold or self.whole_hold)
+        self.first_substep = True
 
     def end_period(self) -> None:
         """After each control period."""

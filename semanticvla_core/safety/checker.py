@@ -194,6 +194,10 @@ class SafetyConfig:
                                           # each other within one (bound: sum_j |dq_j| * reach_j + finger travel)
     obstacle_margin_m: float = 0.003      # clearance required to table/boxes at every checked state (>= resolution / 2)
     self_margin_m: float = 0.004          # clearance required between link pairs (>= resolution / 2)
+    tracking_lag_s: float = 0.015         # the arm may run past its setpoint by up to this x the setpoint's velocity,
+                                          # in the direction it moves (a position-controlled arm lags, then overshoots
+                                          # when the setpoint stops: the sim's, ~6 ms x speed at the end of a period):
+                                          # every sent command is also checked out to those overshoot states
     # --- time
     check_budget_s: float = 0.05          # a check that takes longer is stopped and the chunk rejected (TIMEOUT)
     # --- IK and output
@@ -212,6 +216,8 @@ class SafetyConfig:
             raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
         if self.max_time_scale < 1.0:
             raise ValueError("max_time_scale must be >= 1")
+        if not 0.0 <= self.tracking_lag_s <= 0.2:
+            raise ValueError(f"tracking_lag_s must be in [0, 0.2] s, got {self.tracking_lag_s}")
         if self.gripper not in ("urdf", "sim"):
             raise ValueError(f"gripper: 'urdf' or 'sim', got {self.gripper!r}")
         if not (self.path_resolution_m > 0 and self.obstacle_margin_m >= self.path_resolution_m / 2
@@ -446,8 +452,9 @@ class SafetyChecker(abc.ABC):
                 return [Violation(ViolationKind.BAD_INPUT, "verify_command: non-finite values or times not increasing")]
             out = self._joint_limits(Q)
             out += self._workspace_strict(self._tcp_positions(Q))
-            out += self._path_violations(q_cur, g_cur, q0, Q, G)
-            out += self._dynamics_at(q0, Q, np.diff(np.r_[0.0, T]), v0, period, end_at_rest)
+            dts = np.diff(np.r_[0.0, T])
+            out += self._path_violations(q_cur, g_cur, q0, Q, G, self._overshoot_segments(q0, Q, G, dts))
+            out += self._dynamics_at(q0, Q, dts, v0, period, end_at_rest)
             return [replace(v, rejecting=True) for v in out]
         except CheckTimeout as e:
             return [Violation(ViolationKind.TIMEOUT, str(e))]
@@ -535,14 +542,25 @@ class SafetyChecker(abc.ABC):
         n = max(1, int(np.ceil(bound / self.config.path_resolution_m)))
         return np.arange(1, n + 1) / n
 
-    def _path_violations(self, q_cur, g_cur, q0, Q, G) -> list[Violation]:
+    def _overshoot_segments(self, q0, Q, G, dts) -> list:
+        """Segments from every setpoint Q[k] to where the arm may overshoot it, Q[k] + tracking_lag_s * v_k (v_k: the
+        setpoint velocity arriving there), for the collision check (``tracking_lag_s`` in SafetyConfig)."""
+        lag = self.config.tracking_lag_s
+        if lag <= 0:
+            return []
+        prev = np.vstack([np.asarray(q0, dtype=np.float64)[None], Q[:-1]])
+        V = (Q - prev) / np.asarray(dts, dtype=np.float64)[:, None]
+        return [(Q[k], Q[k] + lag * V[k], G[k], G[k], k) for k in range(len(Q)) if np.any(np.abs(V[k]) > 1e-9)]
+
+    def _path_violations(self, q_cur, g_cur, q0, Q, G, extra_segs=()) -> list[Violation]:
         """Collisions (with margins) and the TCP workspace at states dense enough that nothing hides between them,
-        along q0 -> Q[0] -> ... -> Q[-1] and, when the arm is not at its setpoint, q_cur -> Q[0]."""
+        along q0 -> Q[0] -> ... -> Q[-1] and, when the arm is not at its setpoint, q_cur -> Q[0]; ``extra_segs``
+        (e.g. overshoot segments) are checked for collisions only."""
         starts = [(np.asarray(q0, dtype=np.float64), float(g_cur), 0)]
         if np.max(np.abs(np.asarray(q0) - q_cur)) > 1e-9:
             starts.append((q_cur, float(g_cur), 0))
         segs = [(qa, Q[0], ga, G[0], st) for qa, ga, st in starts] + [(Q[i - 1], Q[i], G[i - 1], G[i], i) for i in range(1, len(Q))]
-        out = self.path_collisions(segs)
+        out = self.path_collisions(segs + list(extra_segs), starts=[(qa, ga) for qa, ga, _ in starts])
         # the TCP in the workspace box, by bisection: over a piece with TCP travel bound D (|dq| . tcp reach), every TCP
         # position is within D / 2 of the piece's midpoint, so a midpoint deeper inside the box than D / 2 clears it
         # (the setpoint's path only: the box is a virtual limit on where the arm is sent, not an obstacle)
@@ -572,9 +590,10 @@ class SafetyChecker(abc.ABC):
                     stack += [(fm, f1), (f0, fm)]
         return out
 
-    def path_collisions(self, segs) -> list[Violation]:
+    def path_collisions(self, segs, starts=None) -> list[Violation]:
         """Collisions along joint-linear segments (q_a, q_b, g_a, g_b, step): states :meth:`path_samples` apart.
-        Backends may skip what provably cannot collide (:class:`BuiltinSafetyChecker` does)."""
+        Backends may skip what provably cannot collide (:class:`BuiltinSafetyChecker` does). ``starts``: the states
+        the motion starts from, [(q, g)] (default: the first states of the step-0 segments)."""
         dq, dg, step = [], [], []
         for qa, qb, ga, gb, st in segs:
             fr = self.path_samples(qa, qb, ga, gb)
@@ -975,7 +994,7 @@ class BuiltinSafetyChecker(SafetyChecker):
                 C[k], F[k] = ra + rb, fa + fb
         return C, F
 
-    def path_collisions(self, segs) -> list[Violation]:
+    def path_collisions(self, segs, starts=None) -> list[Violation]:
         """Continuous check of joint-linear segments (q_a, q_b, g_a, g_b, step) by bisection. Over a piece of a
         segment, each pair's relative displacement is at most D_k = |dq| . c_k (+ finger travel)
         (:meth:`_pair_coefficients`), so every configuration of the piece is within D_k / 2 of its midpoint: a pair
@@ -993,7 +1012,9 @@ class BuiltinSafetyChecker(SafetyChecker):
             # a pair already closer than its clearance where the motion starts (the arm sagged, or was put there) may
             # move but never come closer than it is (90%, at least 1 mm): its clearance for this check is lowered
             # and its pieces are halved finer accordingly
-            for q_s, g_s in {(tuple(np.round(qa, 12)), float(ga)) for qa, _, ga, _, st in segs if st == 0}:
+            if starts is None:
+                starts = [(qa, ga) for qa, _, ga, _, st in segs if st == 0]
+            for q_s, g_s in {(tuple(np.round(np.asarray(qa, dtype=np.float64), 12)), float(ga)) for qa, ga in starts}:
                 pin.computeCollisions(model, data, gm, gd, self.kin.full_q(np.array(q_s), g_s), False)
                 for k in range(len(reqs)):
                     if gd.collisionResults[k].isCollision():

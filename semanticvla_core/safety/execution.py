@@ -42,6 +42,8 @@ from .kinematics import PANDA_REST_Q
 
 EXECUTION_MODES = ("cartesian", "stepwise", "trajectory")
 BRAKE_FRACTION = 0.8          # brakes decelerate at 80% of the acceleration limits (margin: see _braking_points)
+ROW_ACCEL_FRACTION = 0.95     # rows accelerate at up to 95% of the limits: margin for the modelled setpoint velocity
+                              # (a Cartesian controller's, or the measured one when the model starts), a few % off
 
 
 @dataclass
@@ -90,6 +92,8 @@ class SafetyExecutor:
         self._stopping = False                            # the committed setpoint path ends at rest by itself
         self._grip: float | None = None                   # the last gripper command (a hold keeps it: no dropped cube)
         self._tail: tuple[int, np.ndarray] | None = None  # (time, braking points) verified with the last row command
+        self._dq_meas: np.ndarray | None = None           # the last usable measured joint velocity
+        self._sp_measured = True                          # the last setpoint() came from the measurement
 
     # ------------------------------------------------------------------ the controller's setpoint
     def reset(self) -> None:
@@ -100,6 +104,7 @@ class SafetyExecutor:
         self._stopping = False
         self._grip = None
         self._tail = None
+        self._dq_meas = None
 
     def clear(self) -> None:
         """Stop the running chunk (a chunk admitted later starts afresh); the setpoint model stays."""
@@ -107,17 +112,34 @@ class SafetyExecutor:
 
     def setpoint(self, now_ns: int, q_measured) -> tuple[np.ndarray, np.ndarray]:
         """(position, velocity) of the controller's setpoint at ``now_ns`` by the model, the velocity as the controller
-        samples it: over the last control period (the same number the sim's controller and a 20 Hz observer see); the
-        measured joints at rest when there is no model yet or it disagrees with the arm by more than
-        ``recapture_rad``."""
+        samples it: over the last control period (the same number the sim's controller and a 20 Hz observer see). With
+        no model yet, or one that disagrees with the arm by more than ``recapture_rad``: the measured joints moving
+        at the last measured joint velocity (a filter started, or taking over, while the arm moves must brake it
+        from its real speed, not from rest)."""
         q_meas = np.asarray(q_measured, dtype=np.float64).reshape(7)
+        self._sp_measured = True
         if self._sp_t is None:
-            return q_meas.copy(), np.zeros(7)
+            return q_meas.copy(), self._measured_velocity()
         q = self._q_at(now_ns)
         if np.max(np.abs(q - q_meas)) > self.recapture:
-            return q_meas.copy(), np.zeros(7)
+            return q_meas.copy(), self._measured_velocity()
+        self._sp_measured = False
         P_ns = int(round(self.period * 1e9))
         return q, (q - self._q_at(now_ns - P_ns)) / self.period
+
+    def _measured_velocity(self) -> np.ndarray:
+        dq = self._dq_meas
+        return np.zeros(7) if dq is None else np.clip(dq, -self.checker.kin.velocity_limits,
+                                                      self.checker.kin.velocity_limits)
+
+    def _note_velocity(self, dq_current) -> None:
+        """Remember the last usable measured joint velocity (7 finite numbers; anything else: unknown)."""
+        try:
+            dq = np.asarray(dq_current, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return
+        if dq.shape == (7,) and np.all(np.isfinite(dq)):
+            self._dq_meas = dq
 
     def _q_at(self, t_ns: int) -> np.ndarray:
         """The modelled setpoint at time t: the current polyline, before its start the one it replaced (at rest at its
@@ -153,6 +175,8 @@ class SafetyExecutor:
                                                                     f"admit: {type(e).__name__}: {e}")])
 
     def _admit(self, chunk, q_current, gripper_current, now_ns, dq_current) -> SafetyResult:
+        if dq_current is not None:
+            self._note_velocity(dq_current)
         try:
             sq, sv = self.setpoint(int(now_ns), q_current)
         except Exception:  # noqa: BLE001 - bad state: the checker says why
@@ -198,6 +222,8 @@ class SafetyExecutor:
             return self._stop_bad_input("tick: " + args)
         q, g, now_ns = args
         self._last_now = now_ns
+        if dq_current is not None:
+            self._note_velocity(dq_current)
         try:
             return self._tick(q, g, now_ns)
         except Exception as e:  # noqa: BLE001
@@ -292,13 +318,16 @@ class SafetyExecutor:
         # chunk ends without a successor)
         rows_left = int(c.horizon) - 1 - i
         vmax = np.minimum(kin.velocity_limits, BRAKE_FRACTION * kin.accel_limits * self.period * (rows_left + 1))
+        # a setpoint taken from the measurement (the filter's first command, or a recapture) has the measured velocity,
+        # which differs from the controller's own by its tracking error: keep that first step's acceleration margin
+        amax = kin.accel_limits * (BRAKE_FRACTION if self._sp_measured else ROW_ACCEL_FRACTION)
         ee = None
         if cart:
             p, R = kin.fk(q)
             R_t = apply_ee_delta(p, R, row_a)[1]
             ee = np.r_[np.asarray(res.tcp_targets[0], dtype=np.float64) - p, normalize_rotvec(row_a[3:6]), grip]
             q_cmd = self._cartesian_setpoint(q, sq, sv, ee)               # what the controller will command
-            q_want = limit_joint_step(sq, sv, q_cmd, self.period, vmax, kin.accel_limits)
+            q_want = limit_joint_step(sq, sv, q_cmd, self.period, vmax, amax)
             if np.max(np.abs(q_want - q_cmd)) > 1e-9:
                 # the look-ahead binds: ask the controller for the pose of the slower setpoint instead, and predict
                 # (and check) what it will command for that
@@ -306,7 +335,7 @@ class SafetyExecutor:
                 ee = np.r_[p_w - p, matrix_to_rotvec(R_w @ R.T), grip]
                 q_cmd = self._cartesian_setpoint(q, sq, sv, ee)
         else:
-            q_cmd = limit_joint_step(sq, sv, res.positions[0], self.period, vmax, kin.accel_limits)
+            q_cmd = limit_joint_step(sq, sv, res.positions[0], self.period, vmax, amax)
         # the command is checked together with the brake that would follow it: if the next row is refused (or none
         # comes) the setpoint can always stop safely within the acceleration limits from where this row leaves it
         tail = self._braking_points(q_cmd, (q_cmd - sq) / self.period)
@@ -350,7 +379,7 @@ class SafetyExecutor:
 
     # ------------------------------------------------------------------ holding
     def brake(self, q_current, gripper_current: float, now_ns: int, reasons: list[Violation],
-              kind: str = "hold") -> ArmCommand | None:
+              kind: str = "hold", dq_current=None) -> ArmCommand | None:
         """Bring the setpoint to rest: decelerate each joint at its acceleration limit (checked like any command);
         if that path is unsafe, stop at the setpoint at once. Also what the safety node sends for every hold. Never
         raises (an unusable state: the setpoint stops where the model has it; None without a model)."""
@@ -359,6 +388,8 @@ class SafetyExecutor:
             return self._stop_bad_input("brake: " + args)
         q, gripper_current, now_ns = args
         self._last_now = now_ns
+        if dq_current is not None:
+            self._note_velocity(dq_current)
         self.chunk = None if kind == "hold" else self.chunk
         reasons = list(reasons)
         if self._grip is not None:
