@@ -214,3 +214,35 @@ def test_every_command_sent_is_within_the_limits(checker):
     assert np.all(np.abs(v) <= PANDA_VELOCITY_LIMITS * (1 + 1e-6))
     assert np.all(np.abs(a) <= PANDA_ACCEL_LIMITS * (1 + 1e-6)), np.abs(a).max(axis=0) / PANDA_ACCEL_LIMITS
     assert np.abs(v[-1]).max() < 1e-9                                                 # ended at rest
+
+
+def test_a_filter_starting_on_a_moving_arm_brakes_it_from_its_measured_speed(checker):
+    """The executor's first command with no setpoint model yet starts from the measured joint velocity: a chunk that
+    asks to stand still is reached by braking within the acceleration limits (from rest, the model would command
+    an instant stop: a velocity jump far beyond them)."""
+    ex = SafetyExecutor(checker, "stepwise")
+    dq = np.zeros(7); dq[0] = 1.2                                                      # joint 1 at 1.2 rad/s
+    rows = np.tile(READY_Q, (8, 1))
+    assert ex.admit(_chunk(rows, space=ACTION_SPACE_JOINT_POSITION), READY_Q, 0.0, NOW, dq).ok
+    cmd = ex.tick(READY_Q, 0.0, NOW, dq)
+    v1 = (cmd.positions[0] - READY_Q) / 0.05
+    assert abs((v1[0] - dq[0]) / 0.05) <= PANDA_ACCEL_LIMITS[0] * 0.8 + 1e-6        # braking, not an instant stop
+    assert v1[0] > 0.5
+
+
+def test_commands_are_checked_out_to_where_the_arm_overshoots_them():
+    """tracking_lag_s: a command whose setpoint stops 4 mm above the table at 0.4 m/s downwards is refused (the arm
+    runs on past it); the same end point reached slowly, or with no lag modelled, is sent."""
+    c0 = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, tracking_lag_s=0.0))
+    c1 = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG))
+    p0, R0 = c1.kin.fk(READY_Q)
+    floor = float(c1.tcp_floor(R0)) - c1.config.gripper_table_margin_m        # gripper's lowest point at the table
+    q_end = c1.kin.ik(np.r_[p0[:2], floor + 0.004], R0, READY_Q).q
+    q_prev = c1.kin.ik(np.r_[p0[:2], floor + 0.004 + 0.02], R0, READY_Q).q      # 2 cm higher: 0.4 m/s over 50 ms
+    v = (q_end - q_prev) / 0.05
+    args = (q_prev, 0.0, q_prev, v, q_end[None], np.array([0.05]), 0.0)
+    assert not c0.verify_command(*args, period=0.05)
+    bad = c1.verify_command(*args, period=0.05)
+    assert any(b.kind is K.TABLE_COLLISION for b in bad), bad
+    slow = (q_prev, 0.0, q_prev, v * 0.0, q_end[None], np.array([0.5]), 0.0)     # 2 cm in 0.5 s: 4 cm/s
+    assert not [b for b in c1.verify_command(*slow, period=0.05) if b.kind is K.TABLE_COLLISION]

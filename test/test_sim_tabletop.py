@@ -506,3 +506,75 @@ def test_row_execution_moves_like_the_demonstrations(env):
     np.testing.assert_allclose(cart, demo, atol=8e-3)   # (the last rows slow down so that the arm ends at rest)
     assert np.abs(step - demo).max() < 8e-3, (demo, step)
     assert np.abs(traj - demo).max() > 4e-3, (demo, traj)
+
+
+class _RowPolicy:
+    """A plan() policy whose chunk k has row i = (0, 0, 0, 0, 0, 0, 0) + code k*100 + i in column 5 (a tiny rotation
+    about z, harmless), so what ran is readable; records the real-time-chunking inputs it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def plan(self, images, instruction, state=None, prev_actions=None, delay=0):
+        from types import SimpleNamespace
+        k = len(self.calls)
+        self.calls.append((None if prev_actions is None else np.asarray(prev_actions).copy(), int(delay)))
+        acts = np.zeros((8, 7))
+        acts[:, 5] = 1e-6 * (100 * (k + 1) + np.arange(8))
+        return SimpleNamespace(actions=acts[None].astype(np.float64), anchors=None)
+
+
+@pytest.mark.parametrize("loop,d", [("synchronous", 2), ("naive", 2), ("rtc", 2), ("rtc", 4)])
+def test_run_time_loops_with_a_planning_delay(loop, d):
+    """The harness's run-time loops with a 2-step planning delay: synchronous holds still 2 steps per plan and runs
+    every chunk from row 0; naive and rtc hold only before the first plan, then switch at the row for the time
+    (rows 2..7, a new observation every 6 steps); rtc hands the planner the running chunk's rows from the
+    observation's time (rows 6, 7) and the delay 2."""
+    from semanticvla_core.sim.evaluation import run_episode
+    env = FrankaTabletopEnv(SimConfig(image_size=64, wrist_image_size=64))
+    ran = []
+    step = env.step
+    env.step = lambda a, render=None: (ran.append(np.asarray(a, dtype=np.float64).copy()), step(a, render))[1]
+    pol = _RowPolicy()
+    r = run_episode(env, pol, "pick_place_plate", 3, "direct", loop=loop, delay=d, max_steps=26)
+    env.close()
+    code = [int(round(a[5] * 1e6)) for a in ran]          # 0 = commanded still
+    if loop == "synchronous":
+        assert code[:12] == [0, 0] + [100 + i for i in range(8)] + [0, 0]
+        assert r["still_steps"] == 6 and r["plans"] == 3
+        assert all(c[0] is None for c in pol.calls)
+    else:
+        s = 8 - d                                           # rows per plan: a new observation every s steps
+        want = [0] * d + [100 * k + i for k in range(1, 8) for i in range(d, 8)]
+        assert code == want[:26]
+        assert r["still_steps"] == d and r["plans"] == len(range(0, 26, s))
+        if loop == "naive":
+            assert all(c[0] is None for c in pol.calls)
+        else:
+            assert pol.calls[0][0] is None
+            for k in (1, 2, 3):
+                prev, dd = pol.calls[k]
+                assert dd == d and [int(round(x * 1e6)) for x in prev[:, 5]] == [100 * k + i for i in range(s, 8)]
+
+
+def test_sim_joint_ranges_are_the_real_pandas_and_trajectory_setpoints_are_interpolated():
+    """The MuJoCo arm stops where the real Panda stops (datasheet limits, also the actuators' control range), and a
+    joint-trajectory step moves the setpoint linearly over the period's physics steps, not in one jump."""
+    from semanticvla_core.safety.limits import PANDA_POSITION_LOWER, PANDA_POSITION_UPPER
+    e = FrankaTabletopEnv(SimConfig(render=False))
+    lo, hi = (e._jnt_range - MJ_JOINT_OFFSET[:, None]).T
+    np.testing.assert_allclose(lo, PANDA_POSITION_LOWER, atol=1e-9)
+    np.testing.assert_allclose(hi, PANDA_POSITION_UPPER, atol=1e-9)
+    np.testing.assert_allclose(e.model.actuator_ctrlrange[:7], e._jnt_range, atol=1e-9)
+    e.reset(get_task("pick_place_plate"), 0, "direct", "eval", render=False)
+    q0 = e.joint_targets()
+    target = q0.copy(); target[6] -= 0.1
+    seen = []
+    e.substep_hook = lambda env: seen.append(env.joint_targets()[6])
+    e.step_joint_targets(target, 0.0)
+    e.substep_hook = None
+    seen = np.array(seen)
+    assert len(seen) == e.substeps and np.all(np.diff(seen) < 0)
+    np.testing.assert_allclose(seen[len(seen) // 2 - 1], q0[6] - 0.1 * (len(seen) // 2) / len(seen), atol=1e-9)
+    np.testing.assert_allclose(seen[-1], target[6], atol=1e-12)
+    e.close()
