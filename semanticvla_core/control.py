@@ -176,6 +176,19 @@ class ChunkExecutor:
         self.last_reason = why
         return a
 
+    def continuation(self, obs_stamp_ns: int, ready_ns: int) -> tuple[np.ndarray | None, int]:
+        """Real-time chunking inputs for the chunk planned from an observation taken at ``obs_stamp_ns`` that can
+        start running at ``ready_ns`` (both on this executor's clock, e.g. message stamps): the actions the arm
+        runs from the observation's time on (rows at obs, obs + dt, ...; None when nothing covers it) and the
+        delay, the number of them that run before the new chunk can take over (ceil((ready - obs) / dt), at most
+        all of them)."""
+        prev = self.upcoming(int(obs_stamp_ns))
+        if prev is None:
+            return None, 0
+        dt = prev.dt * 1e9
+        d = int(np.ceil((int(ready_ns) - int(obs_stamp_ns)) / dt - 1e-9))
+        return np.asarray(prev.actions, dtype=np.float64), int(np.clip(d, 0, len(prev.actions)))
+
     def upcoming(self, now_ns: int, horizon: int | None = None) -> ActionChunkData | None:
         """The blended actions for the ticks ``now, now + dt, ...`` (dt of the newest chunk) as one chunk
         stamped ``now_ns``, up to ``horizon`` rows or until nothing covers the time (None if nothing now).

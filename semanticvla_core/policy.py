@@ -50,12 +50,15 @@ from torch import nn
 
 from .interfaces import ActionChunkData, TracePlan
 from .model.config import SemanticVLAConfig
-from .model.flow_decoder import FlowMatchingDecoder
+from .model.flow_decoder import FlowMatchingDecoder, rtc_weights
+
+RTC_METHOD = "replace"    # real-time chunking: "replace" (inpainting by replacement: as successful as guidance in the
+                          # harness at 1/4 of its decode time, BENCHMARKS.md) | "guidance" (Black et al. 2025)
 from .model.latent_tokenizer import LatentTokenizer
 from .model.text_tokenizer import add_act_tokens, build_text_tokenizer, load_text_tokenizer
 from .model.visual_stem import VisualStem
 from .model.vlm import SemanticVLM
-from .robot_state import STATE_DIM, tcp_targets_to_deltas
+from .robot_state import STATE_DIM, deltas_to_tcp_targets, tcp_targets_to_deltas
 from .traces import resample_trace
 
 MODEL_TYPE = "semanticvla_policy"
@@ -158,6 +161,7 @@ class SemanticVLAPolicy(nn.Module):
                  norm_stats=None, codebook_version: str | None = None):
         super().__init__()
         self.config = config = copy.deepcopy(config)
+        self.rtc_method = RTC_METHOD        # how a chunk continues the running one (rtc_prefix); inference only
         if latent_tokenizer is not None:
             lc = latent_tokenizer.config
             for name in ("num_latent_tokens", "latent_codebook_size", "window", "trace_code_dim"):
@@ -283,6 +287,35 @@ class SemanticVLAPolicy(nn.Module):
             a = np.stack([tcp_targets_to_deltas(s[b], a[b]) for b in range(a.shape[0])])
         return a.astype(np.float32)
 
+    def rtc_prefix(self, prev_actions, delay: int, state=None, method: str | None = None) -> dict:
+        """Real-time chunking inputs for the decoder from the previous chunk: ``prev_actions`` (n, 7) robot units,
+        its rows at this chunk's times (row 0 = the action due when this chunk's observation was taken), ``delay``
+        = how many of them execute before this chunk can start. {} when there is nothing to continue."""
+        if prev_actions is None:
+            return {}
+        a = np.asarray(prev_actions, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != self.config.action_dim or not np.all(np.isfinite(a)):
+            raise ValueError(f"prev_actions must be (n, {self.config.action_dim}) finite numbers, got {a.shape}")
+        H = self.config.horizon
+        a = a[:H]
+        if len(a) == 0:
+            return {}
+        d = int(delay)
+        if not 0 <= d <= len(a):
+            raise ValueError(f"delay must be in [0, {len(a)}] (the previous chunk's rows left), got {delay}")
+        if self.config.action_frame == "tcp_pose":
+            if state is None:
+                raise ValueError("real-time chunking with action_frame='tcp_pose' needs the robot state")
+            st = np.asarray(state, dtype=np.float64)
+            a = deltas_to_tcp_targets(st[0] if st.ndim == 2 else st, a)
+        if self.norm_stats is not None and getattr(self.norm_stats, "action", None) is not None:
+            a = self.norm_stats.action.normalize(a)
+        y = np.zeros((H, self.config.action_dim), dtype=np.float32)
+        y[:len(a)] = a
+        return {"prefix": torch.as_tensor(y, device=self.device)[None],
+                "prefix_weights": rtc_weights(H, d, len(a)).to(self.device),
+                "prefix_method": method or self.rtc_method}
+
     def _noise(self, batch: int, seed: int) -> torch.Tensor:
         c = self.config
         g = torch.Generator().manual_seed(int(seed))
@@ -399,9 +432,10 @@ class SemanticVLAPolicy(nn.Module):
 
     @torch.no_grad()
     def plan(self, images, instruction, state=None, num_flow_steps: int | None = None, seed: int = 0,
-             temperature: float = 0.0, wrist=None) -> Plan:
+             temperature: float = 0.0, wrist=None, prev_actions=None, delay: int = 0) -> Plan:
         """VLM plan + action chunk for a batch (see the module docstring). ``wrist``: wrist-camera images,
-        required when the decoder's visual stem uses them."""
+        required when the decoder's visual stem uses them. ``prev_actions`` / ``delay``: continue the running
+        chunk by real-time chunking (:meth:`rtc_prefix`)."""
         t_all = time.perf_counter()
         was_training = self.training
         self.eval()
@@ -409,7 +443,8 @@ class SemanticVLAPolicy(nn.Module):
         B = x.shape[0]
         t0 = time.perf_counter()
         cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, e_v, self._state_tensor(state, B))
-        a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed))
+        a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed),
+                                     **self.rtc_prefix(prev_actions, delay, state))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         timings = dict(gen.timings)
@@ -448,8 +483,9 @@ class SemanticVLAPolicy(nn.Module):
 
     @torch.no_grad()
     def decode_actions(self, trace_plan: TracePlan, state=None, num_flow_steps: int | None = None,
-                       seed: int = 0) -> ActionChunkData:
-        """Flow decoder on a ``TracePlan`` (+ fresh state) -> ``ActionChunkData`` in robot units."""
+                       seed: int = 0, prev_actions=None, delay: int = 0) -> ActionChunkData:
+        """Flow decoder on a ``TracePlan`` (+ fresh state) -> ``ActionChunkData`` in robot units. ``prev_actions`` /
+        ``delay``: continue the running chunk by real-time chunking (:meth:`rtc_prefix`)."""
         tp = trace_plan.validate()
         K, d = self.vlm.num_latent_tokens, self.vlm.hidden_size
         if self.config.use_latent and tp.latent_hidden.shape != (K, d):
@@ -469,7 +505,8 @@ class SemanticVLAPolicy(nn.Module):
         e_a = torch.as_tensor(e_a_np, device=dev)[None]
         e_v = torch.as_tensor(vis, device=dev)[None]
         cond = self.decoder_conditions(tp.anchors[None], e_a, e_v, self._state_tensor(state, 1))
-        a = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(1, seed))
+        a = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(1, seed),
+                                **self.rtc_prefix(prev_actions, delay, state))
         actions = self._unnormalize_actions(a.float().cpu().numpy(), state)[0]
         return ActionChunkData(actions=actions, dt=self.config.control_dt, plan_id=tp.plan_id,
                                stamp_ns=tp.stamp_ns, frame_id="").validate()

@@ -2,11 +2,14 @@
 fresh one: ``state_source``) -> ActionChunk at the control rate; chunks are blended by the core's ChunkExecutor,
 aligned by their stamps.
 
-``loop: synchronous`` (the default) runs the evaluation harness's loop: each chunk runs to its end, then the arm
-holds still until a plan of an observation taken after that end arrives, which is decoded with that observation's
-state and run from its first row. ``loop: asynchronous`` keeps moving while planning (each plan aligned to its
-observation's time, rows that passed skipped): faster, but the policy then acts on older images than it was
-trained and evaluated with (harness: 3 steps of image delay took 38/50 to 22/50; BENCHMARKS.md, session 7).
+``loop: rtc`` (the default) never stops for the planner: each new Trace is decoded with its observation's joint
+state by real-time chunking (Black et al. 2025): the rows of the running chunk from the observation's time on are
+the prefix, the delay (rows that run before the new chunk can take over) is measured from the message stamps:
+ceil((now + expected decode time - observation stamp) / dt); the new chunk is stamped at the observation's time, so
+the rows whose time has passed are skipped and the hand-over is continuous. ``loop: synchronous`` runs each chunk to
+its end, then holds still until a plan of a later observation arrives (stop-and-go); ``loop: asynchronous`` keeps
+moving without real-time chunking (the harness's ``naive`` loop, for comparison). The evaluation harness runs the
+same loops with the same executor (semanticvla_core/sim/evaluation.py run_episode).
 
 Subscribes  /semanticvla/trace (Trace), /joint_states (sensor_msgs/JointState),
             /semanticvla/observation/joint_states (the joint state of each observation, with its stamp)
@@ -17,6 +20,10 @@ and the next Trace's chunk is filled by decoding the last decoded Trace again wi
 """
 from __future__ import annotations
 
+import threading
+import time
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
@@ -46,8 +53,10 @@ class ControllerNode(Node):
         self.ticks_since_decode = 0
         if self.p.state_source not in ("observation", "latest"):
             raise ValueError(f"controller: state_source must be 'observation' or 'latest', got {self.p.state_source!r}")
-        if self.p.loop not in ("synchronous", "asynchronous"):
-            raise ValueError(f"controller: loop must be 'synchronous' or 'asynchronous', got {self.p.loop!r}")
+        if self.p.loop not in ("rtc", "synchronous", "asynchronous"):
+            raise ValueError(f"controller: loop must be 'rtc', 'synchronous' or 'asynchronous', got {self.p.loop!r}")
+        self.decode_s: list[float] = []   # recent decode times (rtc: the expected one sets the delay)
+        self.delays: list[int] = []       # rtc: measured delays (control steps) of the decoded plans
         self.sync_end_ns = 0          # loop synchronous: when the running chunk's last row ends
         self.obs_states: dict[int, tuple] = {}     # observation stamp -> (arm q, fingers), the last few
         self._kin = None
@@ -55,7 +64,12 @@ class ControllerNode(Node):
         self.create_subscription(Trace, "/semanticvla/trace", self.on_trace, 1)
         self.create_subscription(JointState, "/joint_states", self.on_joint_state, 20)
         self.create_subscription(JointState, "/semanticvla/observation/joint_states", self.on_obs_state, 20)
-        self.create_timer(1.0 / self.p.control_rate_hz, self.tick)
+        # the publishing tick never waits for a decode (rtc decodes in its own callback group and thread; the
+        # ChunkExecutor is shared under a lock): 20 Hz with p99 period near 50 ms while the decoder runs
+        self._lock = threading.RLock()
+        self.create_timer(1.0 / self.p.control_rate_hz, self.tick, callback_group=MutuallyExclusiveCallbackGroup())
+        if self.p.loop == "rtc":
+            self.create_timer(0.01, self.decode_tick, callback_group=MutuallyExclusiveCallbackGroup())
         self._last_hold_log = 0
 
     @guarded()
@@ -76,17 +90,67 @@ class ControllerNode(Node):
         while len(self.obs_states) > 32:
             self.obs_states.pop(min(self.obs_states))
 
-    def _decode(self, trace, q, fingers, stamp_ns: int, t: int) -> None:
+    def _decode(self, trace, q, fingers, stamp_ns: int, t: int, prev=None, delay: int = 0) -> None:
         if self._kin is None:
             from semanticvla_core.safety.kinematics import PandaKinematics
             self._kin = PandaKinematics()
         state = state_from_joints(q, fingers, self._kin)
-        chunk = self.policy.decode_actions(trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed)
+        t0 = time.perf_counter()
+        chunk = self.policy.decode_actions(trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed,
+                                           prev_actions=prev, delay=delay)
+        self.decode_s = (self.decode_s + [time.perf_counter() - t0])[-20:]
         chunk.stamp_ns = stamp_ns
-        bad = self.executor_.add_chunk(chunk, t)
+        with self._lock:
+            bad = self.executor_.add_chunk(chunk, max(int(t), now_ns(self)))   # (arrival: after the decode)
         if bad is not None:
             raise ValueError(f"decoded chunk refused: {bad}")
-        self.decoded, self.trace_new, self.ticks_since_decode = trace, False, 0
+        self.decoded, self.ticks_since_decode = trace, 0
+        if self.p.loop != "rtc":       # (rtc: a Trace that arrived during the decode is still new)
+            self.trace_new = False
+
+    def _expected_ready_ns(self, t: int) -> int:
+        """When a chunk decoded now will be running: now + the slowest of the recent decode times + two ticks (this
+        node's next publication, then the safety filter's next period). Too late a guess only freezes more rows of
+        the running chunk; too early a one makes the hand-over jump."""
+        dec = max(self.decode_s) if self.decode_s else 0.05
+        return int(t + (dec + 2.0 / self.p.control_rate_hz) * 1e9)
+
+    @guarded()
+    def decode_tick(self) -> None:
+        """loop rtc (its own callback group): decode as soon as a new Trace is there."""
+        t = now_ns(self)
+        if self.policy is None or self.trace is None or self.q is None:
+            return
+        if (t - self.trace_rx_ns) * 1e-9 > self.p.trace_timeout_s or (t - self.state_rx_ns) * 1e-9 > self.p.state_timeout_s:
+            return
+        self._rtc_step(t)
+
+    def _rtc_step(self, t: int) -> None:
+        """loop rtc: decode each new Trace once, continuing the running chunk (real-time chunking); when planning
+        falls behind (a loaded machine) and the running chunk is about to end, decode the last Trace again with the
+        fresh state, stamped now, also continuing it (refill_on_gap): longer chunks, never a stop."""
+        trace = self.trace
+        if self.trace_new:
+            self.trace_new = False
+            obs = self.obs_states.get(trace.stamp_ns)
+            if obs is None:
+                raise ValueError(f"no joint state of the Trace's observation (stamp {trace.stamp_ns}); "
+                                 "its chunk is skipped")
+            with self._lock:
+                # the prefix is what the arm runs from the observation's time on (stop-gap chunks included), then
+                # the stop-gap chunks stamped after it give way to the new plan
+                prev, d = self.executor_.continuation(trace.stamp_ns, self._expected_ready_ns(t))
+                self.executor_.drop_after(trace.stamp_ns)
+            self._decode(trace, *obs, trace.stamp_ns, now_ns(self), prev, d)
+            self.delays = (self.delays + [d])[-200:]
+            return
+        dt_ns = 1e9 / self.p.control_rate_hz
+        with self._lock:
+            gap = self.p.refill_on_gap and self.decoded is not None and not self.executor_.covers(int(t + 2 * dt_ns))
+            if gap:
+                prev, d = self.executor_.continuation(t, self._expected_ready_ns(t))
+        if gap:
+            self._decode(self.decoded, self.q, self.fingers, t, now_ns(self), prev, d)
 
     def _sync_step(self, t: int) -> None:
         """loop synchronous: while a chunk runs, nothing new; once it has ended, decode the first Trace whose
@@ -122,7 +186,9 @@ class ControllerNode(Node):
         if self.q is None or (t - self.state_rx_ns) * 1e-9 > self.p.state_timeout_s:
             return self._hold("no fresh joint state")
         self.ticks_since_decode += 1
-        if self.p.loop == "synchronous":
+        if self.p.loop == "rtc":
+            pass                                   # decode_tick decodes; this tick only publishes
+        elif self.p.loop == "synchronous":
             self._sync_step(t)
         elif self.p.state_source == "observation":
             if self.trace_new:
@@ -138,15 +204,17 @@ class ControllerNode(Node):
         elif (self.trace_new and self.p.decode_on_new_trace) or self.ticks_since_decode >= self.p.decode_every_steps \
                 or self.executor_.num_chunks == 0:
             self._decode(self.trace, self.q, self.fingers, t, t)
-        out = self.executor_.upcoming(t)
+        with self._lock:
+            out = self.executor_.upcoming(t)
+            why = self.executor_.last_reason
         if out is None:
-            return self._hold(self.executor_.last_reason or "no action covers now")
+            return self._hold(why or "no action covers now")
         out.frame_id = "panda_link0"
         self.pub.publish(chunk_to_msg(out))
 
 
 def main(args=None):
-    run_node(ControllerNode, args)
+    run_node(ControllerNode, args, num_threads=3)    # publishing tick, rtc decoding, subscriptions
 
 
 if __name__ == "__main__":

@@ -54,14 +54,16 @@ PARAMS: dict[str, list[Param]] = {
         Param("blend_mode", "latest", "Chunk blending: latest (the newest chunk only; how the policy is evaluated), "
               "ensemble (ACT temporal ensembling) or crossfade"),
         Param("ensemble_decay", 0.01, "ACT ensembling weight exponent k: w_i = exp(-k * i), i = 0 the oldest chunk"),
-        Param("loop", "synchronous", "synchronous: run each chunk to its end, hold still until a plan of a later "
-              "observation arrives, decode it with that observation's state, run all its rows (the evaluation "
-              "harness's loop) | asynchronous: keep moving while planning (state_source, refill_on_gap apply)"),
+        Param("loop", "rtc", "rtc: never stop for the planner: each new Trace is decoded by real-time chunking, "
+              "continuing the running chunk over the delay measured from the message stamps | synchronous: run each "
+              "chunk to its end, hold still until a plan of a later observation arrives, run all its rows "
+              "(stop-and-go) | asynchronous: keep moving without real-time chunking (state_source, refill_on_gap "
+              "apply); the evaluation harness runs the same loops (training/evaluate.py --loop rtc|synchronous|naive)"),
         Param("state_source", "observation", "(loop asynchronous) observation: decode each new Trace once with the joint state of the "
               "observation it was planned from (what the policy was trained on: image and state of one instant) and "
               "stamp the chunk at that instant, so the rows whose time has passed while planning are skipped; "
               "latest: decode the newest Trace with the fresh joint state every decode_every_steps ticks"),
-        Param("refill_on_gap", True, "(loop asynchronous, state_source observation) when the rows of the newest chunk are used up before "
+        Param("refill_on_gap", True, "(loop rtc or asynchronous, state_source observation) when the rows of the newest chunk are used up before "
               "the next Trace's chunk arrives (planning slower than the chunk), decode the last decoded Trace again with "
               "the fresh joint state, stamped now, instead of holding; the next Trace's chunk replaces it"),
         Param("decode_every_steps", 8, "state_source latest: re-decode the newest Trace with fresh state every this "

@@ -204,3 +204,52 @@ def test_global_conditioning_off_by_default_and_starts_as_no_op():
     cond = _cond()
     assert torch.count_nonzero(m.global_condition(cond["e_v"], cond["state"])) == 0
     assert m.global_rows.in_features == 12 and m.global_mlp[0].in_features == 5 * 8 + 9
+
+
+def test_rtc_weights_freeze_the_delay_then_decay_to_zero():
+    from semanticvla_core.model.flow_decoder import rtc_weights
+    w = rtc_weights(8, 3, 6)
+    assert w.shape == (8,)
+    assert torch.all(w[:3] == 1) and torch.all(w[6:] == 0)
+    assert torch.all(w[3:6] > 0) and torch.all(w[3:6] < 1) and torch.all(torch.diff(w[3:6]) < 0)
+    assert torch.all(rtc_weights(8, 0, 0) == 0)
+    with pytest.raises(ValueError):
+        rtc_weights(8, 5, 4)
+
+
+def test_rtc_guided_sampling_continues_the_previous_chunk():
+    """Real-time chunking: with the previous chunk's rows as the prefix, the frozen rows of the new chunk come out
+    at the prefix (plain sampling of the same noise is far from it), the later rows are pulled towards it, and rows
+    with weight 0 are left to the model; the same noise and prefix give the same chunk."""
+    from semanticvla_core.model.flow_decoder import rtc_weights
+    m = _model()
+    c = _cond()
+    noise = torch.randn(B, H, D, generator=torch.Generator().manual_seed(3))
+    free = m.sample(**c, noise=noise)
+    prefix = torch.randn(1, H, D, generator=torch.Generator().manual_seed(4))
+    w = rtc_weights(H, 3, 6)
+    out = m.sample(**c, noise=noise, prefix=prefix, prefix_weights=w)
+    err_frozen = (out[:, :3] - prefix[:, :3]).abs().mean()
+    err_free = (free[:, :3] - prefix[:, :3]).abs().mean()
+    assert err_frozen < 0.25 * err_free, (err_frozen, err_free)
+    assert (out[:, 3:6] - prefix[:, 3:6]).abs().mean() < (free[:, 3:6] - prefix[:, 3:6]).abs().mean()
+    torch.testing.assert_close(out, m.sample(**c, noise=noise, prefix=prefix, prefix_weights=w))
+    with pytest.raises(ValueError, match="prefix_weights"):
+        m.sample(**c, noise=noise, prefix=prefix)
+    with pytest.raises(ValueError, match="prefix must have shape"):
+        m.sample(**c, noise=noise, prefix=prefix[:, :4], prefix_weights=w)
+
+
+def test_rtc_replacement_inpainting_pins_the_frozen_rows():
+    from semanticvla_core.model.flow_decoder import rtc_weights
+    m = _model()
+    c = _cond()
+    noise = torch.randn(B, H, D, generator=torch.Generator().manual_seed(3))
+    prefix = torch.randn(1, H, D, generator=torch.Generator().manual_seed(4))
+    w = rtc_weights(H, 3, 6)
+    out = m.sample(**c, noise=noise, prefix=prefix, prefix_weights=w, prefix_method="replace")
+    torch.testing.assert_close(out[:, :3], prefix[:, :3].expand(B, -1, -1))
+    free = m.sample(**c, noise=noise)
+    assert (out[:, 3:6] - prefix[:, 3:6]).abs().mean() < (free[:, 3:6] - prefix[:, 3:6]).abs().mean()
+    with pytest.raises(ValueError, match="prefix_method"):
+        m.sample(**c, noise=noise, prefix=prefix, prefix_weights=w, prefix_method="bogus")

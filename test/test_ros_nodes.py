@@ -292,14 +292,14 @@ def test_controller_decodes_each_trace_with_the_state_of_its_observation(h, tmp_
 
 
 def test_controller_synchronous_loop_runs_whole_chunks_and_waits_for_a_later_observation(h, tmp_path):
-    """loop synchronous (default): a plan is decoded with its observation's state and runs from its first row;
+    """loop synchronous (stop-and-go): a plan is decoded with its observation's state and runs from its first row;
     plans of observations taken while it runs are ignored; after its 8 rows nothing goes out until a plan of an
     observation taken after the end arrives, which then runs whole."""
     from semanticvla_core.policy import SemanticVLAPolicy
     from semanticvla_core.robot_state import state_from_joints
 
     ckpt = tiny_checkpoint(tmp_path, state_dim=15)
-    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 5.0})
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 5.0, "loop": "synchronous"})
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
     pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
     pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")
@@ -629,3 +629,56 @@ def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
         assert cli.wait_for_service(timeout_sec=10.0)
         fut = cli.call_async(Trigger.Request())
         assert h.spin_until(fut.done, 20) and check(fut.result()), srv
+
+
+def test_controller_rtc_continues_the_running_chunk_over_the_measured_delay(h, tmp_path):
+    """loop rtc (the default): a new Trace is decoded by real-time chunking, so what goes out right after the
+    switch to it continues the chunk that was running (much closer to it than the same plan decoded without the
+    prefix), stamped at its observation's time; the controller never stops publishing in between."""
+    from semanticvla_core.policy import SemanticVLAPolicy
+    from semanticvla_core.robot_state import state_from_joints
+
+    ckpt = tiny_checkpoint(tmp_path, state_dim=15)
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 2.0})
+    chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
+    pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
+    pub_obs = h.publisher(JointState, "/semanticvla/observation/joint_states")
+    assert wait_for_output(node, "loaded policy", 90), node._seen
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h)))
+    pol = SemanticVLAPolicy.from_pretrained(ckpt)
+    tp = _plan_msg(ckpt, h)
+    kin = PandaKinematics()
+    sent = {}
+    for k in range(1, 40):                     # a plan every 0.2 s, from an observation 0.1 s old, each different
+        s = h.now_ns() - int(0.1e9)
+        q = READY_Q + 0.08 * np.sin(np.arange(7) + k)
+        pub_obs.publish(joint_state_msg(ARM_JOINTS + FINGER_JOINTS, list(q) + [0.04, 0.04], s))
+        h.spin_for(0.05)
+        tp.plan_id, tp.stamp_ns = k, s
+        sent[k] = (s, q)
+        pub_t.publish(trace_to_msg(tp))
+        h.spin_for(0.15)
+        if len({c.plan_id for _, c in chunks}) >= 5:
+            break
+    ids = [c.plan_id for _, c in chunks]
+    switches = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+    assert len(switches) >= 3, (ids, node._seen)
+    rows = lambda m: np.frombuffer(bytes(np.asarray(m.actions, np.float32)), np.float32).reshape(m.horizon, 7)  # noqa
+    closer = 0
+    for i in switches[1:]:
+        m0, m1 = chunks[i - 1][1], chunks[i][1]
+        t0, t1 = stamp_to_ns(m0.header.stamp), stamp_to_ns(m1.header.stamp)
+        j = int(round((t1 - t0) / 0.05e9))
+        if j >= m0.horizon:
+            continue
+        running = rows(m0)[j]                                      # what the old chunk had for t1
+        s, q = sent[m1.plan_id]
+        tp.plan_id, tp.stamp_ns = m1.plan_id, s
+        free = pol.decode_actions(tp, state_from_joints(q, np.array([0.04, 0.04]), kin), num_flow_steps=10, seed=0)
+        r = int(round((t1 - s) / 0.05e9))
+        got_err = np.abs(rows(m1)[0] - running).max()
+        free_err = np.abs(free.actions[r] - running).max()
+        closer += got_err < 0.5 * free_err
+    assert closer >= 2, f"only {closer} of {len(switches) - 1} switches continued the running chunk"
+    gaps = np.diff([t for t, _ in chunks])
+    assert gaps.max() < 0.3, gaps.max()

@@ -107,3 +107,17 @@ def test_upcoming_blends_and_stops_where_coverage_ends():
 def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
         ExecutorConfig(mode="average")
+
+
+def test_continuation_gives_the_running_rows_from_the_observation_and_the_delay_from_stamps():
+    """Real-time chunking inputs: the rows the arm runs from the observation's time on, and how many of them run
+    before a chunk ready at ``ready`` can take over (ceil of the elapsed periods)."""
+    ex = ChunkExecutor(ExecutorConfig(mode="latest"))
+    assert ex.continuation(T0, T0 + DT_NS) == (None, 0)                    # nothing running: plain sampling
+    assert ex.add_chunk(make(ramp(), T0), T0) is None
+    prev, d = ex.continuation(T0 + 2 * DT_NS, T0 + 2 * DT_NS + int(3.2 * DT_NS))
+    np.testing.assert_allclose(prev[:, 0], [2, 3, 4, 5, 6, 7])
+    assert d == 4                                                          # 3.2 periods -> 4 rows run meanwhile
+    prev, d = ex.continuation(T0 + 6 * DT_NS, T0 + 20 * DT_NS)
+    np.testing.assert_allclose(prev[:, 0], [6, 7])
+    assert d == 2                                                          # at most the rows there are

@@ -64,6 +64,14 @@ def main(argv=None) -> int:
     p.add_argument("--safety", default="none", choices=["none", "cartesian", "stepwise", "trajectory"],
                    help="run every chunk through the safety filter's checks in one of its execution modes, as the ROS "
                         "graph does (none: env.step, the demonstrations' own execution)")
+    p.add_argument("--loop", default="synchronous", choices=["synchronous", "naive", "rtc"],
+                   help="run-time loop: synchronous (hold still while planning), naive (asynchronous, switch to the new "
+                        "chunk at the row for its time), rtc (asynchronous, real-time chunking)")
+    p.add_argument("--delay", type=int, default=0,
+                   help="planning delay in control steps (50 ms each): the observation is this much older than the "
+                        "first row that can run from it")
+    p.add_argument("--rtc-method", default=None, choices=["guidance", "replace"],
+                   help="--loop rtc: inpainting by replacement (the default, semanticvla_core.policy.RTC_METHOD) or guided inpainting (Black et al. 2025)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--wrist-size", type=int, default=96)
@@ -83,16 +91,20 @@ def main(argv=None) -> int:
     cfg = EvalConfig(tasks=tuple(t for t in a.tasks.split(",") if t), kinds=tuple(k for k in a.kinds.split(",") if k),
                      episodes=a.episodes, episodes_per_kind=per_kind, seed=a.seed, split=a.split, execute_steps=a.execute_steps,
                      max_steps=a.max_steps, image_size=a.image_size, wrist_size=a.wrist_size, video_dir=a.videos,
-                     videos_per_task=a.videos_per_task, safety=a.safety,
+                     videos_per_task=a.videos_per_task, safety=a.safety, loop=a.loop, delay=a.delay,
                      custom_instructions=load_custom_instructions(a.custom_instructions) if a.custom_instructions else {})
     policy = build_policy(a.policy, a.checkpoint, a.seed, a.noise_scale)
+    if a.rtc_method:
+        if not hasattr(policy, "rtc_method"):
+            raise SystemExit("--rtc-method applies to --checkpoint policies")
+        policy.rtc_method = a.rtc_method
     rep = evaluate(policy, cfg)
     if a.checkpoint:   # record how the checkpoint was sampled
         rep["noise_scale"] = float(policy.config.noise_scale)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=2))
     summary = {k: rep[k] for k in ("success_overall", "success_per_kind", "success_per_task", "relative_drop",
-                                   "num_episodes", "safety") if k in rep}
+                                   "num_episodes", "motion", "safety") if k in rep}
     print(json.dumps(summary, indent=2))
     print(f"report: {a.out}")
     return 0

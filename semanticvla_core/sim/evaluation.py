@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.viz import write_mp4
+from ..control import ChunkExecutor, ExecutorConfig
 from ..interfaces import ActionChunkData
 from ..safety.checker import BuiltinSafetyChecker, SafetyConfig
 from ..safety.execution import EXECUTION_MODES, SafetyExecutor
@@ -56,6 +57,8 @@ class EvalConfig:
     render: bool = True                # False: no images in obs (only for policies that do not look)
     safety: str = "none"               # every chunk through the safety filter's checks (no ROS) in one of its
                                        # execution modes: "cartesian" | "stepwise" | "trajectory" | "none": env.step
+    loop: str = "synchronous"          # run-time loop (run_episode): "synchronous" | "naive" | "rtc"
+    delay: int = 0                     # planning delay in control steps (the observation is this much older)
 
 
 def load_custom_instructions(path: str | Path) -> dict:
@@ -89,16 +92,20 @@ class _PolicyAdapter:
         if not (hasattr(policy, "plan") or callable(policy)):
             raise ValueError("policy must have a plan() method or be callable")
         self.policy = policy
-        self._takes_wrist = hasattr(policy, "plan") and "wrist" in inspect.signature(policy.plan).parameters
+        params = inspect.signature(policy.plan).parameters if hasattr(policy, "plan") else {}
+        self._takes_wrist = "wrist" in params
+        self._takes_prefix = "prev_actions" in params      # real-time chunking (loop "rtc")
         self.last_keypoints = None      # (2, 2) object / destination keypoints of the last plan, when it has them
 
-    def __call__(self, obs: dict, instruction: str):
+    def __call__(self, obs: dict, instruction: str, prev_actions=None, delay: int = 0):
         anchors = None
         if hasattr(self.policy, "plan"):
             imgs = obs["agentview"][None]
             kw = {"state": obs["state"][None]}
             if self._takes_wrist and "wrist" in obs:
                 kw["wrist"] = obs["wrist"][None]
+            if prev_actions is not None and self._takes_prefix:
+                kw.update(prev_actions=np.asarray(prev_actions), delay=int(delay))
             try:
                 out = self.policy.plan(imgs, instruction, **kw)
             except TypeError:
@@ -196,14 +203,14 @@ class SafetyExecution:
 
     def start_chunk(self, acts: np.ndarray) -> None:
         env, c = self.env, ActionChunkData(np.asarray(acts, np.float64), self.dt_ns * 1e-9, stamp_ns=self.t_ns)
-        res = self.executor.admit(c, env.joint_positions(), env.gripper_cmd, self.t_ns)
+        res = self.executor.admit(c, env.joint_positions(), env.gripper_cmd, self.t_ns, env.joint_velocities())
         self.counts["chunks"] += 1
         if res.is_hold or res.reasons:
             self.counts["rejected" if res.is_hold else "clipped"] += 1
 
     def step(self, render: bool) -> dict:
         env = self.env
-        cmd = self.executor.tick(env.joint_positions(), env.gripper_cmd, self.t_ns)
+        cmd = self.executor.tick(env.joint_positions(), env.gripper_cmd, self.t_ns, env.joint_velocities())
         if cmd is not None:
             if cmd.is_hold and cmd.row is not None:
                 self.counts["rows_refused"] += 1
@@ -213,43 +220,121 @@ class SafetyExecution:
         return obs
 
 
+LOOPS = ("synchronous", "naive", "rtc")
+CLOCK0_NS = 10**12            # the harness's simulated clock starts here (any positive stamp works)
+
+
 def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str, split: str = "eval",
                 instruction: str | None = None, execute_steps: int | None = None, max_steps: int | None = None,
-                record: bool = False, safety: SafetyExecution | None = None) -> dict:
+                record: bool = False, safety: SafetyExecution | None = None, loop: str = "synchronous",
+                delay: int = 0) -> dict:
     """One seeded episode; success as soon as the task's predicate holds. With ``safety``, every chunk runs through
-    the safety filter's checks (:class:`SafetyExecution`) instead of ``env.step``."""
+    the safety filter's checks (:class:`SafetyExecution`) instead of ``env.step``.
+
+    The run-time loop of the ROS controller, on the simulated clock, with the same executor
+    (:class:`~semanticvla_core.control.ChunkExecutor`, chunks indexed by time) and a planning delay of ``delay``
+    control steps: a plan made from the observation at time t can start at t + delay (its rows for earlier times
+    are skipped, as the ROS graph skips them).
+    * ``synchronous``: a new observation is taken when the running chunk is used up (after ``execute_steps`` rows,
+      default the whole chunk); the arm holds still while it is planned;
+    * ``naive``: asynchronous: the next observation is taken ``execute_steps`` rows (default H - delay) after the
+      previous one, while the arm keeps running the current chunk; at t + delay it switches to the new chunk;
+    * ``rtc``: as ``naive``, and the new chunk is planned by real-time chunking: its first ``delay`` rows frozen to
+      the rows the arm runs meanwhile, the rest inpainted towards the running chunk (policies with ``plan``;
+      :meth:`ChunkExecutor.continuation` gives the rows and the delay).
+    Reported: ``still_steps`` (control steps commanded still because no chunk covered them) and smoothness
+    (:func:`smoothness`: action jumps at chunk switches vs within chunks, joint setpoint acceleration and jerk)."""
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    d = int(delay)
+    if d < 0:
+        raise ValueError(f"delay must be >= 0 control steps, got {delay}")
     adapter = policy if isinstance(policy, _PolicyAdapter) else _PolicyAdapter(policy)
     render = env.cfg.render
     obs = env.reset(task, seed, kind if kind in KINDS else "direct", split, instruction=instruction, render=render)
     limit = max_steps or env.episode.max_steps
     p0 = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
-    frames, success, steps, n_plans = [], False, 0, 0
+    frames, success, steps, n_plans, still = [], False, 0, 0, 0
+    executed, switch, targets = [], [], []
     cam = env.camera("agentview") if record else None
+    anchors = None
     if safety is not None:
         safety.reset()
+    dt_ns = int(round(env.dt * 1e9))
+    t = CLOCK0_NS                                   # the simulated clock (ns), one control period per step
+    ex = ChunkExecutor(ExecutorConfig(mode="latest", max_chunk_age_s=3600.0, stale_after_s=3600.0))
+    pending = None                                  # (time it can start, chunk) of the plan being "computed"
+    next_obs, H, switched = t, None, False
     while steps < limit and not success:
-        acts, anchors = adapter(obs, env.instruction)
-        n_plans += 1
-        n = len(acts) if execute_steps is None else max(1, min(execute_steps, len(acts)))
-        if safety is not None:
-            safety.start_chunk(acts[:n])
-        for a in acts[:n]:
-            if record and "agentview" in obs:
-                uv, _ = cam.project_normalized(obs["tcp_pos"])
-                frames.append(_draw(obs["agentview"], anchors, uv, adapter.last_keypoints))
+        if pending is not None and t >= pending[0]:
+            bad = ex.add_chunk(pending[1], t)
+            if bad is not None:
+                raise ValueError(f"harness: chunk refused by the executor: {bad}")
+            pending, switched = None, True
+            if safety is not None:
+                up = ex.upcoming(t)
+                safety.start_chunk(np.asarray(up.actions, dtype=np.float64))
+        if pending is None and t >= next_obs and (loop != "synchronous" or not ex.covers(t)):
+            prev, dd = ex.continuation(t, t + d * dt_ns) if loop == "rtc" else (None, 0)
+            acts, anchors = adapter(obs, env.instruction, prev_actions=prev, delay=dd)
+            n_plans += 1
+            if H is None:
+                H = len(acts)
+                if loop != "synchronous" and d >= H:
+                    raise ValueError(f"delay {d} must be shorter than the chunk ({H} rows) for an asynchronous loop")
+            n = len(acts) if loop == "synchronous" else H - d
+            n = n if execute_steps is None else max(1, min(int(execute_steps), n))
+            # synchronous: the chunk runs from its first row (its n rows); asynchronous: it is indexed from the
+            # observation's time and kept whole (a late successor finds it still running)
+            sync = loop == "synchronous"
+            chunk = np.asarray(acts[:n] if sync else acts, np.float64)
+            pending = (t + d * dt_ns, ActionChunkData(chunk, env.dt, stamp_ns=t + d * dt_ns if sync else t))
+            next_obs = t + n * dt_ns
+        a = ex.next_action(t)
+        if record and "agentview" in obs:
+            uv, _ = cam.project_normalized(obs["tcp_pos"])
+            frames.append(_draw(obs["agentview"], anchors, uv, adapter.last_keypoints))
+        if a is None:
+            still += 1
+            obs = env.step(np.r_[np.zeros(6), env.gripper_cmd], render=render) if safety is None \
+                else safety.step(render)
+        else:
             obs = env.step(a, render=render) if safety is None else safety.step(render)
-            steps += 1
-            if env.success():
-                success = True
-                break
-            if steps >= limit:
-                break
+            executed.append(np.asarray(a, dtype=np.float64))
+            switch.append(switched)
+        switched = False
+        targets.append(env.joint_targets())
+        steps += 1
+        t += dt_ns
+        success = env.success()
     p = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
     out = {"task": task, "seed": int(seed), "kind": kind, "instruction": env.instruction, "success": bool(success),
-           "steps": steps, "plans": n_plans, "final_cube_positions": np.round(p, 6).tolist(),
-           "outcome": "success" if success else failure_mode(p0, p, env.episode.target), "frames": frames}
+           "steps": steps, "plans": n_plans, "still_steps": still, "loop": loop, "delay": d,
+           "final_cube_positions": np.round(p, 6).tolist(),
+           "outcome": "success" if success else failure_mode(p0, p, env.episode.target), "frames": frames,
+           "smoothness": smoothness(np.array(executed).reshape(-1, 7), np.array(switch, dtype=bool),
+                                    np.array(targets).reshape(-1, 7), env.dt)}
     if safety is not None:
         out["safety"] = dict(safety.counts)
+    return out
+
+
+def smoothness(actions: np.ndarray, switch: np.ndarray, joint_targets: np.ndarray, dt: float) -> dict:
+    """Action jumps (L2 of consecutive executed ee_delta rows, position part in m) at chunk switches vs within
+    chunks, and the commanded joint setpoint's acceleration and jerk (max over joints, rad/s^2, rad/s^3)."""
+    out: dict = {}
+    if len(actions) > 1:
+        jump = np.linalg.norm(np.diff(actions[:, :3], axis=0), axis=1)
+        sw = switch[1:]
+        out["jump_switch_mean"] = float(jump[sw].mean()) if sw.any() else None
+        out["jump_within_mean"] = float(jump[~sw].mean()) if (~sw).any() else None
+        out["jump_switch"] = jump[sw].round(6).tolist()
+        out["jump_within"] = jump[~sw].round(6).tolist()
+    if len(joint_targets) > 3:
+        acc = np.abs(np.diff(joint_targets, 2, axis=0)).max(axis=1) / dt ** 2
+        jerk = np.abs(np.diff(joint_targets, 3, axis=0)).max(axis=1) / dt ** 3
+        out["accel"] = acc.round(4).tolist()
+        out["jerk"] = jerk.round(3).tolist()
     return out
 
 
@@ -304,7 +389,7 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
             instruction = _custom_text(tmpl[i % len(tmpl)], env.episode)
         record = cfg.video_dir is not None and i < cfg.videos_per_task and env.cfg.render
         r = run_episode(env, adapter, t, seed, k, cfg.split, instruction, cfg.execute_steps, cfg.max_steps, record,
-                        safety)
+                        safety, cfg.loop, cfg.delay)
         if record and r["frames"]:
             name = f"{t}_{k}_seed{seed}_{'ok' if r['success'] else 'fail'}.mp4"
             write_mp4(Path(cfg.video_dir) / name, r["frames"], fps=20)
@@ -312,6 +397,13 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
         r.pop("frames")
         episodes.append(r)
     report = summarize(episodes)
+    for r in report["episodes"]:       # per episode only the summary numbers (the report stays small)
+        sm = r.get("smoothness") or {}
+        for key in ("accel", "jerk"):
+            vals = sm.pop(key, None)
+            sm[f"joint_{key}_max"] = max(vals) if vals else None
+        sm.pop("jump_switch", None)
+        sm.pop("jump_within", None)
     report["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     if own_env:
         env.close()
@@ -319,6 +411,21 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(report, indent=2))
     return report
+
+
+def motion_summary(episodes: list[dict]) -> dict:
+    """Commanded-still share of all control steps, and smoothness over every episode: the action jump at chunk
+    switches vs within chunks (mean, p99), the joint setpoint's acceleration and jerk (p99, max)."""
+    steps = sum(int(r.get("steps", 0)) for r in episodes)
+    still = sum(int(r.get("still_steps", 0)) for r in episodes)
+    cat = lambda key: np.array([x for r in episodes for x in (r.get("smoothness") or {}).get(key) or []])  # noqa: E731
+    q = lambda a, p: float(np.percentile(a, p)) if len(a) else None                                       # noqa: E731
+    sw, wi, acc, jerk = cat("jump_switch"), cat("jump_within"), cat("accel"), cat("jerk")
+    return {"still_fraction": still / steps if steps else None, "still_steps": still, "steps": steps,
+            "jump_switch_mean_m": float(sw.mean()) if len(sw) else None, "jump_switch_p99_m": q(sw, 99),
+            "jump_within_mean_m": float(wi.mean()) if len(wi) else None, "jump_within_p99_m": q(wi, 99),
+            "joint_accel_p99": q(acc, 99), "joint_accel_max": float(acc.max()) if len(acc) else None,
+            "joint_jerk_p99": q(jerk, 99), "joint_jerk_max": float(jerk.max()) if len(jerk) else None}
 
 
 def summarize(episodes: list[dict]) -> dict:
@@ -342,6 +449,8 @@ def summarize(episodes: list[dict]) -> dict:
            "outcomes_per_kind": outcomes,
            "success_per_task": task_rates, "relative_drop": drops, "num_episodes": len(episodes),
            "episodes": episodes}
+    if any("smoothness" in r for r in episodes):
+        out["motion"] = motion_summary(episodes)
     if any("safety" in r for r in episodes):      # totals of what the safety filter did
         out["safety"] = {k: int(sum(r.get("safety", {}).get(k, 0) for r in episodes))
                          for k in episodes[0].get("safety", {})}
