@@ -578,3 +578,16 @@ def test_sim_joint_ranges_are_the_real_pandas_and_trajectory_setpoints_are_inter
     np.testing.assert_allclose(seen[len(seen) // 2 - 1], q0[6] - 0.1 * (len(seen) // 2) / len(seen), atol=1e-9)
     np.testing.assert_allclose(seen[-1], target[6], atol=1e-12)
     e.close()
+
+
+def test_custom_instruction_files_name_unknown_placeholders_before_anything_runs(tmp_path):
+    from semanticvla_core.sim.evaluation import load_custom_instructions
+    f = tmp_path / "custom.json"
+    f.write_text(json.dumps({"pick_place_plate": ["move the {target_color} cube to {dest_label}"]}))
+    with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \{target_color\}; allowed: \{obj_color\}"):
+        load_custom_instructions(f)
+    f.write_text(json.dumps({"pick_place_plate": ["move the {obj_color cube"]}))
+    with pytest.raises(ValueError, match="not a valid template"):
+        load_custom_instructions(f)
+    f.write_text(json.dumps({"pick_place_plate": ["move the {obj_color} cube onto {{the}} {dest_label}"]}))
+    assert load_custom_instructions(f)["pick_place_plate"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,21 @@ def load_custom_instructions(path: str | Path) -> dict:
         get_task(task)
         if not isinstance(items, list) or not all(isinstance(s, str) and s.strip() for s in items):
             raise ValueError(f"{p}: task {task!r} must map to a list of non-empty strings")
+        for template in items:
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as e:
+                raise ValueError(f"{p}: task {task!r}: instruction {template!r} is not a valid template ({e}); "
+                                 "write literal braces as {{ and }}") from None
+            unknown = sorted(fields - set(PLACEHOLDERS))
+            if unknown:
+                raise ValueError(f"{p}: task {task!r}: instruction {template!r} uses unknown placeholder(s) "
+                                 f"{', '.join('{' + u + '}' for u in unknown)}; allowed: "
+                                 f"{', '.join('{' + a + '}' for a in PLACEHOLDERS)}")
     return data
+
+
+PLACEHOLDERS = ("obj_color", "dest_color", "dest_label")   # what a custom instruction template may name
 
 
 def _custom_text(template: str, ep) -> str:
