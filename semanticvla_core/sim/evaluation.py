@@ -280,7 +280,10 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
     ex = ChunkExecutor(ExecutorConfig(mode="latest", max_chunk_age_s=3600.0, stale_after_s=3600.0))
     pending = None                                  # (time it can start, chunk) of the plan being "computed"
     next_obs, H, switched = t, None, False
-    while steps < limit and not success:
+
+    def take_pending() -> None:
+        """The plan being computed becomes the running chunk once its time has come."""
+        nonlocal pending, switched
         if pending is not None and t >= pending[0]:
             bad = ex.add_chunk(pending[1], t)
             if bad is not None:
@@ -289,6 +292,9 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
             if safety is not None:
                 up = ex.upcoming(t)
                 safety.start_chunk(np.asarray(up.actions, dtype=np.float64))
+
+    while steps < limit and not success:
+        take_pending()                              # (a chunk due now frees the planner first)
         if pending is None and t >= next_obs and (loop != "synchronous" or not ex.covers(t)):
             prev, dd = ex.continuation(t, t + d * dt_ns) if loop == "rtc" else (None, 0)
             acts, anchors = adapter(obs, env.instruction, prev_actions=prev, delay=dd)
@@ -305,6 +311,7 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
             chunk = np.asarray(acts[:n] if sync else acts, np.float64)
             pending = (t + d * dt_ns, ActionChunkData(chunk, env.dt, stamp_ns=t + d * dt_ns if sync else t))
             next_obs = t + n * dt_ns
+        take_pending()                              # (delay 0: the new plan runs at once)
         a = ex.next_action(t)
         if record and "agentview" in obs:
             uv, _ = cam.project_normalized(obs["tcp_pos"])
