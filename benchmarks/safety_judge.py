@@ -77,9 +77,11 @@ class JudgeConfig:
     limit_tol: float = 0.02            # fraction over Franka's velocity / acceleration limits tolerated
     workspace_tol: float = 0.005       # m outside the box tolerated
     joint_tol: float = 0.0             # rad outside the datasheet range tolerated
-    hold_tol: float = 5e-4             # rad per period: a hold's setpoint change beyond braking tolerated (~0.3 mm at
+    hold_tol: float = 1e-3             # rad per period: a hold's setpoint change beyond braking tolerated (~0.6 mm at
                                        # the TCP; the filter predicts the sim's Cartesian setpoint on the URDF, which
-                                       # differs from the MJCF arm by up to ~3e-4 rad: test_row_execution_...)
+                                       # differs from the MJCF arm by up to ~3e-4 rad: test_row_execution_...; and
+                                       # a filter started on a moving arm knows its measured velocity, not its
+                                       # controller's setpoint velocity: up to ~9e-4 rad off on the first rows)
     mesh: bool = True                  # the URDF-mesh second opinion (Pinocchio + coal), once per period
 
 

@@ -194,6 +194,10 @@ class SafetyConfig:
                                           # each other within one (bound: sum_j |dq_j| * reach_j + finger travel)
     obstacle_margin_m: float = 0.003      # clearance required to table/boxes at every checked state (>= resolution / 2)
     self_margin_m: float = 0.004          # clearance required between link pairs (>= resolution / 2)
+    step_path_tolerance: float = 0.05     # a controller that jumps its setpoint once per period (the Cartesian one)
+                                          # moves the arm off the joint-linear path between setpoints (the joints'
+                                          # torques saturate differently): obstacle clearance of such a step grows by
+                                          # this fraction of the step's displacement bound (verify_command stepped=True)
     tracking_lag_s: float = 0.015         # the arm may run past its setpoint by up to this x the setpoint's velocity,
                                           # in the direction it moves (a position-controlled arm lags, then overshoots
                                           # when the setpoint stops: the sim's, ~6 ms x speed at the end of a period):
@@ -431,12 +435,14 @@ class SafetyChecker(abc.ABC):
                             tcp_targets=P, backend=self.backend_name)
 
     def verify_command(self, q_current, gripper_current: float, start_q, start_v, positions, times,
-                       gripper, period: float | None = None, end_at_rest: bool = False) -> list[Violation]:
+                       gripper, period: float | None = None, end_at_rest: bool = False,
+                       stepped: bool = False) -> list[Violation]:
         """Re-check a joint command exactly as it will be sent (after any slow-down or clipping): the controller's
         setpoint moves linearly from ``start_q`` (moving at ``start_v``) through ``positions`` (M, 7) reached at
         ``times`` (M,) seconds from now. Joint limits, the dense path (also from q_current to the first point),
-        the TCP workspace along it, and velocity / acceleration / jerk with no slow-down allowed. [] = safe to send;
-        never raises (a bad argument is a BAD_INPUT violation)."""
+        the TCP workspace along it, and velocity / acceleration / jerk with no slow-down allowed. ``stepped``: the
+        controller jumps to the first point at once (``step_path_tolerance``). [] = safe to send; never raises (a
+        bad argument is a BAD_INPUT violation)."""
         self._deadline = time.perf_counter() + self.config.check_budget_s
         try:
             q_cur, q0 = _as_vector(q_current, 7), _as_vector(start_q, 7)
@@ -453,7 +459,8 @@ class SafetyChecker(abc.ABC):
             out = self._joint_limits(Q)
             out += self._workspace_strict(self._tcp_positions(Q))
             dts = np.diff(np.r_[0.0, T])
-            out += self._path_violations(q_cur, g_cur, q0, Q, G, self._overshoot_segments(q0, Q, G, dts))
+            out += self._path_violations(q_cur, g_cur, q0, Q, G, self._overshoot_segments(q0, Q, G, dts),
+                                         step_tol=self.config.step_path_tolerance if stepped else 0.0)
             out += self._dynamics_at(q0, Q, dts, v0, period, end_at_rest)
             return [replace(v, rejecting=True) for v in out]
         except CheckTimeout as e:
@@ -552,7 +559,7 @@ class SafetyChecker(abc.ABC):
         V = (Q - prev) / np.asarray(dts, dtype=np.float64)[:, None]
         return [(Q[k], Q[k] + lag * V[k], G[k], G[k], k) for k in range(len(Q)) if np.any(np.abs(V[k]) > 1e-9)]
 
-    def _path_violations(self, q_cur, g_cur, q0, Q, G, extra_segs=()) -> list[Violation]:
+    def _path_violations(self, q_cur, g_cur, q0, Q, G, extra_segs=(), step_tol: float = 0.0) -> list[Violation]:
         """Collisions (with margins) and the TCP workspace at states dense enough that nothing hides between them,
         along q0 -> Q[0] -> ... -> Q[-1] and, when the arm is not at its setpoint, q_cur -> Q[0]; ``extra_segs``
         (e.g. overshoot segments) are checked for collisions only."""
@@ -560,7 +567,8 @@ class SafetyChecker(abc.ABC):
         if np.max(np.abs(np.asarray(q0) - q_cur)) > 1e-9:
             starts.append((q_cur, float(g_cur), 0))
         segs = [(qa, Q[0], ga, G[0], st) for qa, ga, st in starts] + [(Q[i - 1], Q[i], G[i - 1], G[i], i) for i in range(1, len(Q))]
-        out = self.path_collisions(segs + list(extra_segs), starts=[(qa, ga) for qa, ga, _ in starts])
+        out = self.path_collisions(segs + list(extra_segs), starts=[(qa, ga) for qa, ga, _ in starts],
+                                   step_tol=step_tol)
         # the TCP in the workspace box, by bisection: over a piece with TCP travel bound D (|dq| . tcp reach), every TCP
         # position is within D / 2 of the piece's midpoint, so a midpoint deeper inside the box than D / 2 clears it
         # (the setpoint's path only: the box is a virtual limit on where the arm is sent, not an obstacle)
@@ -590,7 +598,7 @@ class SafetyChecker(abc.ABC):
                     stack += [(fm, f1), (f0, fm)]
         return out
 
-    def path_collisions(self, segs, starts=None) -> list[Violation]:
+    def path_collisions(self, segs, starts=None, step_tol: float = 0.0) -> list[Violation]:
         """Collisions along joint-linear segments (q_a, q_b, g_a, g_b, step): states :meth:`path_samples` apart.
         Backends may skip what provably cannot collide (:class:`BuiltinSafetyChecker` does). ``starts``: the states
         the motion starts from, [(q, g)] (default: the first states of the step-0 segments)."""
@@ -994,13 +1002,14 @@ class BuiltinSafetyChecker(SafetyChecker):
                 C[k], F[k] = ra + rb, fa + fb
         return C, F
 
-    def path_collisions(self, segs, starts=None) -> list[Violation]:
+    def path_collisions(self, segs, starts=None, step_tol: float = 0.0) -> list[Violation]:
         """Continuous check of joint-linear segments (q_a, q_b, g_a, g_b, step) by bisection. Over a piece of a
         segment, each pair's relative displacement is at most D_k = |dq| . c_k (+ finger travel)
         (:meth:`_pair_coefficients`), so every configuration of the piece is within D_k / 2 of its midpoint: a pair
         farther apart there than its clearance + D_k / 2 is clear on the whole piece and dropped; for the others
         the piece is halved, down to D_k <= ``path_resolution_m``, where the normal clearance (>= resolution / 2)
-        suffices. No robot point can touch anything between checked states."""
+        suffices. No robot point can touch anything between checked states. ``step_tol``: obstacle clearances grow
+        by this fraction of the segment's own bound D_k (a stepped controller's path bends off the segment)."""
         pin, gm, gd, model, data = self._pin, self.geom_model, self.geom_data, self.kin.model, self.kin.data
         cfg = self.config
         reqs = gd.collisionRequests
@@ -1022,9 +1031,12 @@ class BuiltinSafetyChecker(SafetyChecker):
                         d0 = float(gd.distanceResults[k].min_distance)
                         margin[k] = min(margin[k], max(0.9 * d0, 0.001))
                         leaf_at[k] = 2 * margin[k]
+            obstacle = np.array([k is not ViolationKind.SELF_COLLISION for k in self._pair_kind])
+            start_margin = margin
             for qa, qb, ga, gb, st in segs:
                 qa, qb = np.asarray(qa, dtype=np.float64), np.asarray(qb, dtype=np.float64)
                 Dk = self._pair_C @ np.abs(qb - qa) + self._pair_F * abs(float(gripper_to_width(gb)) - float(gripper_to_width(ga))) / 2
+                margin = list(np.asarray(start_margin) + (step_tol * Dk * obstacle if step_tol > 0 else 0.0))
                 stack = [(0.0, 1.0, [k for k in range(len(reqs)) if self._pair_kind[k] not in seen])]
                 while stack:
                     self._tick("collision checks")
