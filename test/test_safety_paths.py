@@ -246,3 +246,21 @@ def test_commands_are_checked_out_to_where_the_arm_overshoots_them():
     assert any(b.kind is K.TABLE_COLLISION for b in bad), bad
     slow = (q_prev, 0.0, q_prev, v * 0.0, q_end[None], np.array([0.5]), 0.0)     # 2 cm in 0.5 s: 4 cm/s
     assert not [b for b in c1.verify_command(*slow, period=0.05) if b.kind is K.TABLE_COLLISION]
+
+
+def test_a_stepped_controllers_command_keeps_clearance_in_proportion_to_its_step():
+    """step_path_tolerance: a Cartesian controller jumps its setpoint once per period and the arm's saturated joints
+    bend its path off the joint-linear one, so a big step passing 7 mm above the table is refused when stepped; the
+    same step sent to an interpolating (joint trajectory) controller, or a small stepped one, is not."""
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, tracking_lag_s=0.0))
+    p0, R0 = c.kin.fk(READY_Q)
+    floor = float(c.tcp_floor(R0)) - c.config.gripper_table_margin_m
+    qa = c.kin.ik(np.r_[p0[0] - 0.03, p0[1], floor + 0.007], R0, READY_Q).q
+    qb = c.kin.ik(np.r_[p0[0] + 0.03, p0[1], floor + 0.007], R0, qa).q      # 6 cm sideways, 7 mm above the table
+    args = (qa, 0.0, qa, np.zeros(7), qb[None], np.array([0.05]), 0.0)
+    assert not [b for b in c.verify_command(*args, period=0.05) if b.kind is K.TABLE_COLLISION]
+    bad = c.verify_command(*args, period=0.05, stepped=True)
+    assert any(b.kind is K.TABLE_COLLISION for b in bad), bad
+    qs = c.kin.ik(np.r_[p0[0] - 0.026, p0[1], floor + 0.007], R0, qa).q      # a 4 mm step
+    small = (qa, 0.0, qa, np.zeros(7), qs[None], np.array([0.05]), 0.0)
+    assert not [b for b in c.verify_command(*small, period=0.05, stepped=True) if b.kind is K.TABLE_COLLISION]
