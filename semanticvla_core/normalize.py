@@ -30,7 +30,8 @@ ZERO_RANGE = 1e-8  # quantile ranges below this count as constant dimensions (pa
 # min_range of robot-state statistics (``data.pipelines.compute_dataset_stats``): a state dimension is scaled
 # by at most 2 / 0.05 = 40. A dimension the demonstrations barely move (the gripper held straight down: tilt
 # quantile range ~0.005 rad) otherwise turns the ~0.02 rad tilts a learned policy makes at run time into
-# decoder inputs of 5-9 (measured on the session-4 demo policy), far outside anything it was trained on.
+# decoder inputs of 5-9 (measured on the demo policy of 2026-11-23, commit 3411ed2), far outside anything it was
+# trained on.
 STATE_MIN_RANGE = 0.05
 
 
