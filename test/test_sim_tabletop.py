@@ -558,10 +558,11 @@ def test_run_time_loops_with_a_planning_delay(loop, d):
 
 
 def test_sim_joint_ranges_are_the_real_pandas_and_trajectory_setpoints_are_interpolated():
-    """The MuJoCo arm stops where the real Panda stops (datasheet limits, also the actuators' control range), and a
-    joint-trajectory step moves the setpoint linearly over the period's physics steps, not in one jump."""
+    """The MuJoCo arm stops where the real Panda stops (datasheet limits, also the actuators' control range), and
+    with interpolate_setpoint a joint-trajectory step moves the setpoint linearly over the period's physics steps,
+    not in one jump."""
     from semanticvla_core.safety.limits import PANDA_POSITION_LOWER, PANDA_POSITION_UPPER
-    e = FrankaTabletopEnv(SimConfig(render=False))
+    e = FrankaTabletopEnv(SimConfig(render=False, interpolate_setpoint=True))
     lo, hi = (e._jnt_range - MJ_JOINT_OFFSET[:, None]).T
     np.testing.assert_allclose(lo, PANDA_POSITION_LOWER, atol=1e-9)
     np.testing.assert_allclose(hi, PANDA_POSITION_UPPER, atol=1e-9)

@@ -194,7 +194,7 @@ class SafetyConfig:
                                           # each other within one (bound: sum_j |dq_j| * reach_j + finger travel)
     obstacle_margin_m: float = 0.003      # clearance required to table/boxes at every checked state (>= resolution / 2)
     self_margin_m: float = 0.004          # clearance required between link pairs (>= resolution / 2)
-    step_path_tolerance: float = 0.05     # a controller that jumps its setpoint once per period (the Cartesian one)
+    step_path_tolerance: float = 0.05     # a controller that jumps its setpoint once per period (the sim's, row by row)
                                           # moves the arm off the joint-linear path between setpoints (the joints'
                                           # torques saturate differently): obstacle clearance of such a step grows by
                                           # this fraction of the step's displacement bound (verify_command stepped=True)

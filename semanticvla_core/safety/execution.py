@@ -341,7 +341,7 @@ class SafetyExecutor:
         tail = self._braking_points(q_cmd, (q_cmd - sq) / self.period)
         P = np.vstack([q_cmd[None], tail]) if len(tail) else q_cmd[None]
         bad = self.checker.verify_command(q, g, sq, sv, P, self.period * np.arange(1, len(P) + 1), grip,
-                                          period=self.period, end_at_rest=True, stepped=cart)
+                                          period=self.period, end_at_rest=True, stepped=True)
         if bad:
             return bad
         self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))

@@ -68,13 +68,14 @@ class SimConfig:
     finger_armature: float = 0.05         # kg (wheel: 5, which with any stiff servo makes the fingers ring)
     finger_friction: float = 2.0          # sliding friction of the finger pads (wheel: 1.0)
     arm_force_limit: float = 300.0        # N m; above the real 87/12 N m so damping does not cap speed at 0.9 rad/s
-    interpolate_setpoint: bool = True     # joint trajectory path (step_joint_targets: the ROS JointTrajectory
-                                          # controller): the setpoint moves linearly to each period's target over the
-                                          # period's physics steps, as a 1 kHz trajectory controller interpolates, not
-                                          # in one jump: the arm then follows the joint-linear path the safety filter
-                                          # checks, not a torque-saturated shortcut (which dipped the pads into the
-                                          # table). The Cartesian path (step) keeps its one jump per period: its
-                                          # controller starts from the measured pose and oscillates with a lagging arm
+    interpolate_setpoint: bool = False    # joint trajectory path (step_joint_targets: the ROS JointTrajectory
+                                          # controller): True moves the setpoint linearly to each period's target over
+                                          # the period's physics steps, as a 1 kHz trajectory controller interpolates;
+                                          # False (default, as the demonstrations ran) jumps once per period, and the
+                                          # safety filter allows for the path the saturated joints then take
+                                          # (SafetyConfig.step_path_tolerance). The Cartesian path (step) always jumps:
+                                          # its controller starts from the measured pose and would oscillate with an
+                                          # arm that lags an interpolated setpoint
     scene: SceneConfig = field(default_factory=SceneConfig)
 
 
