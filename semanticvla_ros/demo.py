@@ -85,11 +85,18 @@ def main(argv=None) -> int:
     rclpy.init()
     node = rclpy.create_node("semanticvla_demo_recorder")
     rec = {"frames": [], "traces": [], "chunks": [], "diag": None, "js": None, "info": None, "pose": None,
-           "instruction": "", "first_plan": None, "tcp": []}
+           "instruction": "", "first_plan": None, "tcp": [], "plans_rx": {}, "rows": [], "chunk_stamps": []}
     node.create_subscription(Image, "/semanticvla/trace_overlay/image", lambda m: rec["frames"].append(
         np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.width, 3).copy()), 10)
     node.create_subscription(Trace, "/semanticvla/trace", lambda m: rec["traces"].append((time.monotonic(), m)), 10)
-    node.create_subscription(ActionChunk, "/semanticvla/action_chunk", lambda m: rec["chunks"].append(time.monotonic()), 50)
+    def on_chunk(m):
+        rec["chunks"].append(time.monotonic())
+        rec["chunk_stamps"].append((m.header.stamp.sec * 10**9 + m.header.stamp.nanosec) * 1e-9)   # its tick
+        rec["plans_rx"].setdefault(int(m.plan_id), time.time_ns())     # when each plan's first chunk arrived
+    node.create_subscription(ActionChunk, "/semanticvla/action_chunk", on_chunk, 50)
+    # what the arm is commanded: one ee_delta row per period (sim:=true, execution cartesian), holds as trajectories
+    node.create_subscription(ActionChunk, "/panda_cartesian_controller/ee_delta",
+                             lambda m: rec["rows"].append(time.monotonic()), 50)
     node.create_subscription(DiagnosticArray, "/semanticvla/safety/status", lambda m: rec.__setitem__("diag", m), 10)
     node.create_subscription(JointState, "/joint_states", lambda m: rec.__setitem__("js", m), 10)
     node.create_subscription(CameraInfo, "/camera/agentview/camera_info", lambda m: rec.__setitem__("info", m), 2)
@@ -158,6 +165,7 @@ def main(argv=None) -> int:
                     spin(1.0)
                     break
     finally:
+        t_stop = time.monotonic()                  # the episode ends here (success seen, timeout or failure)
         final_trace = rec["traces"][-1][1] if rec["traces"] else None
         final_png = snapshot(out / "rviz_final.png", final_trace, f"{'SUCCESS' if success else status}: {rec['instruction']}")
         stop_bringup(proc)
@@ -168,12 +176,25 @@ def main(argv=None) -> int:
     video = write_mp4(out / "overlay.mp4", rec["frames"], fps=10) if rec["frames"] else None
     if rec["frames"]:
         write_png(out / "overlay_last.png", rec["frames"][-1])
-    chunk_dt = np.diff(rec["chunks"]) if len(rec["chunks"]) > 1 else np.zeros(0)
+    # the controller's loop, from the stamps of what it published (each stamped at its tick; a receive time would
+    # add this recorder's own scheduling)
+    chunk_dt = np.diff(rec["chunk_stamps"]) if len(rec["chunk_stamps"]) > 1 else np.zeros(0)
+    # the arm's own commands: periods with no row sent (the first row counts from the start of the episode)
+    P = 0.05
+    rows = np.array([t for t in rec["rows"] if t_start is not None and t >= t_start])
+    still_s = None
+    if t_start is not None:
+        edges = np.r_[t_start - P, rows, t_stop]       # (from the start, and until the episode ended)
+        gaps = np.diff(edges)
+        still_s = round(float(np.sum(np.maximum(gaps[gaps > 1.5 * P] - P, 0.0))), 2)
+    # the planning delay as the graph has it: from a Trace's observation stamp to its plan's first chunk, in periods
+    stamps = {int(m.plan_id): m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in rec["traces"]}
+    delays = [(rx - stamps[pid]) / (P * 1e9) for pid, rx in rec["plans_rx"].items() if pid in stamps]
     period = float(np.median(chunk_dt)) if chunk_dt.size else None
     diag = {kv.key: kv.value for kv in rec["diag"].status[0].values} if rec["diag"] else {}
     result = {
         "success": success, "status": status, "instruction": rec["instruction"], "task": a.task, "seed": a.seed,
-        "checkpoint": str(ckpt), "seconds": None if t_start is None else round(time.monotonic() - t_start, 2),
+        "checkpoint": str(ckpt), "seconds": None if t_start is None else round(t_stop - t_start, 2),
         "plans": len(rec["traces"]),
         "plan_latency_s": _percentiles([m.planning_latency for _, m in rec["traces"]]),
         # the loop's rate while it has actions to send (median period), and the time it sent none (waiting for a
@@ -181,6 +202,11 @@ def main(argv=None) -> int:
         "control_rate_hz": float(1.0 / period) if period else None,
         "control_period_s": _percentiles(chunk_dt),
         "control_gaps_s": round(float(chunk_dt[chunk_dt > 1.5 * period].sum()), 2) if period else None,
+        # periods in which the arm got no row (holding or waiting), counted on the safety filter's output
+        "commanded_still_s": still_s,
+        "rows_sent": int(rows.size),
+        "plan_delay_periods": {**_percentiles(delays, (0.5, 0.9)), "max": float(max(delays)) if delays else None,
+                               "n": len(delays)},
         "safety_filter": {k: (int(v) if v.isdigit() else v) for k, v in diag.items()},
         "safety_interventions": sum(int(diag.get(k, 0)) for k in ("clipped", "rejected", "malformed", "watchdog_holds")),
         "outputs": {"video": str(video) if video else None, "rviz_final": str(final_png) if final_png else None,

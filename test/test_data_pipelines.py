@@ -236,3 +236,27 @@ def test_stem_images_and_frame_cache_match_direct_decoding(ds_root):
     assert len(cached._frames) == 2 * len(LENGTHS)   # each (camera, episode) decoded once
     with pytest.raises(ValueError, match="wrist camera"):
         ActionDataset(root, wrist_camera=None, **kw)
+
+
+def test_image_delay_takes_images_from_earlier_frames_and_state_and_actions_from_now(ds_root):
+    """image_delay_max (training for the run-time loop that decodes a plan with the fresh state): the images and the
+    frame index come from 0..N frames earlier (never before the episode), the state and actions from the sample's
+    own frame, unchanged."""
+    root, _ = ds_root
+    plain = ActionDataset(root, image_size=S, horizon=8)
+    delayed = ActionDataset(root, image_size=S, horizon=8, image_delay_max=3)
+    np.random.seed(0)
+    offsets = set()
+    for k in range(0, len(plain), 3):
+        a, b = plain[k], delayed[k]
+        torch.testing.assert_close(a["actions"], b["actions"])
+        torch.testing.assert_close(a["state"], b["state"])
+        off = int(a["index"]) - int(b["index"])
+        e, t = (int(v) for v in plain.samples[k])
+        assert 0 <= off <= min(3, t)
+        offsets.add(off)
+        if off == 0:
+            torch.testing.assert_close(a["image"], b["image"])
+    assert offsets == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="image_delay_max"):
+        ActionDataset(root, image_size=S, horizon=8, image_delay_max=-1)

@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--delay", type=int, default=0,
                    help="planning delay in control steps (50 ms each): the observation is this much older than the "
                         "first row that can run from it")
+    p.add_argument("--image-delay", type=int, default=0,
+                   help="control steps by which the images of a plan are older than the joint state it is decoded "
+                        "with (the ROS graph: the planning time)")
     p.add_argument("--rtc-method", default=None, choices=["guidance", "replace"],
                    help="--loop rtc: inpainting by replacement (the default, semanticvla_core.policy.RTC_METHOD) or guided inpainting (Black et al. 2025)")
     p.add_argument("--max-steps", type=int, default=None)
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     cfg = EvalConfig(tasks=tuple(t for t in a.tasks.split(",") if t), kinds=tuple(k for k in a.kinds.split(",") if k),
                      episodes=a.episodes, episodes_per_kind=per_kind, seed=a.seed, split=a.split, execute_steps=a.execute_steps,
                      max_steps=a.max_steps, image_size=a.image_size, wrist_size=a.wrist_size, video_dir=a.videos,
-                     videos_per_task=a.videos_per_task, safety=a.safety, loop=a.loop, delay=a.delay,
+                     videos_per_task=a.videos_per_task, safety=a.safety, loop=a.loop, delay=a.delay, image_delay=a.image_delay,
                      custom_instructions=load_custom_instructions(a.custom_instructions) if a.custom_instructions else {})
     policy = build_policy(a.policy, a.checkpoint, a.seed, a.noise_scale)
     if a.rtc_method:

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-decoder", action="store_true",
                    help="with --init-from a stage-3 policy: continue training its flow decoder (more steps, or "
                         "fine-tuning on new data) instead of building a fresh one")
+    p.add_argument("--image-delay-max", type=int, default=0, metavar="FRAMES",
+                   help="train for the run-time loop that decodes a plan with the fresh state: each sample's images "
+                        "(and plan) come from 0..FRAMES frames before its state and actions (uniform)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="keep an exponential moving average of the trained weights and save it (e.g. 0.999; "
                         "default off)")
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
                                  latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
                                  stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache,
-                                 action_frame=m.action_frame, **data_kw)
+                                 action_frame=m.action_frame, image_delay_max=args.image_delay_max, **data_kw)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

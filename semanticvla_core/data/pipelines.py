@@ -306,8 +306,13 @@ class ActionDataset(VLMDataset):
                  wrist_camera: str | None = WRIST_CAMERA, action_key: str = "action",
                  state_key: str | None = "observation.state", with_image_tH: bool = False,
                  only_present: bool = True, recompute_stats: bool = False, stem_image_size: int = 0,
-                 stem_wrist_size: int = 0, plans=None, action_frame: str = "delta", **kw):
+                 stem_wrist_size: int = 0, plans=None, action_frame: str = "delta", image_delay_max: int = 0, **kw):
         super().__init__(root, image_size, window, num_anchors, latent_ids, camera, wrist_camera, only_present, **kw)
+        # the images (and the VLM's plan of them) of a sample come from up to this many frames before its state and
+        # actions, uniformly: trains the decoder for the run-time loop that decodes a plan with the fresh state
+        if int(image_delay_max) < 0:
+            raise ValueError(f"image_delay_max must be >= 0 frames, got {image_delay_max}")
+        self.image_delay_max = int(image_delay_max)
         self.stem_image_size, self.stem_wrist_size = int(stem_image_size), int(stem_wrist_size)
         self.plans, self._plan_row = None, None
         if plans is not None:
@@ -396,9 +401,14 @@ class ActionDataset(VLMDataset):
 
     def __getitem__(self, k: int) -> dict:
         e, t = (int(v) for v in self.samples[k])
-        out = self._vlm_sample(e, t)
+        ti = t                                  # the frame the images (and the plan) come from
+        if self.image_delay_max:
+            ti = max(0, t - int(np.random.randint(0, self.image_delay_max + 1)))
+            if self.plans is not None and self._plan_row[self.ds.episode(e).start + ti] < 0:
+                ti = t                          # (no plan of that frame: no delay for this sample)
+        out = self._vlm_sample(e, ti)
         if self.plans is not None:
-            r = self._plan_row[self.ds.episode(e).start + t]
+            r = self._plan_row[self.ds.episode(e).start + ti]
             for key, col in self.plans.items():     # plan_anchors, plan_latent_ids (+ frozen-VLM features)
                 v = col[r]
                 dtype = np.int64 if key == "latent_ids" else (bool if key.endswith("keypoint_valid") else np.float32)
@@ -430,9 +440,9 @@ class ActionDataset(VLMDataset):
         if self.with_image_tH:
             out["image_tH"] = self._image(self.camera, e, t + self.horizon)
         if self.stem_image_size:
-            out["stem_image"] = self._image(self.camera, e, t, self.stem_image_size)
+            out["stem_image"] = self._image(self.camera, e, ti, self.stem_image_size)
         if self.stem_wrist_size:
-            out["stem_wrist"] = self._image(self.wrist_camera, e, t, self.stem_wrist_size)
+            out["stem_wrist"] = self._image(self.wrist_camera, e, ti, self.stem_wrist_size)
         return out
 
 

@@ -59,7 +59,8 @@ class EvalConfig:
     safety: str = "none"               # every chunk through the safety filter's checks (no ROS) in one of its
                                        # execution modes: "cartesian" | "stepwise" | "trajectory" | "none": env.step
     loop: str = "synchronous"          # run-time loop (run_episode): "synchronous" | "naive" | "rtc"
-    delay: int = 0                     # planning delay in control steps (the observation is this much older)
+    delay: int = 0                     # control steps from a plan's request to its first row (rows frozen by rtc)
+    image_delay: int = 0               # control steps by which a plan's images are older than its state
 
 
 def load_custom_instructions(path: str | Path) -> dict:
@@ -242,7 +243,7 @@ CLOCK0_NS = 10**12            # the harness's simulated clock starts here (any p
 def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str, split: str = "eval",
                 instruction: str | None = None, execute_steps: int | None = None, max_steps: int | None = None,
                 record: bool = False, safety: SafetyExecution | None = None, loop: str = "synchronous",
-                delay: int = 0) -> dict:
+                delay: int = 0, image_delay: int = 0) -> dict:
     """One seeded episode; success as soon as the task's predicate holds. With ``safety``, every chunk runs through
     the safety filter's checks (:class:`SafetyExecution`) instead of ``env.step``.
 
@@ -257,16 +258,19 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
     * ``rtc``: as ``naive``, and the new chunk is planned by real-time chunking: its first ``delay`` rows frozen to
       the rows the arm runs meanwhile, the rest inpainted towards the running chunk (policies with ``plan``;
       :meth:`ChunkExecutor.continuation` gives the rows and the delay).
+    ``image_delay``: the images a plan reads are that many control steps older than the state it is decoded with
+    (the ROS graph decodes each Trace with the fresh joint state: the image is older by the planning time).
     Reported: ``still_steps`` (control steps commanded still because no chunk covered them) and smoothness
     (:func:`smoothness`: action jumps at chunk switches vs within chunks, joint setpoint acceleration and jerk)."""
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
-    d = int(delay)
-    if d < 0:
-        raise ValueError(f"delay must be >= 0 control steps, got {delay}")
+    d, k_img = int(delay), int(image_delay)
+    if d < 0 or k_img < 0:
+        raise ValueError(f"delay and image_delay must be >= 0 control steps, got {delay}, {image_delay}")
     adapter = policy if isinstance(policy, _PolicyAdapter) else _PolicyAdapter(policy)
     render = env.cfg.render
     obs = env.reset(task, seed, kind if kind in KINDS else "direct", split, instruction=instruction, render=render)
+    seen = [obs]                                    # the last image_delay + 1 observations
     limit = max_steps or env.episode.max_steps
     p0 = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
     frames, success, steps, n_plans, still = [], False, 0, 0, 0
@@ -297,7 +301,9 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
         take_pending()                              # (a chunk due now frees the planner first)
         if pending is None and t >= next_obs and (loop != "synchronous" or not ex.covers(t)):
             prev, dd = ex.continuation(t, t + d * dt_ns) if loop == "rtc" else (None, 0)
-            acts, anchors = adapter(obs, env.instruction, prev_actions=prev, delay=dd)
+            old = seen[0]                           # images from image_delay steps ago, the state of now
+            view = {**obs, **{key: old[key] for key in ("agentview", "wrist") if key in old}}
+            acts, anchors = adapter(view, env.instruction, prev_actions=prev, delay=dd)
             n_plans += 1
             if H is None:
                 H = len(acts)
@@ -326,12 +332,13 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
             switch.append(switched)
         switched = False
         targets.append(env.joint_targets())
+        seen = (seen + [obs])[-(k_img + 1):]
         steps += 1
         t += dt_ns
         success = env.success()
     p = np.array([env.body_pose(c.body)[0] for c in env.episode.cubes])
     out = {"task": task, "seed": int(seed), "kind": kind, "instruction": env.instruction, "success": bool(success),
-           "steps": steps, "plans": n_plans, "still_steps": still, "loop": loop, "delay": d,
+           "steps": steps, "plans": n_plans, "still_steps": still, "loop": loop, "delay": d, "image_delay": k_img,
            "final_cube_positions": np.round(p, 6).tolist(),
            "outcome": "success" if success else failure_mode(p0, p, env.episode.target), "frames": frames,
            "smoothness": smoothness(np.array(executed).reshape(-1, 7), np.array(switch, dtype=bool),
@@ -411,7 +418,7 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
             instruction = _custom_text(tmpl[i % len(tmpl)], env.episode)
         record = cfg.video_dir is not None and i < cfg.videos_per_task and env.cfg.render
         r = run_episode(env, adapter, t, seed, k, cfg.split, instruction, cfg.execute_steps, cfg.max_steps, record,
-                        safety, cfg.loop, cfg.delay)
+                        safety, cfg.loop, cfg.delay, cfg.image_delay)
         if record and r["frames"]:
             name = f"{t}_{k}_seed{seed}_{'ok' if r['success'] else 'fail'}.mp4"
             write_mp4(Path(cfg.video_dir) / name, r["frames"], fps=20)
@@ -427,6 +434,7 @@ def evaluate(policy, cfg: EvalConfig | None = None, env: FrankaTabletopEnv | Non
         sm.pop("jump_switch", None)
         sm.pop("jump_within", None)
     report["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    report["environment"] = run_environment()
     if own_env:
         env.close()
     if out_json is not None:
@@ -448,6 +456,25 @@ def motion_summary(episodes: list[dict]) -> dict:
             "jump_within_mean_m": float(wi.mean()) if len(wi) else None, "jump_within_p99_m": q(wi, 99),
             "joint_accel_p99": q(acc, 99), "joint_accel_max": float(acc.max()) if len(acc) else None,
             "joint_jerk_p99": q(jerk, 99), "joint_jerk_max": float(jerk.max()) if len(jerk) else None}
+
+
+def run_environment() -> dict:
+    """What an evaluation's numbers depend on besides the code: library versions, threads, rendering backend."""
+    import os
+    import platform
+    import sys
+    from importlib import metadata
+
+    import torch
+    versions = {}
+    for pkg in ("mujoco", "torch", "numpy", "opencv-python-headless", "transformers", "pin", "gymnasium-robotics"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions,
+            "torch_threads": torch.get_num_threads(), "mujoco_gl": os.environ.get("MUJOCO_GL", ""),
+            "cpu_count": os.cpu_count()}
 
 
 def summarize(episodes: list[dict]) -> dict:
