@@ -592,3 +592,32 @@ def test_custom_instruction_files_name_unknown_placeholders_before_anything_runs
         load_custom_instructions(f)
     f.write_text(json.dumps({"pick_place_plate": ["move the {obj_color} cube onto {{the}} {dest_label}"]}))
     assert load_custom_instructions(f)["pick_place_plate"]
+
+
+def test_shipped_checkpoint_reproduces_its_recorded_episodes():
+    """Reproducibility: three recorded episodes of checkpoints/demo/eval.json (the shipped checkpoint's evaluation)
+    run again here, with the loop, threads and rendering backend the report records, end the same way after the
+    same number of steps (pinned libraries: requirements/; an unpinned install changed outcomes)."""
+    from pathlib import Path
+
+    import torch
+
+    from semanticvla_core.policy import SemanticVLAPolicy
+    from semanticvla_core.sim.evaluation import run_episode
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+    rep = json.loads((ckpt / "eval.json").read_text())
+    cfg = rep["config"]
+    env_rec = rep.get("environment", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(env_rec.get("torch_threads", 2)))
+    try:
+        pol = SemanticVLAPolicy.from_pretrained(ckpt)
+        env = FrankaTabletopEnv(SimConfig(image_size=cfg["image_size"], wrist_image_size=cfg["wrist_size"]))
+        recorded = sorted(rep["episodes"], key=lambda e: e["seed"])[:3]
+        for e in recorded:
+            r = run_episode(env, pol, e["task"], e["seed"], e["kind"], cfg["split"], loop=cfg.get("loop", "synchronous"),
+                            delay=cfg.get("delay", 0), image_delay=cfg.get("image_delay", 0))
+            assert (r["success"], r["steps"]) == (e["success"], e["steps"]), (e["seed"], r["steps"], e["steps"])
+        env.close()
+    finally:
+        torch.set_num_threads(threads)
