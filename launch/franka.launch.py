@@ -13,6 +13,13 @@ transient_local) through launch_ros's own rclpy node, so the safety filter holds
 perception, planner, controller and the trace overlay may exit without taking the graph down (respawn:=true restarts
 the first three after 1 s: launch_ros Node respawn / respawn_delay); an exit of the safety filter or the sim stops
 the whole launch with a non-zero exit code (nothing could hold the arm any more). Ctrl-C stops everything as usual.
+
+Works from any directory: the config and the demo checkpoint ('' = checkpoints/demo, installed into
+share/semanticvla_ros) are found through the package, not the working directory. Optional packages are checked
+before any node starts: rviz:=true without rviz2 or use_moveit:=true without moveit_py ends the launch with one error
+naming what is missing and starts nothing. robot_state_publisher is started where installed (/robot_description and
+/tf for RViz); use_moveit:=true hands the safety filter MoveIt's parameters (robot_description,
+robot_description_semantic, robot_description_kinematics, planning_scene_monitor_options, planning pipeline).
 """
 import time
 
@@ -22,9 +29,11 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventH
 from launch.event_handlers import OnProcessExit, OnProcessStart
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.ros_adapters import get_ros_node
 
-from semanticvla_ros.graph import LAUNCH_ARGUMENTS, NODE_EXIT_TOPIC, graph, node_exit_message, resolve_arguments
+from semanticvla_ros.graph import (LAUNCH_ARGUMENTS, NODE_EXIT_TOPIC, check_arguments, graph, node_exit_message,
+                                   resolve_arguments)
 
 
 class CriticalNodeExited(RuntimeError):
@@ -96,23 +105,37 @@ def _watch_exiting(context, spec):
     return None
 
 
-def _nodes(context, *args, **kwargs):
-    given = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
-    resolved = resolve_arguments(given)
-    _exit_publisher(context)
+def _parameters(spec, config: str) -> list:
+    """The node's parameters for launch_ros: the parameter file (the project's nodes), then the overrides from the
+    launch arguments, flattened, every string as a string (launch_ros would parse '<robot ...>' or 'true' as YAML)."""
+    flat = {k: ParameterValue(v, value_type=str) if isinstance(v, str) else v
+            for k, v in spec.flat_parameters().items()}
+    return ([] if spec.module is None else [config]) + ([flat] if flat else [])
+
+
+def node_actions(resolved: dict) -> list:
+    """launch_ros Node actions (+ their exit watchers) of the graph for resolved launch arguments."""
     actions = []
     for spec in graph(resolved):
-        params = [resolved["config"], spec.parameters] if spec.module else []
         node = Node(package=spec.package, executable=spec.executable, name=spec.name, output="screen",
-                    parameters=params, arguments=spec.arguments, remappings=spec.remappings,
-                    emulate_tty=True, respawn=spec.respawn,
-                    respawn_delay=spec.respawn_delay if spec.respawn else None)
+                    parameters=_parameters(spec, resolved["config"]), arguments=spec.arguments,
+                    remappings=spec.remappings, additional_env=spec.environment() or None, emulate_tty=True,
+                    respawn=spec.respawn, respawn_delay=spec.respawn_delay if spec.respawn else None)
         actions.append(RegisterEventHandler(OnProcessStart(
             target_action=node, on_start=[OpaqueFunction(function=_watch_exiting, args=[spec])])))
         actions.append(RegisterEventHandler(OnProcessExit(
             target_action=node, on_exit=[OpaqueFunction(function=_on_node_exit, args=[spec])])))
         actions.append(node)
     return actions
+
+
+def _nodes(context, *args, **kwargs):
+    given = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
+    resolved = resolve_arguments(given)
+    # rviz2 / moveit_py missing: raise before any node is scheduled (launch prints the message, exits 1, no orphans)
+    check_arguments(resolved)
+    _exit_publisher(context)
+    return node_actions(resolved)
 
 
 def generate_launch_description():

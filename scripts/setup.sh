@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One setup entry point: creates .venv/, installs the pinned dependencies, repairs what the ROS 2 wheels
 # need repaired, builds and installs the semanticvla_ros package (messages + nodes) into the venv, and
-# installs semanticvla_core in editable mode. Idempotent: a second run only rebuilds what changed.
+# installs semanticvla_core in editable mode, and the ROS 2 launch tooling (ros2 launch/run/...) from
+# ../shared/ros2-launch-kit where that exists. Idempotent: a second run only rebuilds what changed.
 #
 #   bash scripts/setup.sh            # CPU torch 2.13.0 unless a torch (e.g. a CUDA build) is already in .venv
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11), VENV (default <repo>/.venv),
-#              SEMANTICVLA_SKIP_APT=1 (never call apt-get).
+#              SEMANTICVLA_SKIP_APT=1 (never call apt-get),
+#              SEMANTICVLA_ROS2_LAUNCH_KIT (default <repo>/../shared/ros2-launch-kit: installed into the venv if present).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -110,4 +112,16 @@ fi
 
 "$VENV/bin/python" -c 'from semanticvla_ros.msg import Trace, ActionChunk; import semanticvla_core, rclpy' \
   || die "import check failed"
+
+# ---------------------------------------------------------------- ROS 2 launch tooling (where the kit is present)
+# launch, launch_ros and ros2cli are not on PyPI; ../shared/ros2-launch-kit holds them as sources with an installer
+# (idempotent: ~25 s the first time, < 1 s once its stamp is current). With it, `.venv/bin/ros2 launch semanticvla_ros
+# franka.launch.py` works and test/test_ros_launch.py runs; without it those tests skip and the bring-up
+# (python -m semanticvla_ros.bringup) starts the same graph.
+KIT="${SEMANTICVLA_ROS2_LAUNCH_KIT:-$ROOT/../shared/ros2-launch-kit}"
+if [ -f "$KIT/install.sh" ]; then
+  bash "$KIT/install.sh" "$VENV" || die "installing the ROS 2 launch tooling from $KIT failed (see its message above)"
+else
+  say "no ROS 2 launch kit at $KIT: ros2 launch is not installed (python -m semanticvla_ros.bringup starts the graph)"
+fi
 say "ready: $VENV"

@@ -4,7 +4,10 @@
                                       [rviz:=false] [respawn:=false] [config:=FILE] [--duration SECONDS]
 
 Same nodes, same parameter file and same arguments as ``ros2 launch semanticvla_ros franka.launch.py``
-(both read ``semanticvla_ros.graph``). Output of every node is forwarded with its name as prefix.
+(both read ``semanticvla_ros.graph``). Output of every node is forwarded with its name as prefix. Nodes of other
+ROS packages (robot_state_publisher where the ROS environment has it, rviz2 with ``rviz:=true``) are started from
+their package's ``lib/`` directory. ``rviz:=true`` / ``use_moveit:=true`` on a machine without rviz2 / moveit_py:
+one ``[bringup] error:`` line naming what is missing, nothing started, exit code 1.
 
 Fail safe, not fail stop: one thread per node waits on its process, and another reads every node's kernel flags
 (``/proc/PID/stat``) every ``EXIT_POLL_S``: a process killed with ``SIGKILL`` is flagged as exiting (PF_EXITING) at once,
@@ -24,6 +27,7 @@ left running; the exit code is then 0 (node exits during the run are listed in t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import signal
@@ -35,7 +39,8 @@ from collections import Counter
 
 from semanticvla_core.scheduling import EXIT_POLL_S, normal_scheduling, process_exiting
 
-from .graph import NODE_EXIT_TOPIC, graph, node_exit_message, resolve_arguments
+from .graph import (NODE_EXIT_TOPIC, MissingOptionalPackage, check_arguments, find_executable, graph, node_exit_message,
+                    resolve_arguments)
 
 
 def stop_bringup(proc: subprocess.Popen, timeout: float = 60.0) -> str:
@@ -69,14 +74,28 @@ def _ros_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        # quote so that rcl's YAML parser keeps it a string ("" and "123" included)
+        # quote so that rcl's YAML parser keeps it a string ("" and "123" included); a multi-line one (a URDF)
+        # double-quoted with escapes, as a single-quoted YAML scalar would fold its lines
+        if any(c < " " for c in v):
+            return json.dumps(v)
         return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_ros_value(x) for x in v) + "]"
     return str(v)
 
 
 def node_command(spec, config: str) -> list[str]:
-    cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}", "--params-file", config]
-    for k, v in spec.parameters.items():
+    """The command line of one node: ``python -m <module>`` for the project's nodes (with the parameter file), the
+    installed executable of its ROS package for an external one (robot_state_publisher, rviz2)."""
+    if spec.module is not None:
+        cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}", "--params-file", config]
+    else:
+        exe = find_executable(spec.package, spec.executable)
+        if exe is None:
+            raise MissingOptionalPackage(f"{spec.name}: ROS package {spec.package!r} (executable "
+                                         f"{spec.executable!r}) not found on AMENT_PREFIX_PATH")
+        cmd = [str(exe), *spec.arguments, "--ros-args", "-r", f"__node:={spec.name}"]
+    for k, v in spec.flat_parameters().items():
         cmd += ["-p", f"{k}:={_ros_value(v)}"]
     for a, b in spec.remappings:
         cmd += ["-r", f"{a}:={b}"]
@@ -135,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace", type=float, default=5.0, help="seconds each shutdown step waits before escalating")
     ns = ap.parse_args(argv)
     args = resolve_arguments(parse_launch_args(ns.launch_args))
+    try:
+        check_arguments(args)       # optional packages (rviz2, moveit_py): before anything starts
+    except MissingOptionalPackage as e:
+        print(f"[bringup] error: {e}", flush=True)
+        return 1
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("MUJOCO_GL", "egl")
@@ -181,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait(EXIT_POLL_S)
 
     def start(spec, again: str = "") -> None:
-        p = subprocess.Popen(node_command(spec, args["config"]), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        p = subprocess.Popen(node_command(spec, args["config"]), env={**env, **spec.environment()},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                              preexec_fn=normal_scheduling)   # never inherit a real-time policy
         threading.Thread(target=_forward, args=(spec.name, p.stdout), daemon=True).start()
         w = threading.Thread(target=wait_for, args=(spec.name, p), daemon=True)
@@ -193,10 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bringup] started {spec.name} (pid {p.pid}){again}", flush=True)
 
     for spec in graph(args):
-        if spec.module is None:
-            print(f"[bringup] skipping {spec.name}: {spec.package}/{spec.executable} needs a ROS distribution "
-                  f"(use ros2 launch semanticvla_ros franka.launch.py there)", flush=True)
-            continue
         specs[spec.name] = spec
         start(spec)
 

@@ -3,12 +3,24 @@ with a ROS distribution) and ``semanticvla_ros.bringup`` (plain processes, where
 
 Launch arguments (both starters accept ``name:=value``):
   sim         true   run the MuJoCo Panda tabletop (sim node) in place of the real robot and cameras
-  checkpoint  ""     policy checkpoint directory ("" = the checkpoint shipped in checkpoints/, if any)
+  checkpoint  ""     policy checkpoint directory ("" = the shipped demo checkpoint, installed with the package into
+                     <share>/checkpoints/demo: see semanticvla_ros.policy_loading.resolve_checkpoint)
   instruction ""     instruction to run ("" = the sim episode's own with sim:=true, else the planner's configured one)
   use_moveit  false  safety filter backend: MoveIt planning scene (needs moveit_py) instead of the built-in one
-  rviz        false  start RViz with config/rviz/semanticvla.rviz (needs rviz2; the bring-up cannot)
+  rviz        false  start RViz with config/rviz/semanticvla.rviz (needs rviz2)
   config      <share>/config/franka.yaml   node parameter file
   respawn     false  restart a planner, controller or perception that exited, after RESPAWN_DELAY_S
+
+Optional packages (:func:`check_arguments`, called by both starters before anything starts): ``rviz:=true`` needs the
+ROS package rviz2 and ``use_moveit:=true`` needs moveit_py; when one is missing, one message names it and nothing
+is started (exit code 1 / launch error).
+
+Robot model (RViz, MoveIt): the Panda URDF the safety filter checks against
+(semanticvla_core.safety.kinematics.panda_description_xml). Where the ROS install has robot_state_publisher it is
+started with that URDF: it publishes ``/robot_description`` (std_msgs/String, transient_local) and ``/tf`` from
+``/joint_states``. Where it has not (pip-only installs), the trace overlay node publishes ``/robot_description``
+itself and nothing publishes ``/tf``: RViz's RobotModel then reports "No transform" for the links (install
+ros-jazzy-robot-state-publisher). Everything else in RViz (trace markers, camera poses) is in panda_link0.
 
 Supervision (both starters): every node exit is reported at once on NODE_EXIT_TOPIC (std_msgs/String holding
 :func:`node_exit_message`, reliable + transient_local) so the safety filter holds the arm and names the node. An
@@ -35,15 +47,23 @@ def _truthy(v: str) -> bool:
 
 
 def share_dir() -> Path:
-    """The package's share directory (installed copy first, then the source tree)."""
+    """The package's share directory, whatever the working directory: the ament index (AMENT_PREFIX_PATH, as a
+    sourced ROS environment or the kit's ``ros2`` sets it), else the install prefix this module was installed into
+    (``<prefix>/lib/python3.X/site-packages/semanticvla_ros`` -> ``<prefix>/share/semanticvla_ros``, no environment
+    needed), else the source tree."""
     try:
         from ament_index_python.packages import get_package_share_directory
         p = Path(get_package_share_directory(PACKAGE))
         if (p / "config").is_dir():
             return p
-    except Exception:  # noqa: BLE001 - not installed / no ament index: fall back to the source tree
+    except Exception:  # noqa: BLE001 - not installed / no ament index: look beside this module
         pass
-    return Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve()
+    for prefix in here.parents[1:6]:
+        p = prefix / "share" / PACKAGE
+        if (p / "package.xml").is_file() and (p / "config").is_dir():
+            return p
+    return here.parents[1]
 
 
 def source_root() -> Path | None:
@@ -53,22 +73,57 @@ def source_root() -> Path | None:
 
 
 def default_checkpoint() -> str:
-    env = os.environ.get("SEMANTICVLA_CHECKPOINT")
-    if env:
-        return env
-    for root in filter(None, [source_root(), share_dir()]):
-        p = root / "checkpoints" / "demo"
-        if (p / "config.json").is_file():
-            return str(p)
-    return ""
+    """The checkpoint '' stands for (semanticvla_ros.policy_loading.resolve_checkpoint, the one place)."""
+    from .policy_loading import resolve_checkpoint
+    return resolve_checkpoint("")
+
+
+def find_executable(package: str, executable: str) -> Path | None:
+    """``<prefix>/lib/<package>/<executable>`` of a ROS package on AMENT_PREFIX_PATH (what ``ros2 run`` and
+    launch_ros start), or None when the package or the executable is not there."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+        exe = Path(get_package_prefix(package)) / "lib" / package / executable
+    except Exception:  # noqa: BLE001 - PackageNotFoundError, or no ament index at all
+        return None
+    return exe if exe.is_file() and os.access(exe, os.X_OK) else None
+
+
+class MissingOptionalPackage(RuntimeError):
+    """A launch argument asks for a package this machine does not have (raised before any node starts)."""
+
+
+def missing_packages(args: dict[str, str]) -> list[str]:
+    """What resolved launch arguments ask for that this machine lacks, one line each (empty: all there)."""
+    out = []
+    if _truthy(args["rviz"]) and find_executable("rviz2", "rviz2") is None:
+        out.append("rviz:=true needs RViz, but the ROS package 'rviz2' is not installed in this ROS environment "
+                   f"(AMENT_PREFIX_PATH={os.environ.get('AMENT_PREFIX_PATH', '')!r}): install ros-jazzy-rviz2 and "
+                   "source its setup, or leave rviz:=false")
+    if _truthy(args["use_moveit"]):
+        from semanticvla_core.safety.moveit_backend import moveit_unavailable_reason
+        why = moveit_unavailable_reason()
+        if why:
+            out.append(f"use_moveit:=true needs MoveIt's Python API, but {why}: install ros-jazzy-moveit-py and "
+                       "source its setup, or leave use_moveit:=false (the built-in checker)")
+    return out
+
+
+def check_arguments(args: dict[str, str]) -> None:
+    """Raise MissingOptionalPackage naming everything missing (before anything starts: no node, no orphan)."""
+    missing = missing_packages(args)
+    if missing:
+        raise MissingOptionalPackage("; ".join(missing) + ". Nothing was started.")
 
 
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "sim": ("true", "Run the MuJoCo Panda tabletop instead of a real robot and cameras"),
-    "checkpoint": ("", "Policy checkpoint directory ('' = the shipped demo checkpoint)"),
+    "checkpoint": ("", "Policy checkpoint directory ('' = $SEMANTICVLA_CHECKPOINT if set, else the shipped demo "
+                       "checkpoint, installed with the package in share/semanticvla_ros/checkpoints/demo)"),
     "instruction": ("", "Language instruction ('' = the planner's configured default)"),
-    "use_moveit": ("false", "Safety filter uses MoveIt's planning scene (moveit_py) instead of the built-in checker"),
-    "rviz": ("false", "Start RViz with the trace overlay, markers and robot model"),
+    "use_moveit": ("false", "Safety filter uses MoveIt's planning scene (needs moveit_py) instead of the built-in "
+                            "checker"),
+    "rviz": ("false", "Start RViz with the trace overlay, markers and robot model (needs rviz2)"),
     "config": ("", "Node parameter file ('' = config/franka.yaml of the package)"),
     "respawn": ("false", f"Restart a planner, controller or perception that exited, after {RESPAWN_DELAY_S:g} s "
                          "(the safety filter holds the arm meanwhile)"),
@@ -87,6 +142,16 @@ class NodeSpec:
     respawn: bool = False                       # restart after an exit (respawn:=true, RESPAWNABLE nodes)
     respawn_delay: float = RESPAWN_DELAY_S
     critical: bool = False                      # its exit stops the whole graph (CRITICAL nodes)
+    env_defaults: dict = field(default_factory=dict)   # environment the node needs, where the caller has not set it
+
+    def environment(self) -> dict[str, str]:
+        """Variables to add to the node's environment: ``env_defaults`` except those the caller has set."""
+        return {k: os.environ.get(k, v) for k, v in self.env_defaults.items()}
+
+    def flat_parameters(self) -> dict:
+        """``parameters`` with nested groups joined by '.' (``-p a.b:=v``; launch_ros flattens them the same way)."""
+        from semanticvla_core.safety.moveit_backend import flatten_parameters
+        return flatten_parameters(self.parameters)
 
 
 def node_exit_message(node: str, returncode: int | None, stamp_ns: int) -> str:
@@ -104,9 +169,15 @@ def resolve_arguments(given: dict[str, str] | None = None) -> dict[str, str]:
         args[k] = v
     if not args["config"]:
         args["config"] = str(share_dir() / "config" / "franka.yaml")
-    if not args["checkpoint"]:
-        args["checkpoint"] = default_checkpoint()
+    from .policy_loading import resolve_checkpoint
+    args["checkpoint"] = resolve_checkpoint(args["checkpoint"])
     return args
+
+
+def robot_description() -> str:
+    """The URDF on /robot_description: the one the safety filter checks against (file:// mesh URIs)."""
+    from semanticvla_core.safety.kinematics import panda_description_xml
+    return panda_description_xml()[0]
 
 
 def graph(args: dict[str, str]) -> list[NodeSpec]:
@@ -116,19 +187,32 @@ def graph(args: dict[str, str]) -> list[NodeSpec]:
     # with the sim and no instruction given, the planner waits for the episode's own (the sim announces it on
     # /semanticvla/instruction) instead of planning the configured default until it arrives
     plan_instr = instr or ({"instruction": ""} if _truthy(args["sim"]) else {})
+    safety = {"backend": "moveit" if _truthy(args["use_moveit"]) else "builtin",
+              # the sim node has the Cartesian controller that recorded the demonstrations
+              # and its fingers carry the sim's longer pads (the checker's collision model includes them)
+              **({"execution": "cartesian", "gripper_model": "sim"} if _truthy(args["sim"]) else {})}
+    if _truthy(args["use_moveit"]):
+        # what MoveItPy needs, in MoveIt's own parameter names (semanticvla_core/safety/moveit_backend.py)
+        from semanticvla_core.safety.moveit_backend import moveit_parameters
+        safety.update(moveit_parameters())
+    # robot_state_publisher where the ROS install has it (/robot_description + /tf from /joint_states); else the
+    # trace overlay publishes /robot_description and there is no /tf (module text)
+    rsp = find_executable("robot_state_publisher", "robot_state_publisher") is not None
     nodes = [
         NodeSpec("perception", "perception_node", f"{PACKAGE}.perception_node"),
         NodeSpec("planner", "planner_node", f"{PACKAGE}.planner_node", parameters={**ckpt, **plan_instr}),
         NodeSpec("controller", "controller_node", f"{PACKAGE}.controller_node", parameters=dict(ckpt)),
-        NodeSpec("safety_filter", "safety_node", f"{PACKAGE}.safety_node",
-                 parameters={"backend": "moveit" if _truthy(args["use_moveit"]) else "builtin",
-                             # the sim node has the Cartesian controller that recorded the demonstrations
-                             # and its fingers carry the sim's longer pads (the checker's collision model includes them)
-                             **({"execution": "cartesian", "gripper_model": "sim"} if _truthy(args["sim"]) else {})}),
-        NodeSpec("trace_overlay", "trace_overlay_node", f"{PACKAGE}.trace_overlay_node"),
+        NodeSpec("safety_filter", "safety_node", f"{PACKAGE}.safety_node", parameters=safety),
+        NodeSpec("trace_overlay", "trace_overlay_node", f"{PACKAGE}.trace_overlay_node",
+                 parameters={} if not rsp else {"publish_robot_description": False}),
     ]
+    if rsp:
+        nodes.append(NodeSpec("robot_state_publisher", "robot_state_publisher", None, package="robot_state_publisher",
+                              parameters={"robot_description": robot_description()}))
     if _truthy(args["sim"]):
-        nodes.append(NodeSpec("sim", "sim_node", f"{PACKAGE}.sim_node", parameters=dict(instr)))
+        # MuJoCo renders offscreen through EGL (no display needed); without it, a headless sim aborts
+        nodes.append(NodeSpec("sim", "sim_node", f"{PACKAGE}.sim_node", parameters=dict(instr),
+                              env_defaults={"MUJOCO_GL": "egl"}))
     if _truthy(args["rviz"]):
         rviz_cfg = str(share_dir() / "config" / "rviz" / "semanticvla.rviz")
         nodes.append(NodeSpec("rviz", "rviz2", None, package="rviz2", arguments=["-d", rviz_cfg]))

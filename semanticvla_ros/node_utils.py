@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 import time
 import traceback
@@ -10,6 +9,7 @@ import traceback
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 
 
 def node_exit_qos() -> QoSProfile:
@@ -55,16 +55,17 @@ def run_node(factory, args=None, num_threads: int = 1) -> None:
     """rclpy.init, build the node, spin a single-threaded executor (multi-threaded executors showed 100+ ms
     p99 latency on 2 cores), and shut down on SIGINT/SIGTERM without a traceback.
 
+    Signals: rclpy's own handlers (installed by ``rclpy.init`` for SIGINT and SIGTERM) do it. From the signal they
+    trigger the guard condition every executor waits on and shut the context down, so ``spin()`` returns at once
+    even in a node with no input and no timer. A Python handler (``signal.signal``) must not replace them: CPython
+    runs it only when the main thread next executes bytecode, i.e. after the executor's wait returns by itself
+    (never, for an idle node: a SIGTERM was ignored for > 10 s).
+
     ``num_threads`` > 1: a MultiThreadedExecutor with that many threads instead (and a 0.5 ms GIL switch interval),
     for a node whose callback groups must not wait on each other (the safety filter: its watchdog and holds never
     wait on a chunk check)."""
-    rclpy.init(args=args if args is not None else sys.argv)
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.ALL)
     node = None
-
-    def _stop(*_):
-        rclpy.try_shutdown()
-
-    signal.signal(signal.SIGTERM, _stop)
     ex = None
     try:
         node = factory()
@@ -78,8 +79,8 @@ def run_node(factory, args=None, num_threads: int = 1) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
-        # SIGTERM shuts the context down from the signal handler; a wait set being built at that moment raises
-        # RCLError ("context is not valid"). That is a clean shutdown, not a crash.
+        # a signal shuts the context down from rclpy's handler; a wait set being built (or a node being constructed)
+        # at that moment raises RCLError ("context is not valid"). That is a clean shutdown, not a crash.
         if rclpy.ok():
             raise
     finally:

@@ -132,6 +132,9 @@ PARAMS: dict[str, list[Param]] = {
         Param("camera_pose", [0.0], "Calibrated camera optical-frame pose in marker_frame [x y z qx qy qz qw]; "
                                     "a list of fewer than 7 values = take it from /camera/{name}/pose"),
         Param("max_trace_age_s", 5.0, "Stop drawing a trace older than this"),
+        Param("publish_robot_description", True, "Publish the Panda URDF the safety filter checks against on "
+              "/robot_description (std_msgs/String, transient_local) for RViz; the launch file and the bring-up set "
+              "it false where they start robot_state_publisher, which publishes the same URDF (and /tf)"),
     ],
     "sim": [
         Param("task", "pick_place_plate", "Task family: pick_place_plate, pick_place_bowl, stack or push_region"),

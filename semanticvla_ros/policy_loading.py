@@ -1,15 +1,57 @@
-"""Loading a policy checkpoint for a node: never raises; returns (policy or None, error text)."""
+"""Loading a policy checkpoint for a node: never raises; returns (policy or None, error text).
+
+:func:`resolve_checkpoint` is the one place a checkpoint argument is resolved: the launch file and the bring-up
+(``checkpoint:=``, through :func:`semanticvla_ros.graph.resolve_arguments`) and the planner and controller nodes
+(their ``checkpoint`` parameter, e.g. under ``ros2 run``) all call it, so '' means the same everywhere.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+CHECKPOINT_ENV = "SEMANTICVLA_CHECKPOINT"    # overrides the shipped demo checkpoint as the default
+DEMO_CHECKPOINT = Path("checkpoints") / "demo"   # relative to the package's share directory / the source tree
+
+
+def demo_checkpoint_candidates() -> list[Path]:
+    """Where the shipped demo checkpoint may be, in order: the source tree this module belongs to (a checkout),
+    then the package's share directory (``<prefix>/share/semanticvla_ros/checkpoints/demo``, installed by
+    CMakeLists.txt). Neither depends on the working directory."""
+    from .graph import share_dir, source_root
+
+    return [root / DEMO_CHECKPOINT for root in dict.fromkeys(filter(None, [source_root(), share_dir()]))]
+
+
+def resolve_checkpoint(value: str = "") -> str:
+    """A checkpoint argument -> the directory to load ('' when there is none).
+
+    Non-empty: returned as given (made absolute when it names a directory relative to the working directory, so
+    every node started from here gets the same path). '' (the default): ``$SEMANTICVLA_CHECKPOINT`` if set, else the
+    shipped demo checkpoint (:func:`demo_checkpoint_candidates`), else ''."""
+    value = (value or "").strip()
+    if value:
+        p = Path(value).expanduser()
+        return str(p.resolve()) if not p.is_absolute() and p.is_dir() else str(p)
+    env = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if env:
+        return env
+    for p in demo_checkpoint_candidates():
+        if (p / "config.json").is_file():
+            return str(p)
+    return ""
 
 
 def load_policy(checkpoint: str, device: str, dtype: str, logger):
-    if not checkpoint:
-        msg = ("no checkpoint: set the 'checkpoint' parameter (or launch argument) to a policy directory; "
-               "holding the arm")
+    resolved = resolve_checkpoint(checkpoint)
+    if not resolved:
+        msg = ("no checkpoint: the 'checkpoint' parameter (or launch argument) is empty and no demo checkpoint is "
+               f"installed (looked for {', '.join(str(p) for p in demo_checkpoint_candidates())}; "
+               f"${CHECKPOINT_ENV} unset): set it to a policy directory; holding the arm")
         logger.error(msg)
         return None, msg
+    if resolved != checkpoint:
+        logger.info(f"checkpoint {checkpoint!r} -> {resolved}")
+    checkpoint = resolved
     try:
         import torch
 

@@ -104,7 +104,7 @@ class SafetyNode(Node):
                                       nullspace_gain=self.p.ik_nullspace_gain))
         if self.p.execution not in EXECUTION_MODES:
             raise ValueError(f"safety_filter: execution must be one of {EXECUTION_MODES}, got {self.p.execution!r}")
-        self.checker = make_checker(self.p.backend, cfg)
+        self.checker = make_checker(self.p.backend, cfg, **self._moveit_kwargs())
         self.commander = SafetyExecutor(self.checker, self.p.execution, period_s=1.0 / self.p.step_rate_hz,
                                        rest_posture=tuple(self.p.ik_rest_posture), recapture_rad=self.p.hold_recapture_rad)
         if getattr(self.checker, "fallback_reason", ""):
@@ -141,6 +141,27 @@ class SafetyNode(Node):
         self.create_timer(1.0 / self.p.watchdog_rate_hz, self.on_watchdog)
         self.create_timer(1.0 / self.p.step_rate_hz, self._chunk_group_on_step, callback_group=self._cb_chunk)
         self.get_logger().info(f"safety filter: backend {self.checker.backend_name}, execution {self.p.execution}")
+
+    def _moveit_kwargs(self) -> dict:
+        """backend moveit: MoveIt's own parameters (robot_description, robot_description_semantic,
+        robot_description_kinematics.*, planning_scene_monitor_options.*, planning_pipelines.*, ompl.*), declared
+        with the defaults of semanticvla_core/safety/moveit_backend.py:moveit_parameters (the description the
+        builtin checker uses), set by the launch file / bring-up, and handed to MoveItPy as its config_dict."""
+        if self.p.backend not in ("moveit", "auto"):
+            return {}
+        from rcl_interfaces.msg import ParameterDescriptor
+
+        from semanticvla_core.safety.moveit_backend import flatten_parameters, moveit_parameters, nest_parameters
+
+        flat = {}
+        for name, default in flatten_parameters(moveit_parameters(joint_states_topic=self.p.joint_states_topic)).items():
+            self.declare_parameter(name, default, ParameterDescriptor(description="MoveIt (backend moveit)"))
+            flat[name] = self.get_parameter(name).value
+        cfg = nest_parameters(flat)
+        if not cfg["robot_description"].strip() or not cfg["robot_description_semantic"].strip():
+            raise ValueError("safety_filter: backend moveit needs a non-empty robot_description and "
+                             "robot_description_semantic")
+        return {"config_dict": cfg}
 
     # ------------------------------------------------------------------ inputs
     @guarded()

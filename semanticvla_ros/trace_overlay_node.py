@@ -4,7 +4,9 @@ Subscribes  /camera/{camera_name}/image_raw, /camera/{camera_name}/camera_info,
             /camera/{camera_name}/pose (geometry_msgs/PoseStamped: optical frame in marker_frame; or the
             camera_pose parameter), /semanticvla/trace
 Publishes   /semanticvla/trace_overlay/image (sensor_msgs/Image rgb8: polyline, numbered anchors, latent ids,
-            instruction), /semanticvla/trace_markers (visualization_msgs/MarkerArray: the trace on the table plane)
+            instruction), /semanticvla/trace_markers (visualization_msgs/MarkerArray: the trace on the table plane),
+            /robot_description (std_msgs/String, transient_local, once: the URDF the safety filter checks against;
+            publish_robot_description, false where robot_state_publisher runs and publishes it)
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import numpy as np
 from geometry_msgs.msg import Point, PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import ColorRGBA
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import ColorRGBA, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from semanticvla_core.image_convert import msg_to_model_rgb
@@ -45,6 +48,22 @@ class TraceOverlayNode(Node):
                                  lambda m: setattr(self, "info", m), 2)
         self.create_subscription(PoseStamped, f"/camera/{n}/pose", self.on_pose, 2)
         self.create_subscription(Trace, "/semanticvla/trace", self.on_trace, 5)
+        self.pub_description = None
+        if self.p.publish_robot_description:
+            self.publish_robot_description()
+
+    def publish_robot_description(self) -> None:
+        """The URDF once, transient_local (as robot_state_publisher does): RViz gets it whenever it (re)connects."""
+        from semanticvla_core.safety.kinematics import panda_description_xml
+
+        try:
+            urdf = panda_description_xml()[0]
+        except Exception as e:  # noqa: BLE001 - the overlay works without it; say why RViz shows no robot
+            self.get_logger().error(f"no /robot_description: {type(e).__name__}: {e}")
+            return
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_description = self.create_publisher(String, "/robot_description", qos)
+        self.pub_description.publish(String(data=urdf))
 
     @guarded()
     def on_pose(self, msg: PoseStamped) -> None:

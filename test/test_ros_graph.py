@@ -182,3 +182,49 @@ def test_fuzz_every_node_stays_alive_and_the_arm_holds(ckpt):
                 all(np.isfinite(p.positions).all() and len(p.positions) == 7 for p in t.points)]
     assert any(len(t.points) == 1 for t in filtered), "the safety filter never published a hold"
     assert any(s.message.startswith("hold") for _, d in diag for s in d.status)
+
+
+# node -> a topic it publishes once it is fully built (the planner and controller load their checkpoint first)
+_READY_TOPIC = {"perception": "/semanticvla/observation/joint_states", "planner": "/semanticvla/trace",
+                "controller": "/semanticvla/action_chunk", "safety_filter": "/semanticvla/safety/status",
+                "trace_overlay": "/semanticvla/trace_markers", "sim": "/joint_states"}
+
+
+def _exit_times(names, sig) -> dict:
+    """Start ``names`` (no checkpoint given: the shipped demo; nothing feeds them), wait until each one is built and
+    spinning, send ``sig`` to every one at once and return each one's seconds to exit (inf: still running after 10 s)
+    and its output."""
+    h = Harness(f"exit_{sig.name.lower()}")
+    procs = {n: h.start(n) for n in names}
+    try:
+        def ready():
+            return all(any(i.node_name == n for i in h.node.get_publishers_info_by_topic(_READY_TOPIC[n]))
+                       for n in names)
+        assert h.spin_until(ready, 120), {n: p.poll() for n, p in procs.items()}
+        h.spin_for(1.0)
+        assert all(p.poll() is None for p in procs.values())
+        t0 = time.monotonic()
+        for p in procs.values():
+            p.send_signal(sig)
+        took = {}
+        while len(took) < len(procs) and time.monotonic() - t0 < 10.0:
+            for n, p in procs.items():
+                if n not in took and p.poll() is not None:
+                    took[n] = time.monotonic() - t0
+            time.sleep(0.01)
+    finally:
+        outs = h.close()        # SIGTERM, then SIGKILL for anything still running
+    return {n: (took.get(n, float("inf")), procs[n].returncode, outs[procs[n].pid]) for n in names}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_every_node_exits_promptly_on_a_signal_with_no_input(sig):
+    """SIGTERM (what a supervisor or systemd sends) and SIGINT (Ctrl-C) end every node within 3 s, idle ones included:
+    a node with no input and no timer (trace_overlay) used to wait in its executor with the signal pending (> 10 s).
+    The sim runs alone: its topics would be input to the others."""
+    res = _exit_times(["perception", "planner", "controller", "safety_filter", "trace_overlay"], sig)
+    res.update(_exit_times(["sim"], sig))
+    slow = {n: t for n, (t, _, _) in res.items() if t >= 3.0}
+    assert not slow, {n: (t, res[n][2][-1500:]) for n, t in slow.items()}
+    for n, (_, rc, out) in res.items():
+        assert rc == 0 and "Traceback" not in out, (n, rc, out[-3000:])

@@ -86,6 +86,17 @@ def find_panda_description(folder: str | os.PathLike | None = None) -> PandaDesc
         f"{DESCRIPTION_ENV} to a folder with urdf/panda.urdf and srdf/panda.srdf; searched {[str(c) for c in candidates[:4]]}")
 
 
+def panda_description_xml(description: PandaDescription | None = None) -> tuple[str, str]:
+    """(URDF, SRDF) text of the description the safety checker loads (:func:`find_panda_description`), for ROS
+    consumers: ``/robot_description`` (robot_state_publisher, RViz) and MoveIt's ``robot_description`` /
+    ``robot_description_semantic``. Mesh URIs ``package://example-robot-data/...`` become ``file://`` URIs of the same
+    files, so they resolve whether or not example-robot-data is a ROS package on the machine (on the same machine
+    only: RViz on another computer needs the same path)."""
+    d = description or find_panda_description()
+    urdf = d.urdf.read_text().replace("package://", f"file://{d.package_dir.resolve()}/")
+    return urdf, d.srdf.read_text()
+
+
 # ---------------------------------------------------------------------------------------------- IK
 @dataclass
 class IKConfig:

@@ -19,6 +19,24 @@ Written against the moveit_py API (MoveIt 2, Humble .. Rolling):
 ``moveit_py`` is only available with a ROS 2 distribution that ships MoveIt, so this module cannot be
 exercised in this project's pip-only test environment; :func:`semanticvla_core.safety.make_checker`
 falls back to the builtin checker (with a logged reason) whenever it cannot be used.
+
+Configuration (:func:`moveit_parameters`, the one place): ``MoveItPy`` builds its own rclcpp node from a
+``config_dict`` in MoveIt's standard parameter names. The safety filter node declares the same names
+(flattened: ``robot_description_kinematics.arm.kinematics_solver``) when ``backend`` is ``moveit``, the launch
+file and the bring-up set them, and the node hands them to ``MoveItPy``:
+
+* ``robot_description`` / ``robot_description_semantic``: the URDF and SRDF the builtin checker loads
+  (example-robot-data's Panda, :func:`.kinematics.panda_description_xml`; its arm group is ``arm``);
+* ``robot_description_kinematics.<group>``: KDL, as MoveIt's Panda config;
+* ``planning_scene_monitor_options``: the monitor's name, the description parameter, ``/joint_states`` and
+  MoveIt's default scene topics (the scene that other nodes and RViz's MotionPlanning panel edit);
+* ``planning_pipelines`` + ``ompl``: one OMPL pipeline (MoveItCpp refuses to start without one; the filter
+  never plans with it).
+
+To use your own MoveIt configuration of the arm, set these parameters of the ``safety_filter`` node to its
+values (e.g. a ``MoveItConfigsBuilder(...).to_dict()`` in your own launch file) *and* point
+``SEMANTICVLA_PANDA_DESCRIPTION`` at the same URDF/SRDF, so that the kinematics (Pinocchio) and the collision world
+(MoveIt) describe one robot.
 """
 from __future__ import annotations
 
@@ -28,12 +46,96 @@ import numpy as np
 
 from ..actions import GRIPPER_OPEN
 from .checker import SafetyChecker, SafetyConfig, Violation, ViolationKind
-from .kinematics import PANDA_FINGER_JOINTS, PandaKinematics, gripper_to_width
+from .kinematics import PANDA_ARM_JOINTS, PANDA_FINGER_JOINTS, PandaKinematics, gripper_to_width
 
 log = logging.getLogger(__name__)
 
 TABLE_OBJECT_ID = "semanticvla_table"
 ENV_OBJECT_PREFIX = "semanticvla_env_"
+
+
+MOVEIT_PIPELINE = "ompl"
+
+
+def srdf_arm_group(srdf: str) -> str:
+    """Name of the SRDF group that moves the 7 arm joints (``arm`` in example-robot-data, ``panda_arm`` in
+    moveit_resources_panda): a group listing exactly panda_joint1..7, else the first group defined by a chain."""
+    import xml.etree.ElementTree as ET
+
+    groups = ET.fromstring(srdf).findall("group")
+    for g in groups:
+        if {j.get("name") for j in g.findall("joint")} == set(PANDA_ARM_JOINTS):
+            return g.get("name")
+    for g in groups:
+        if g.find("chain") is not None:
+            return g.get("name")
+    raise ValueError(f"SRDF has no group of the arm joints {PANDA_ARM_JOINTS} (groups: "
+                     f"{[g.get('name') for g in groups]})")
+
+
+def moveit_parameters(urdf: str | None = None, srdf: str | None = None,
+                      joint_states_topic: str = "/joint_states") -> dict:
+    """What ``MoveItPy`` needs, in MoveIt's parameter names, nested (``MoveItPy(config_dict=...)`` takes it as is;
+    ROS parameters are its :func:`flatten_parameters`). ``urdf``/``srdf`` None: the description the builtin checker
+    loads (module text)."""
+    if urdf is None or srdf is None:
+        from .kinematics import panda_description_xml
+        u, s = panda_description_xml()
+        urdf, srdf = urdf if urdf is not None else u, srdf if srdf is not None else s
+    group = srdf_arm_group(srdf)
+    return {
+        "robot_description": urdf,
+        "robot_description_semantic": srdf,
+        "robot_description_kinematics": {group: {
+            "kinematics_solver": "kdl_kinematics_plugin/KDLKinematicsPlugin",
+            "kinematics_solver_search_resolution": 0.005,
+            "kinematics_solver_timeout": 0.005,
+        }},
+        "planning_scene_monitor_options": {
+            "name": "planning_scene_monitor",
+            "robot_description": "robot_description",
+            "joint_state_topic": joint_states_topic,
+            "attached_collision_object_topic": "/moveit_cpp/planning_scene_monitor",
+            "publish_planning_scene_topic": "/moveit_cpp/publish_planning_scene",
+            "monitored_planning_scene_topic": "/moveit_cpp/monitored_planning_scene",
+            "wait_for_initial_state_timeout": 10.0,
+        },
+        "planning_pipelines": {"pipeline_names": [MOVEIT_PIPELINE]},
+        MOVEIT_PIPELINE: {
+            "planning_plugins": ["ompl_interface/OMPLPlanner"],
+            "request_adapters": ["default_planning_request_adapters/ResolveConstraintFrames",
+                                 "default_planning_request_adapters/ValidateWorkspaceBounds",
+                                 "default_planning_request_adapters/CheckStartStateBounds",
+                                 "default_planning_request_adapters/CheckStartStateCollision"],
+            "response_adapters": ["default_planning_response_adapters/AddTimeOptimalParameterization",
+                                  "default_planning_response_adapters/ValidateSolution"],
+            "start_state_max_bounds_error": 0.1,
+        },
+    }
+
+
+def flatten_parameters(params: dict, prefix: str = "") -> dict:
+    """Nested parameters -> ROS parameter names joined with '.' (as a ROS parameter file nests them)."""
+    out = {}
+    for k, v in params.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_parameters(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def nest_parameters(flat: dict) -> dict:
+    """Inverse of :func:`flatten_parameters` (ROS parameters -> ``MoveItPy``'s ``config_dict``)."""
+    out: dict = {}
+    for name, v in flat.items():
+        *path, leaf = name.split(".")
+        d = out
+        for p in path:
+            d = d.setdefault(p, {})
+        d[leaf] = v
+    return out
 
 
 def moveit_unavailable_reason() -> str | None:
@@ -52,7 +154,9 @@ class MoveItSafetyChecker(SafetyChecker):
     moveit: an existing ``MoveItPy`` instance (preferred: the node owns it); otherwise one is created
       with ``node_name`` and ``config_dict`` (the MoveIt config of the Panda, e.g. from
       ``MoveItConfigsBuilder("moveit_resources_panda").to_moveit_configs().to_dict()``).
-    group: the arm's joint model group in the SRDF (``panda_arm`` in moveit_resources_panda).
+      :func:`moveit_parameters` gives the one for the description the builtin checker uses.
+    group: the arm's joint model group in the SRDF; None: found in ``config_dict``'s SRDF (:func:`srdf_arm_group`),
+      else ``panda_arm`` (moveit_resources_panda).
     add_scene_objects: put the table plane and ``config.env_boxes`` into the planning scene.
     """
 
@@ -60,7 +164,7 @@ class MoveItSafetyChecker(SafetyChecker):
 
     def __init__(self, config: SafetyConfig | None = None, kinematics: PandaKinematics | None = None, *,
                  moveit=None, node_name: str = "semanticvla_safety_moveit", config_dict: dict | None = None,
-                 group: str = "panda_arm", add_scene_objects: bool = True):
+                 group: str | None = None, add_scene_objects: bool = True):
         reason = moveit_unavailable_reason()
         if reason is not None:
             raise RuntimeError(reason)
@@ -71,6 +175,9 @@ class MoveItSafetyChecker(SafetyChecker):
         self._RobotState = RobotState
         self.moveit = moveit if moveit is not None else MoveItPy(node_name=node_name, config_dict=config_dict)
         self.psm = self.moveit.get_planning_scene_monitor()
+        if group is None:
+            srdf = (config_dict or {}).get("robot_description_semantic")
+            group = srdf_arm_group(srdf) if srdf else "panda_arm"
         self.group = group
         if add_scene_objects:
             self._add_scene_objects()
