@@ -192,6 +192,7 @@ def test_killed_planner_holds_at_once_is_named_and_respawns(ckpt):
         # the hold sent with that status (same stamp: the node-exit callback), else the first trajectory since
         t_hold = next((t for t, m in trajs if t > t_kill and stamp(m) == stamp(st)),
                       next(t for t, m in trajs if t > t_kill)) - t_kill
+        assert h.spin_until(lambda: any(t > t_kill and '"planner"' in m.data for t, m in exits), 5)
         t_report, report = next((t, m) for t, m in exits if t > t_kill and '"planner"' in m.data)
         seen = json.loads(report.data)["stamp_ns"] - wall_kill                 # the supervisor saw the exit
         held = stamp(st) - wall_kill                                           # the safety filter's callback began
