@@ -197,3 +197,30 @@ def test_train_loop_ema_is_the_moving_average_of_the_trained_weights(tmp_path):
     assert len(lf(tmp_path / "b" / "phase" / "checkpoint" / "ema.safetensors")) == len(ema)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_train_loop_resumed_with_no_steps_left_still_saves_the_average(tmp_path):
+    """A run stopped after a resumable checkpoint and restarted with --steps at that checkpoint's step trains
+    nothing but must still end on the moving average, as an uninterrupted run does (it used to save the raw
+    weights of that step)."""
+    from semanticvla_core.training.common import TrainConfig, train_loop
+    kw = dict(batch_size=8, lr=1e-2, warmup_steps=1, log_every=1, save_every=2, num_workers=0, progress=False,
+              ema_decay=0.9)
+    torch.manual_seed(0)
+    full = train_loop(_Regress(), _regress_data(), lambda net, b: net(*b),
+                      TrainConfig(output_dir=str(tmp_path / "a"), steps=2, **kw), name="phase").model
+    calls = []
+
+    def crash_at_third(net, b):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt                    # stopped after the step-2 checkpoint (raw weights + EMA)
+        return net(*b)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(_Regress(), _regress_data(), crash_at_third,
+                   TrainConfig(output_dir=str(tmp_path / "b"), steps=4, **kw), name="phase")
+    resumed = train_loop(_Regress(), _regress_data(), lambda net, b: net(*b),
+                         TrainConfig(output_dir=str(tmp_path / "b"), steps=2, **kw), name="phase").model
+    for p, q in zip(resumed.parameters(), full.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach())

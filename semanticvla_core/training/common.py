@@ -523,8 +523,11 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
     if cfg.resume and ckpt_dir.is_dir():
         start, _ = load_checkpoint(ckpt_dir, model, optimizer, info.device)
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
-    if ema is not None and start and not load_ema(ckpt_dir, ema):
-        warnings.warn(f"{ckpt_dir}: no EMA state in the checkpoint; the average restarts from step {start}")
+    ema_loaded = False
+    if ema is not None and start:
+        ema_loaded = load_ema(ckpt_dir, ema)
+        if not ema_loaded:
+            warnings.warn(f"{ckpt_dir}: no EMA state in the checkpoint; the average restarts from step {start}")
     logger = MetricsLogger(out_dir, info.is_main, resume_step=start)
     torch.manual_seed(cfg.seed + 100_003 * info.rank + start)
 
@@ -604,8 +607,9 @@ def train_loop(model: nn.Module, dataset: Dataset, step_fn: StepFn, cfg: TrainCo
             _save(step)
     if pbar is not None:
         pbar.close()
-    if ema is not None and step > start:
-        with torch.no_grad():     # the final weights are the average (what is evaluated and saved)
+    if ema is not None and (step > start or ema_loaded):
+        # the final weights are the average (what is evaluated and saved), also when a resumed run had no steps left
+        with torch.no_grad():
             for p, e in zip(params, ema):
                 p.copy_(e)
     if eval_fn is not None:
