@@ -103,7 +103,8 @@ class ControllerNode(Node):
         self.decode_s = (self.decode_s + [time.perf_counter() - t0])[-20:]
         chunk.stamp_ns = stamp_ns
         with self._lock:
-            bad = self.executor_.add_chunk(chunk, max(int(t), now_ns(self)))   # (arrival: after the decode)
+            bad = self.executor_.add_chunk(chunk, t)     # (as of the tick that decoded it: a slow decode on a loaded
+                                                          # machine does not make a chunk stale; its past rows skip)
         if bad is not None:
             raise ValueError(f"decoded chunk refused: {bad}")
         self.decoded, self.ticks_since_decode = trace, 0

@@ -1031,7 +1031,9 @@ class BuiltinSafetyChecker(SafetyChecker):
                         d0 = float(gd.distanceResults[k].min_distance)
                         margin[k] = min(margin[k], max(0.9 * d0, 0.001))
                         leaf_at[k] = 2 * margin[k]
-            obstacle = np.array([k is not ViolationKind.SELF_COLLISION for k in self._pair_kind])
+            # (a pair that starts inside its clearance keeps its lowered "not closer" clearance: no step allowance)
+            obstacle = np.array([k is not ViolationKind.SELF_COLLISION for k in self._pair_kind]) & \
+                ~(np.asarray(margin) < np.asarray(base) - 1e-12)
             start_margin = margin
             for qa, qb, ga, gb, st in segs:
                 qa, qb = np.asarray(qa, dtype=np.float64), np.asarray(qb, dtype=np.float64)
