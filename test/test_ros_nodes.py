@@ -418,14 +418,24 @@ def safety(h):
             for _, d in diag[n_d:] for s in d.status), 10)
         d = [s for _, d in diag[n_d:] for s in d.status][-1]
         return traj[-1][1], d.message
+    send.traj, send.harness = traj, h   # (every trajectory recorded, for tests that must find one among holds)
     return send, state, node
+
+
+def h_wait(cond, send, seconds: float = 3.0) -> bool:
+    """Spin the harness behind a safety fixture's ``send`` until ``cond`` holds."""
+    return send.harness.spin_until(cond, seconds)
 
 
 def test_safety_passes_a_valid_chunk(safety):
     send, state, _ = safety
     acts = np.zeros((8, 7)); acts[:, 0] = 0.002
+    n = len(send.traj)
     tr, msg = send(acts)
-    assert msg.startswith("ok") and len(tr.points) == 8 and tr.joint_names == ARM_JOINTS
+    # (a watchdog hold published just before the chunk's trajectory may be the newest when the status arrives)
+    assert msg.startswith("ok") and h_wait(lambda: any(len(t.points) == 8 for _, t in send.traj[n:]), send)
+    tr = next(t for _, t in send.traj[n:] if len(t.points) == 8)
+    assert tr.joint_names == ARM_JOINTS
     kin = PandaKinematics()
     p_end = kin.fk(np.array(tr.points[-1].positions))[0]
     assert np.allclose(p_end - kin.fk(READY_Q)[0], [0.016, 0, 0], atol=2e-3)
