@@ -20,11 +20,11 @@ and the next Trace's chunk is filled by decoding the last decoded Trace again wi
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
@@ -66,12 +66,15 @@ class ControllerNode(Node):
         self.create_subscription(Trace, "/semanticvla/trace", self.on_trace, 1)
         self.create_subscription(JointState, "/joint_states", self.on_joint_state, 20)
         self.create_subscription(JointState, "/semanticvla/observation/joint_states", self.on_obs_state, 20)
-        # the publishing tick never waits for a decode (rtc decodes in its own callback group and thread; the
-        # ChunkExecutor is shared under a lock): 20 Hz with p99 period near 50 ms while the decoder runs
+        # the publishing tick never waits for a decode: rtc decodes in a worker thread of its own (the ChunkExecutor
+        # is shared under a lock); the node itself spins single-threaded (rclpy's multi-threaded executor cost the
+        # other loops most of their 20 Hz on 2 cores)
         self._lock = threading.RLock()
-        self.create_timer(1.0 / self.p.control_rate_hz, self.tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / self.p.control_rate_hz, self.tick)
+        self._stop = threading.Event()
         if self.p.loop == "rtc":
-            self.create_timer(0.01, self.decode_tick, callback_group=MutuallyExclusiveCallbackGroup())
+            sys.setswitchinterval(0.0005)     # the tick waits at most this for the GIL while the decoder runs
+            threading.Thread(target=self._decode_worker, name="rtc-decode", daemon=True).start()
         self._last_hold_log = 0
 
     @guarded()
@@ -118,9 +121,17 @@ class ControllerNode(Node):
         dec = max(self.decode_s) if self.decode_s else 0.05
         return int(t + (dec + 2.0 / self.p.control_rate_hz) * 1e9)
 
+    def _decode_worker(self) -> None:
+        while not self._stop.wait(0.005):
+            self.decode_tick()
+
+    def destroy_node(self):
+        self._stop.set()
+        return super().destroy_node()
+
     @guarded()
     def decode_tick(self) -> None:
-        """loop rtc (its own callback group): decode as soon as a new Trace is there."""
+        """loop rtc (the worker thread): decode as soon as a new Trace is there."""
         t = now_ns(self)
         if self.policy is None or self.trace is None or self.q is None:
             return
@@ -218,7 +229,7 @@ class ControllerNode(Node):
 
 
 def main(args=None):
-    run_node(ControllerNode, args, num_threads=3)    # publishing tick, rtc decoding, subscriptions
+    run_node(ControllerNode, args)
 
 
 if __name__ == "__main__":
