@@ -176,18 +176,27 @@ class ChunkExecutor:
         self.last_reason = why
         return a
 
-    def continuation(self, obs_stamp_ns: int, ready_ns: int) -> tuple[np.ndarray | None, int]:
+    def continuation(self, obs_stamp_ns: int, ready_ns: int) -> tuple[np.ndarray | None, int, int]:
         """Real-time chunking inputs for the chunk planned from an observation taken at ``obs_stamp_ns`` that can
         start running at ``ready_ns`` (both on this executor's clock, e.g. message stamps): the actions the arm
-        runs from the observation's time on (rows at obs, obs + dt, ...; None when nothing covers it) and the
-        delay, the number of them that run before the new chunk can take over (ceil((ready - obs) / dt), at most
-        all of them)."""
-        prev = self.upcoming(int(obs_stamp_ns))
+        runs from the observation's time on (None when nothing covers it), the delay (the number of them that run
+        before the new chunk can take over: ceil((ready - stamp) / dt), at most all of them) and the stamp to give
+        the new chunk.
+
+        The stamp is the start of the running row at ``obs_stamp_ns`` on the running chunk's own time grid (at
+        most half a period earlier or later than it), and the actions are that chunk's rows from there: row ``i``
+        of the new chunk then runs exactly when row ``i`` of the continued actions would have, at every tick.
+        (Stamped at an off-grid ``obs_stamp_ns`` instead, the two grids differ by a fraction of a period and the
+        hand-over repeats or skips a row depending on where the ticks fall.)"""
+        if not self._chunks:
+            return None, 0, int(obs_stamp_ns)
+        newest = self._chunks[-1]
+        stamp = int(newest.stamp_ns + newest.index(int(obs_stamp_ns)) * newest.dt_ns)
+        prev = self.upcoming(stamp)
         if prev is None:
-            return None, 0
-        dt = prev.dt * 1e9
-        d = int(np.ceil((int(ready_ns) - int(obs_stamp_ns)) / dt - 1e-9))
-        return np.asarray(prev.actions, dtype=np.float64), int(np.clip(d, 0, len(prev.actions)))
+            return None, 0, int(obs_stamp_ns)
+        d = int(np.ceil((int(ready_ns) - stamp) / newest.dt_ns - 1e-9))
+        return np.asarray(prev.actions, dtype=np.float64), int(np.clip(d, 0, len(prev.actions))), stamp
 
     def upcoming(self, now_ns: int, horizon: int | None = None) -> ActionChunkData | None:
         """The blended actions for the ticks ``now, now + dt, ...`` (dt of the newest chunk) as one chunk

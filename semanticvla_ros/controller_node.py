@@ -3,8 +3,8 @@ fresh one: ``state_source``) -> ActionChunk at the control rate; chunks are blen
 aligned by their stamps.
 
 ``loop: rtc`` (the default) never stops for the planner: each new Trace is decoded with the fresh joint state (the
-Trace's images are older by the planning time, measured from its stamp), stamped now, by real-time chunking (Black
-et al. 2025): the rows of the running chunk from now on are the prefix and the delay (rows that run before the new
+Trace's images are older by the planning time, measured from its stamp), stamped on the running chunk's time grid,
+by real-time chunking (Black et al. 2025): the rows of the running chunk from now on are the prefix and the delay (rows that run before the new
 chunk can take over) is ceil((expected decode time + two ticks) / dt), from the measured decode times; the
 hand-over is continuous. ``loop: synchronous`` runs each chunk to
 its end, then holds still until a plan of a later observation arrives (stop-and-go); ``loop: asynchronous`` keeps
@@ -141,8 +141,8 @@ class ControllerNode(Node):
 
     def _rtc_step(self, t: int) -> None:
         """loop rtc: decode each new Trace once, with the fresh joint state (its images are older by the planning
-        time, as the harness's --image-delay evaluates), stamped now, continuing the running chunk by real-time
-        chunking over the rows that run until the decoded chunk can take over; when planning falls behind (a
+        time, as the harness's --image-delay evaluates), stamped on the running chunk's time grid, continuing the
+        running chunk by real-time chunking over the rows that run until the decoded chunk can take over; when planning falls behind (a
         loaded machine) and the running chunk is about to end, decode the last Trace again the same way
         (refill_on_gap): longer use of one plan, never a stop."""
         dt_ns = 1e9 / self.p.control_rate_hz
@@ -155,9 +155,9 @@ class ControllerNode(Node):
             self.trace_new = False
         else:
             trace = self.decoded
-        with self._lock:
-            prev, d = self.executor_.continuation(t, self._expected_ready_ns(t))
-        self._decode(trace, self.q, self.fingers, t, now_ns(self), prev, d)
+        with self._lock:      # (stamped on the running chunk's time grid: the hand-over neither repeats nor skips a row)
+            prev, d, stamp = self.executor_.continuation(t, self._expected_ready_ns(t))
+        self._decode(trace, self.q, self.fingers, stamp, now_ns(self), prev, d)
         if new:
             self.delays = (self.delays + [d])[-200:]
             self.image_ages = (self.image_ages + [(t - trace.stamp_ns) / dt_ns])[-200:]

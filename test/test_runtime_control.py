@@ -113,11 +113,31 @@ def test_continuation_gives_the_running_rows_from_the_observation_and_the_delay_
     """Real-time chunking inputs: the rows the arm runs from the observation's time on, and how many of them run
     before a chunk ready at ``ready`` can take over (ceil of the elapsed periods)."""
     ex = ChunkExecutor(ExecutorConfig(mode="latest"))
-    assert ex.continuation(T0, T0 + DT_NS) == (None, 0)                    # nothing running: plain sampling
+    assert ex.continuation(T0, T0 + DT_NS) == (None, 0, T0)                # nothing running: plain sampling
     assert ex.add_chunk(make(ramp(), T0), T0) is None
-    prev, d = ex.continuation(T0 + 2 * DT_NS, T0 + 2 * DT_NS + int(3.2 * DT_NS))
+    prev, d, stamp = ex.continuation(T0 + 2 * DT_NS, T0 + 2 * DT_NS + int(3.2 * DT_NS))
     np.testing.assert_allclose(prev[:, 0], [2, 3, 4, 5, 6, 7])
-    assert d == 4                                                          # 3.2 periods -> 4 rows run meanwhile
-    prev, d = ex.continuation(T0 + 6 * DT_NS, T0 + 20 * DT_NS)
+    assert d == 4 and stamp == T0 + 2 * DT_NS                              # 3.2 periods -> 4 rows run meanwhile
+    prev, d, _ = ex.continuation(T0 + 6 * DT_NS, T0 + 20 * DT_NS)
     np.testing.assert_allclose(prev[:, 0], [6, 7])
     assert d == 2                                                          # at most the rows there are
+
+
+@pytest.mark.parametrize("offset", [0.3, 0.49, 0.51, 0.7])
+def test_a_continued_chunk_runs_on_the_running_chunks_grid_and_never_repeats_or_skips_a_row(offset):
+    """A plan whose observation falls between two rows of the running chunk (a controller decodes whenever a
+    Trace arrives, not on the grid): the new chunk, its first rows the continued ones, is stamped on the running
+    chunk's grid, so at any tick time after the hand-over it gives exactly the row the old chunk would have."""
+    ex = ChunkExecutor(ExecutorConfig(mode="latest"))
+    assert ex.add_chunk(make(ramp(), T0), T0) is None
+    t_obs = T0 + int((2 + offset) * DT_NS)
+    prev, d, stamp = ex.continuation(t_obs, t_obs + int(1.5 * DT_NS))
+    assert abs(stamp - t_obs) <= DT_NS // 2 + 1 and (stamp - T0) % DT_NS == 0
+    new = prev.copy()
+    new[d:, 0] += 100.0                                                    # the rows after the delay are new
+    assert ex.add_chunk(make(new, stamp), t_obs) is None
+    rng = np.random.default_rng(0)
+    end = stamp + (d - 0.5) * DT_NS                                        # the frozen rows run until then
+    for t1 in t_obs + (rng.random(40) * (end - t_obs)).astype(np.int64):   # ticks while they run
+        ideal = np.floor((t1 - T0) / DT_NS + 0.5)                          # the old chunk's row at t1
+        assert ex.upcoming(int(t1)).actions[0, 0] == ideal, (t1 - T0) / DT_NS

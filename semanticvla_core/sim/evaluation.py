@@ -300,7 +300,7 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
     while steps < limit and not success:
         take_pending()                              # (a chunk due now frees the planner first)
         if pending is None and t >= next_obs and (loop != "synchronous" or not ex.covers(t)):
-            prev, dd = ex.continuation(t, t + d * dt_ns) if loop == "rtc" else (None, 0)
+            prev, dd, _ = ex.continuation(t, t + d * dt_ns) if loop == "rtc" else (None, 0, t)   # (t is on the grid)
             old = seen[0]                           # images from image_delay steps ago, the state of now
             view = {**obs, **{key: old[key] for key in ("agentview", "wrist") if key in old}}
             acts, anchors = adapter(view, env.instruction, prev_actions=prev, delay=dd)
