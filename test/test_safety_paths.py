@@ -264,3 +264,75 @@ def test_a_stepped_controllers_command_keeps_clearance_in_proportion_to_its_step
     qs = c.kin.ik(np.r_[p0[0] - 0.026, p0[1], floor + 0.007], R0, qa).q      # a 4 mm step
     small = (qa, 0.0, qa, np.zeros(7), qs[None], np.array([0.05]), 0.0)
     assert not [b for b in c.verify_command(*small, period=0.05, stepped=True) if b.kind is K.TABLE_COLLISION]
+
+
+def _near_top_face(c, gap: float, dz: float):
+    """Joint states whose TCP is ``gap + dz`` and ``gap`` below the workspace's top face (READY_Q's x, y and
+    orientation): a move of ``dz`` up towards the face."""
+    p0, R0 = c.kin.fk(READY_Q)
+    top = float(c.config.workspace_max[2])
+    q_prev = c.kin.ik(np.r_[p0[:2], top - gap - dz], R0, READY_Q).q
+    q_end = c.kin.ik(np.r_[p0[:2], top - gap], R0, q_prev).q
+    return q_prev, q_end
+
+
+def test_the_workspace_is_checked_out_to_where_the_arm_overshoots():
+    """tracking_lag_s applies to the workspace box as to obstacles: a setpoint that stops 6.5 mm under the top face at
+    0.4 m/s upwards is refused (the arm runs on past the clip inset); reached slowly it is sent."""
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, workspace_max=(0.85, 0.60, 0.60)))
+    q_prev, q_end = _near_top_face(c, 0.0065, 0.02)
+    v = (q_end - q_prev) / 0.05
+    bad = c.verify_command(q_prev, 0.0, q_prev, v, q_end[None], np.array([0.05]), 0.0, period=0.05)
+    assert any(b.kind is K.WORKSPACE for b in bad), bad
+    slow = c.verify_command(q_prev, 0.0, q_prev, v * 0.0, q_end[None], np.array([0.5]), 0.0, period=0.05)
+    assert not [b for b in slow if b.kind is K.WORKSPACE], slow
+
+
+def test_a_stepped_command_keeps_its_workspace_inset_in_proportion_to_its_step():
+    """step_path_tolerance applies to the workspace box: a 5 cm stepped move that ends 6.5 mm under the top face is
+    refused (the bent path may pass the face); the same move to an interpolating controller is sent."""
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, tracking_lag_s=0.0, workspace_max=(0.85, 0.60, 0.60)))
+    q_prev, q_end = _near_top_face(c, 0.0065, 0.05)
+    args = (q_prev, 0.0, q_prev, np.zeros(7), q_end[None], np.array([0.5]), 0.0)
+    assert not [b for b in c.verify_command(*args, period=0.05) if b.kind is K.WORKSPACE]
+    bad = c.verify_command(*args, period=0.05, stepped=True)
+    assert any(b.kind is K.WORKSPACE for b in bad), bad
+
+
+def test_the_continuous_check_never_sends_coal_a_query_it_cannot_stop():
+    """Bounded checking: the budget is enforced between pieces of work, so no single piece may be long. A mesh query
+    whose clearance is inflated by a whole row's motion (tens of cm) walked most of both BVHs (up to 33 ms in one call,
+    the check overshooting its budget by that much); such pieces are halved first. Here: a chunk that swings the arm
+    far in a few rows is checked with every coal query recorded; none has a clearance beyond the cap, and the verdict
+    is the same as with the cap lifted."""
+    import semanticvla_core.safety.checker as checker_mod
+
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, tracking_lag_s=0.0))
+    margins = []
+
+    class Recording:
+        def __init__(self, pin):
+            self._pin = pin
+
+        def __getattr__(self, name):
+            f = getattr(self._pin, name)
+            if name != "computeCollision":
+                return f
+
+            def query(gm, gd, k):
+                margins.append(float(gd.collisionRequests[k].security_margin))
+                return f(gm, gd, k)
+            return query
+
+    c._pin = Recording(c._pin)
+    rows = READY_Q[None] + np.linspace(0.0, 1.0, 5)[1:, None] * np.array([1.2, 0.3, -0.8, 0.5, 1.0, 0.6, 1.5])
+    chunk = _chunk(np.c_[rows, np.zeros(4)], dt=1.0, space=ACTION_SPACE_JOINT_POSITION)
+    res = c.check_chunk(chunk, READY_Q, 0.0, now_ns=NOW, dynamics=False)
+    assert margins and max(margins) < 0.06, max(margins)              # (the cap, 3 cm, plus the pair's own clearance)
+    cap = checker_mod._MAX_QUERY_INFLATION_M
+    try:
+        checker_mod._MAX_QUERY_INFLATION_M = 10.0
+        ref = c.check_chunk(chunk, READY_Q, 0.0, now_ns=NOW, dynamics=False)
+    finally:
+        checker_mod._MAX_QUERY_INFLATION_M = cap
+    assert [v.kind for v in res.reasons] == [v.kind for v in ref.reasons] and res.is_hold == ref.is_hold

@@ -39,6 +39,10 @@ from ..interfaces import ActionChunkData
 from .kinematics import PANDA_ARM_JOINTS, IKConfig, PandaKinematics, gripper_to_width
 
 log = logging.getLogger(__name__)
+# Largest clearance inflation a continuous-check piece sends to a mesh query: coal's distance queries with margins of
+# tens of centimetres (a whole row's motion) walk most of both BVHs and took up to 33 ms each (one uninterruptible
+# call, past the check budget); a bigger piece is halved instead (the result is the same, the pieces smaller).
+_MAX_QUERY_INFLATION_M = 0.03
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -561,8 +565,8 @@ class SafetyChecker(abc.ABC):
 
     def _path_violations(self, q_cur, g_cur, q0, Q, G, extra_segs=(), step_tol: float = 0.0) -> list[Violation]:
         """Collisions (with margins) and the TCP workspace at states dense enough that nothing hides between them,
-        along q0 -> Q[0] -> ... -> Q[-1] and, when the arm is not at its setpoint, q_cur -> Q[0]; ``extra_segs``
-        (e.g. overshoot segments) are checked for collisions only."""
+        along q0 -> Q[0] -> ... -> Q[-1] and, when the arm is not at its setpoint, q_cur -> Q[0], and ``extra_segs``
+        (e.g. overshoot segments)."""
         starts = [(np.asarray(q0, dtype=np.float64), float(g_cur), 0)]
         if np.max(np.abs(np.asarray(q0) - q_cur)) > 1e-9:
             starts.append((q_cur, float(g_cur), 0))
@@ -578,8 +582,12 @@ class SafetyChecker(abc.ABC):
         tol = self.config.workspace_path_tol_m
         p0 = self._tcp_positions(np.asarray(q0, dtype=np.float64)[None])[0]
         need = min(self.config.workspace_clip_inset_m, float(min(np.min(p0 - lo), np.min(hi - p0)))) - tol
-        for qa, qb, ga, gb, st in [sg for n, sg in enumerate(segs) if not (len(starts) > 1 and n == 1)]:
+        # (the overshoot segments too: the arm passes a setpoint that stops; and a stepped controller's path bends off
+        # the segment by step_tol of its TCP travel bound, as for the obstacle clearances)
+        ws_segs = [(sg, step_tol) for n, sg in enumerate(segs) if not (len(starts) > 1 and n == 1)]
+        for (qa, qb, ga, gb, st), bend in ws_segs + [(sg, 0.0) for sg in extra_segs]:
             D_full = float(np.abs(np.asarray(qb) - qa) @ self._tcp_radii)
+            need_seg = need + bend * D_full
             stack = [(0.0, 1.0)]
             while stack:
                 f0, f1 = stack.pop()
@@ -587,11 +595,11 @@ class SafetyChecker(abc.ABC):
                 p = self._tcp_positions((qa + fm * (np.asarray(qb) - qa))[None])[0]
                 inside = float(min(np.min(p - lo), np.min(hi - p)))
                 half = 0.5 * (f1 - f0) * D_full
-                if inside - need >= half:
+                if inside - need_seg >= half:
                     continue
-                if inside < need:
+                if inside < need_seg:
                     out.append(Violation(ViolationKind.WORKSPACE, f"TCP {np.round(p, 3).tolist()} comes within "
-                                                                  f"{max(need, 0) * 1000:.0f} mm of a workspace face on the path",
+                                                                  f"{max(need_seg, 0) * 1000:.0f} mm of a workspace face on the path",
                                          int(st)))
                     return out
                 if half > 0.001:
@@ -1024,6 +1032,7 @@ class BuiltinSafetyChecker(SafetyChecker):
             if starts is None:
                 starts = [(qa, ga) for qa, _, ga, _, st in segs if st == 0]
             for q_s, g_s in {(tuple(np.round(np.asarray(qa, dtype=np.float64), 12)), float(ga)) for qa, ga in starts}:
+                self._tick("collision checks")
                 pin.computeCollisions(model, data, gm, gd, self.kin.full_q(np.array(q_s), g_s), False)
                 for k in range(len(reqs)):
                     if gd.collisionResults[k].isCollision():
@@ -1051,8 +1060,12 @@ class BuiltinSafetyChecker(SafetyChecker):
                     for k in cand:
                         if self._pair_kind[k] in seen:
                             continue
+                        self._tick("collision checks")      # (per pair: one mesh query can take milliseconds)
                         d = w * Dk[k]
                         leaf = d <= leaf_at[k]
+                        if 0.5 * d > _MAX_QUERY_INFLATION_M:   # a mesh query with a huge margin costs up to tens of
+                            near.append(k)                     # milliseconds and would not clear the pair: halve first
+                            continue
                         reqs[k].security_margin = margin[k] + (0.0 if leaf else 0.5 * d)
                         hit = pin.computeCollision(gm, gd, k)
                         reqs[k].security_margin = margin[k]
