@@ -182,11 +182,15 @@ def main(argv=None) -> int:
     # the arm's own commands: periods with no row sent (the first row counts from the start of the episode)
     P = 0.05
     rows = np.array([t for t in rec["rows"] if t_start is not None and t >= t_start])
-    still_s = None
+    still_s, still_gaps = None, []
     if t_start is not None:
         edges = np.r_[t_start - P, rows, t_stop]       # (from the start, and until the episode ended)
         gaps = np.diff(edges)
         still_s = round(float(np.sum(np.maximum(gaps[gaps > 1.5 * P] - P, 0.0))), 2)
+        # the longest of them: [seconds into the episode, seconds still], to tell a slow start from holds later on
+        long = np.argsort(-gaps)[:10]
+        still_gaps = [[round(float(edges[i] + P - t_start), 2), round(float(gaps[i] - P), 2)]
+                      for i in sorted(long) if gaps[i] > 1.5 * P]
     # the planning delay as the graph has it: from a Trace's observation stamp to its plan's first chunk, in periods
     stamps = {int(m.plan_id): m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in rec["traces"]}
     delays = [(rx - stamps[pid]) / (P * 1e9) for pid, rx in rec["plans_rx"].items() if pid in stamps]
@@ -204,6 +208,7 @@ def main(argv=None) -> int:
         "control_gaps_s": round(float(chunk_dt[chunk_dt > 1.5 * period].sum()), 2) if period else None,
         # periods in which the arm got no row (holding or waiting), counted on the safety filter's output
         "commanded_still_s": still_s,
+        "commanded_still_longest": still_gaps,
         "rows_sent": int(rows.size),
         "plan_delay_periods": {**_percentiles(delays, (0.5, 0.9)), "max": float(max(delays)) if delays else None,
                                "n": len(delays)},

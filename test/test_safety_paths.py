@@ -336,3 +336,22 @@ def test_the_continuous_check_never_sends_coal_a_query_it_cannot_stop():
     finally:
         checker_mod._MAX_QUERY_INFLATION_M = cap
     assert [v.kind for v in res.reasons] == [v.kind for v in ref.reasons] and res.is_hold == ref.is_hold
+
+
+@pytest.mark.parametrize("h", [0.0031, 0.0015, 0.0005, 0.0, -0.0003])
+def test_an_arm_pressed_near_the_table_may_always_move_away_and_never_closer(h):
+    """A pad pushed within its clearance (or onto the table) while grasping: a command lifting it or moving it along
+    the table is sent, one lowering it by a millimetre is refused. (The step allowance and a 1 mm floor under the
+    lowered clearance made every move from there a TABLE_COLLISION: the demo's arm stood still for 51 s.)"""
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper="sim"))
+    p0, R0 = c.kin.fk(READY_Q)
+    floor = float(c.tcp_floor(R0)) - c.config.gripper_table_margin_m            # the pads' lowest point at the table
+    q = c.kin.ik(np.r_[p0[:2], floor + h], R0, READY_Q).q
+
+    def table(dx, dz):
+        qb = c.kin.ik(np.r_[p0[0] + dx, p0[1], floor + h + dz], R0, q).q
+        bad = c.verify_command(q, 0.0, q, np.zeros(7), qb[None], np.array([0.5]), 0.0, period=0.05, stepped=True)
+        return [b for b in bad if b.kind is K.TABLE_COLLISION]
+    assert not table(0.0, 0.01)                    # up
+    assert not table(0.005, 0.0)                   # along
+    assert table(0.0, -0.001)                      # down

@@ -1021,16 +1021,27 @@ class BuiltinSafetyChecker(SafetyChecker):
         pin, gm, gd, model, data = self._pin, self.geom_model, self.geom_data, self.kin.model, self.kin.data
         cfg = self.config
         reqs = gd.collisionRequests
-        base = self._pair_margin
-        margin = list(base)
-        leaf_at = [min(cfg.path_resolution_m, 2 * m) for m in margin]
+        base = np.asarray(self._pair_margin, dtype=np.float64)
+        obstacle = np.array([k is not ViolationKind.SELF_COLLISION for k in self._pair_kind])
+        bounds = []
+        for qa, qb, ga, gb, st in segs:
+            qa, qb = np.asarray(qa, dtype=np.float64), np.asarray(qb, dtype=np.float64)
+            bounds.append((qa, qb, ga, gb, st, self._pair_C @ np.abs(qb - qa)
+                           + self._pair_F * abs(float(gripper_to_width(gb)) - float(gripper_to_width(ga))) / 2))
+        # each segment's obstacle clearances grow by step_tol of its own bound (a stepped controller bends the path)
+        allow = [step_tol * Dk * obstacle if step_tol > 0 else np.zeros(len(base)) for *_, Dk in bounds]
+        # A pair closer where the motion starts than the clearance it would need (the arm sagged or was pushed there,
+        # e.g. a finger pad pressed to the table while grasping) may move but never come closer than it is: its
+        # clearance is capped just below its starting distance (90% of it; within 0.5 mm of contact or in contact,
+        # 0.1 mm closer, pieces 0.2 mm), else every move, also away, would be refused from there and the arm stuck.
+        cap = np.full(len(base), np.inf)
         seen: dict[ViolationKind, Violation] = {}
         try:
-            # a pair already closer than its clearance where the motion starts (the arm sagged, or was put there) may
-            # move but never come closer than it is (90%, at least 1 mm): its clearance for this check is lowered
-            # and its pieces are halved finer accordingly
             if starts is None:
                 starts = [(qa, ga) for qa, _, ga, _, st in segs if st == 0]
+            reach = base + np.minimum(np.max(allow, axis=0) if allow else 0.0, _MAX_QUERY_INFLATION_M)
+            for k in range(len(reqs)):
+                reqs[k].security_margin = float(reach[k])
             for q_s, g_s in {(tuple(np.round(np.asarray(qa, dtype=np.float64), 12)), float(ga)) for qa, ga in starts}:
                 self._tick("collision checks")
                 pin.computeCollisions(model, data, gm, gd, self.kin.full_q(np.array(q_s), g_s), False)
@@ -1038,16 +1049,14 @@ class BuiltinSafetyChecker(SafetyChecker):
                     if gd.collisionResults[k].isCollision():
                         pin.computeDistance(gm, gd, k)
                         d0 = float(gd.distanceResults[k].min_distance)
-                        margin[k] = min(margin[k], max(0.9 * d0, 0.001))
-                        leaf_at[k] = 2 * margin[k]
-            # (a pair that starts inside its clearance keeps its lowered "not closer" clearance: no step allowance)
-            obstacle = np.array([k is not ViolationKind.SELF_COLLISION for k in self._pair_kind]) & \
-                ~(np.asarray(margin) < np.asarray(base) - 1e-12)
-            start_margin = margin
-            for qa, qb, ga, gb, st in segs:
-                qa, qb = np.asarray(qa, dtype=np.float64), np.asarray(qb, dtype=np.float64)
-                Dk = self._pair_C @ np.abs(qb - qa) + self._pair_F * abs(float(gripper_to_width(gb)) - float(gripper_to_width(ga))) / 2
-                margin = list(np.asarray(start_margin) + (step_tol * Dk * obstacle if step_tol > 0 else 0.0))
+                        cap[k] = min(cap[k], max(base[k], 0.9 * d0) if d0 >= base[k] else
+                                     0.9 * d0 if d0 > 0.0005 else d0 - 0.0001)
+            for k in range(len(reqs)):
+                reqs[k].security_margin = float(base[k])
+            low = np.minimum(base, cap)
+            leaf_at = np.where(low >= 0.0001, np.minimum(cfg.path_resolution_m, 2 * low), 0.0002)
+            for (qa, qb, ga, gb, st, Dk), al in zip(bounds, allow):
+                margin = list(np.minimum(base + al, cap))
                 stack = [(0.0, 1.0, [k for k in range(len(reqs)) if self._pair_kind[k] not in seen])]
                 while stack:
                     self._tick("collision checks")
@@ -1081,7 +1090,7 @@ class BuiltinSafetyChecker(SafetyChecker):
                         stack.append((f0, fm, near))     # the earlier half first
         finally:
             for k in range(len(reqs)):
-                reqs[k].security_margin = base[k]
+                reqs[k].security_margin = float(base[k])
         return list(seen.values())
 
     def _sphere_prune(self, cand: list, d: np.ndarray, margin: list, leaf_at: list) -> list:
