@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     rclpy.init()
     node = rclpy.create_node("semanticvla_demo_recorder")
     rec = {"frames": [], "traces": [], "chunks": [], "diag": None, "js": None, "info": None, "pose": None,
-           "instruction": "", "first_plan": None, "tcp": [], "plans_rx": {}, "rows": [], "chunk_stamps": []}
+           "instruction": "", "first_plan": None, "tcp": [], "plans_rx": {}, "rows": [], "chunk_stamps": [],
+           "status_changes": []}
     node.create_subscription(Image, "/semanticvla/trace_overlay/image", lambda m: rec["frames"].append(
         np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.width, 3).copy()), 10)
     node.create_subscription(Trace, "/semanticvla/trace", lambda m: rec["traces"].append((time.monotonic(), m)), 10)
@@ -95,9 +96,17 @@ def main(argv=None) -> int:
         rec["plans_rx"].setdefault(int(m.plan_id), time.time_ns())     # when each plan's first chunk arrived
     node.create_subscription(ActionChunk, "/semanticvla/action_chunk", on_chunk, 50)
     # what the arm is commanded: one ee_delta row per period (sim:=true, execution cartesian), holds as trajectories
-    node.create_subscription(ActionChunk, "/panda_cartesian_controller/ee_delta",
-                             lambda m: rec["rows"].append(time.monotonic()), 50)
-    node.create_subscription(DiagnosticArray, "/semanticvla/safety/status", lambda m: rec.__setitem__("diag", m), 10)
+    # (by their stamps, the filter's tick on the wall clock, mapped to this process's monotonic clock: a receive time
+    # would add this recorder's own scheduling, e.g. while it waits for the success service, as gaps)
+    wall_to_mono = time.time() - time.monotonic()
+    node.create_subscription(ActionChunk, "/panda_cartesian_controller/ee_delta", lambda m: rec["rows"].append(
+        m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 - wall_to_mono), 50)
+    def on_diag(m):
+        rec["diag"] = m
+        msg = m.status[0].message if m.status else ""
+        if not rec["status_changes"] or rec["status_changes"][-1][1] != msg:     # what the filter said, when
+            rec["status_changes"].append((time.monotonic(), msg))
+    node.create_subscription(DiagnosticArray, "/semanticvla/safety/status", on_diag, 10)
     node.create_subscription(JointState, "/joint_states", lambda m: rec.__setitem__("js", m), 10)
     node.create_subscription(CameraInfo, "/camera/agentview/camera_info", lambda m: rec.__setitem__("info", m), 2)
     node.create_subscription(PoseStamped, "/camera/agentview/pose", lambda m: rec.__setitem__("pose", m), 2)
@@ -181,7 +190,7 @@ def main(argv=None) -> int:
     chunk_dt = np.diff(rec["chunk_stamps"]) if len(rec["chunk_stamps"]) > 1 else np.zeros(0)
     # the arm's own commands: periods with no row sent (the first row counts from the start of the episode)
     P = 0.05
-    rows = np.array([t for t in rec["rows"] if t_start is not None and t >= t_start])
+    rows = np.sort([t for t in rec["rows"] if t_start is not None and t >= t_start])
     still_s, still_gaps = None, []
     if t_start is not None:
         edges = np.r_[t_start - P, rows, t_stop]       # (from the start, and until the episode ended)
@@ -210,6 +219,9 @@ def main(argv=None) -> int:
         "commanded_still_s": still_s,
         "commanded_still_longest": still_gaps,
         "rows_sent": int(rows.size),
+        # the safety filter's status line whenever it changed, [seconds into the episode, message] (the first 30)
+        "safety_status_changes": [[round(t - t_start, 2), m] for t, m in rec["status_changes"]
+                                  if t_start is not None and t >= t_start - 1.0][:30],
         "plan_delay_periods": {**_percentiles(delays, (0.5, 0.9)), "max": float(max(delays)) if delays else None,
                                "n": len(delays)},
         "safety_filter": {k: (int(v) if v.isdigit() else v) for k, v in diag.items()},
