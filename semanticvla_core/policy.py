@@ -482,6 +482,23 @@ class SemanticVLAPolicy(nn.Module):
         return plans if batched else plans[0]
 
     @torch.no_grad()
+    def warmup(self, runs: int = 2, num_flow_steps: int | None = None) -> dict:
+        """Plan and decode ``runs`` times on blank inputs so that the first real request does not pay for lazy
+        initialisation (allocator growth, kernel selection; on CPU the shipped checkpoint's first plan took twice
+        its steady latency, on a GPU the first CUDA calls take far longer). Returns the seconds of the last run of
+        each (what the steady state costs)."""
+        img = np.zeros((self.config.image_size, self.config.image_size, 3), dtype=np.uint8)
+        wrist = np.zeros((self.config.stem.wrist_size,) * 2 + (3,), dtype=np.uint8) if self.uses_wrist else None
+        state = np.zeros(self.config.state_dim, dtype=np.float32) if self.config.state_dim else None
+        out = {}
+        for _ in range(max(1, int(runs))):
+            t0 = time.perf_counter()
+            tp = self.plan_trace(img, "warm up", wrist=wrist)
+            t1 = time.perf_counter()
+            self.decode_actions(tp, state, num_flow_steps=num_flow_steps)
+            out = {"plan_s": t1 - t0, "decode_s": time.perf_counter() - t1}
+        return out
+
     def decode_actions(self, trace_plan: TracePlan, state=None, num_flow_steps: int | None = None,
                        seed: int = 0, prev_actions=None, delay: int = 0) -> ActionChunkData:
         """Flow decoder on a ``TracePlan`` (+ fresh state) -> ``ActionChunkData`` in robot units. ``prev_actions`` /
@@ -538,7 +555,8 @@ class SemanticVLAPolicy(nn.Module):
         if vision:
             for tower in bb.towers:   # each mutated in place, like the LM
                 self._peft_vision.append(get_peft_model(tower, LoraConfig(
-                    r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=VISION_LORA_TARGETS)))
+                    r=r, lora_alpha=alpha, lora_dropout=dropout,
+                    target_modules=getattr(bb, "vision_lora_targets", VISION_LORA_TARGETS))))
             bb.projector.requires_grad_(True)
             if bb.image_pos is not None:
                 bb.image_pos.requires_grad_(True)
