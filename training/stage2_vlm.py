@@ -20,6 +20,8 @@ import sys
 import torch
 from torch.utils.data import Subset
 
+from semanticvla_core.model.config import PRESETS
+
 
 def build_parser() -> argparse.ArgumentParser:
     from semanticvla_core.training.common import add_dataset_arguments, add_train_arguments
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
     src.add_argument("--synthetic", type=int, metavar="N", help="use N generated toy samples instead")
-    p.add_argument("--config", default="tiny", choices=["tiny", "base", "paper"], help="model preset")
+    p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="model preset")
     p.add_argument("--out", required=True, help="output directory (phase vlm/, final policy/)")
     p.add_argument("--latent-tokenizer", default=None, help="stage-1 tokenizer directory (<stage1 out>/tokenizer)")
     p.add_argument("--latent-ids", default=None, help="precomputed (frames, K) latent ids (.safetensors/.npy); "
@@ -37,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--siglip-path", default=None, help="paper preset: local SigLIP directory")
     p.add_argument("--lm-path", default=None, help="paper preset: local causal LM directory")
     p.add_argument("--tokenizer-path", default=None, help="paper preset: local tokenizer directory")
+    p.add_argument("--backbone-path", default=None, help="pretrained-VLM presets (qwen25vl-3b, smolvlm2-500m, "
+                   "paligemma-3b, ...): the local model directory (else $SEMANTICVLA_BACKBONE_PATH); see docs/BACKBONES.md")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute the VLM's activations in the "
+                   "backward pass (less GPU memory, ~30%% slower)")
     p.add_argument("--no-trace", action="store_true", help="use_trace=False (latents without explicit trace)")
     p.add_argument("--no-latent", action="store_true", help="use_latent=False (trace text only, no <ACT_k>); "
                    "the paper's use_latent=False variant reuses the FULL stage 2 instead (stage 3 --init-from ... "
@@ -74,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["use_trace"] = False
     if args.no_latent:
         overrides["use_latent"] = False
+    if args.backbone_path:
+        overrides["pretrained_path"] = args.backbone_path
     vlm: dict = {}
+    if args.gradient_checkpointing:
+        vlm["gradient_checkpointing"] = True
     if args.backbone:
         vlm["backbone"] = args.backbone
     if args.sentence_encoder:

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from semanticvla_core.model.config import PRESETS
+
 
 def build_parser() -> argparse.ArgumentParser:
     from semanticvla_core.training.common import add_dataset_arguments, add_train_arguments
@@ -38,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", help="LeRobot v3 dataset root (built by the data pipeline)")
     src.add_argument("--synthetic", type=int, metavar="N", help="use N generated toy samples instead")
     p.add_argument("--init-from", default=None, help="stage-2 policy directory (default: a fresh --config model)")
-    p.add_argument("--config", default="tiny", choices=["tiny", "base", "paper"], help="preset (schedule; model "
+    p.add_argument("--config", default="tiny", choices=sorted(PRESETS), help="preset (schedule; model "
                    "too when --init-from is not given)")
+    p.add_argument("--backbone-path", default=None, help="a fresh pretrained-VLM --config model (qwen25vl-3b, ...): the "
+                   "local model directory (else $SEMANTICVLA_BACKBONE_PATH); with --init-from the checkpoint has it")
     p.add_argument("--out", required=True, help="output directory (phase e2e/, final policy/)")
     p.add_argument("--latent-tokenizer", default=None, help="stage-1 tokenizer (only without --init-from)")
     p.add_argument("--latent-ids", default=None, help="(frames, K) latent ids of --dataset (.safetensors/.npy), "
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"decoder-side switches {', '.join(DECODER_SIDE_SWITCHES)} can change", file=sys.stderr)
             return 2
         init_overrides, overrides = overrides, {}
+    if args.backbone_path and not args.init_from:
+        overrides["pretrained_path"] = args.backbone_path
     cfg = stage3_config(args.config, output_dir=args.out, init_from=args.init_from, **overrides)
     cfg.init_overrides = init_overrides
     cfg.latent_tokenizer_dir = args.latent_tokenizer

@@ -24,7 +24,8 @@ and the VLM's hidden size: ``decoder_config(vlm_hidden)`` resolves them; the swi
 
 The four comparison variants: (1) full, (2) ``use_trace=False``, (3) ``use_latent=False``,
 (4) both off (``vlm_generates`` is False, ``decoder_uses_prompt_states`` is True).
-* ``vlm.backbone``: "prismatic" (the paper) or "llava" (the off-the-shelf adapter).
+* ``vlm.backbone``: "prismatic" (the paper), "llava" (the off-the-shelf adapter) or a pretrained transformers
+  VLM ("qwen2_5_vl", "qwen3_vl", "smolvlm", "paligemma"; ``hf_backbones.py``, ``docs/BACKBONES.md``).
 * ``stem`` (``VisualStemConfig``, off by default): a keypoint CNN on the full-resolution agent view (and the
   wrist camera) whose tokens are appended to the decoder's E_v (``model/visual_stem.py``); the demo uses it.
 
@@ -40,11 +41,17 @@ Presets (``get_config(name, **overrides)``):
   ``dinov2_path``, ``siglip_path``, ``lm_path``, ``text_tokenizer_path`` (the LM's tokenizer, which
   must tokenize digits one by one, e.g. Llama's); without them the same shapes get random weights
   (what the GPU benchmark measures).
+* ``qwen25vl-3b``, ``qwen3vl-2b``, ``smolvlm2-500m``, ``paligemma-3b``: a pretrained transformers VLM from a
+  local directory, ``get_config(name, pretrained_path=DIR)`` or ``$SEMANTICVLA_BACKBONE_PATH``; the model's
+  own tokenizer; workstation-GPU shapes of the latent tokenizer and decoder. No directory: ValueError.
+* ``tiny-qwen2_5_vl``, ``tiny-qwen3_vl``, ``tiny-smolvlm``, ``tiny-paligemma``: 64 px random-init test shapes
+  of the same classes (``pretrained_path`` loads a tiny model saved there instead).
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -52,7 +59,7 @@ from .flow_decoder import FlowDecoderConfig
 from .latent_tokenizer import LatentTokenizerConfig, tokenizer_config
 from .text_tokenizer import TextTokenizerConfig
 from .visual_stem import VisualStemConfig
-from .vlm import VisionTowerConfig, VLMConfig
+from .vlm import HF_BACKBONES, VisionTowerConfig, VLMConfig
 
 
 @dataclass
@@ -107,6 +114,12 @@ class SemanticVLAConfig:
             raise ValueError(f"SemanticVLAConfig.noise_scale must be >= 0, got {self.noise_scale}")
         if not self.control_dt > 0:
             raise ValueError(f"SemanticVLAConfig.control_dt must be > 0, got {self.control_dt}")
+        if self.vlm.pretrained_path and self.vlm.backbone in HF_BACKBONES:
+            from .hf_backbones import check_model_dir
+
+            check_model_dir(self.vlm.pretrained_path, self.vlm.backbone)   # before the tokenizer is read from it
+            if self.text_tokenizer.pretrained_path is None:
+                self.text_tokenizer.pretrained_path = self.vlm.pretrained_path   # the model's own tokenizer
         self.vlm.image_size = self.image_size
         self.latent_tokenizer.image_size = self.image_size
         self.latent_tokenizer.num_latent_tokens = self.num_latent_tokens
@@ -231,7 +244,70 @@ def _paper(dinov2_path=None, siglip_path=None, lm_path=None, text_tokenizer_path
         decoder=FlowDecoderConfig(d_model=512, n_layers=6, n_heads=8))
 
 
-PRESETS = {"tiny": _tiny, "base": _base, "paper": _paper}
+# ---- pretrained transformers VLMs (hf_backbones.py; docs/BACKBONES.md) --------------------------------
+BACKBONE_PATH_ENV = "SEMANTICVLA_BACKBONE_PATH"
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, vocab_size=1152, tie_word_embeddings=False,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
+_TINY_MROPE = dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)   # head_dim 16
+_TINY_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8, spatial_merge_size=2,
+                         temporal_patch_size=2, out_hidden_size=64)
+TINY_HF_CONFIGS = {   # random-init test shapes of the real classes (64 px: 4x4 or 8x8 image tokens)
+    "qwen2_5_vl": dict(model_type="qwen2_5_vl", tie_word_embeddings=True,   # tied head, as Qwen2.5-VL-3B
+                       vision_config=dict(_TINY_QWEN_VISION, window_size=32, fullatt_block_indexes=[1]),
+                       text_config=dict(_TINY_TEXT, rope_parameters=_TINY_MROPE, tie_word_embeddings=True)),
+    "qwen3_vl": dict(model_type="qwen3_vl", tie_word_embeddings=False,
+                     vision_config=dict(_TINY_QWEN_VISION, num_position_embeddings=64, deepstack_visual_indexes=[0]),
+                     text_config=dict(_TINY_TEXT, head_dim=16,
+                                      rope_parameters=dict(_TINY_MROPE, mrope_interleaved=True))),
+    "smolvlm": dict(model_type="smolvlm", scale_factor=2, tie_word_embeddings=False,
+                    vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       patch_size=8, image_size=64),
+                    text_config=dict(_TINY_TEXT, model_type="llama")),
+    "paligemma": dict(model_type="paligemma", projection_dim=64, tie_word_embeddings=True,   # tied, as PaliGemma
+                      vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=64,
+                                         projection_dim=64),
+                      text_config=dict(_TINY_TEXT, model_type="gemma", num_key_value_heads=1, head_dim=16,
+                                       tie_word_embeddings=True)),
+}
+
+
+def _hf_tiny(backbone: str, pretrained_path: str | None = None) -> dict:
+    """Tiny test preset of a transformers VLM: random init from ``TINY_HF_CONFIGS`` (or the tiny model saved
+    at ``pretrained_path``), the trained BPE tokenizer unless the directory brings its own."""
+    return dict(preset=f"tiny-{backbone}",
+                vlm=VLMConfig(backbone=backbone, pretrained_path=pretrained_path,
+                              hf_config={} if pretrained_path else copy.deepcopy(TINY_HF_CONFIGS[backbone])))
+
+
+def _hf_pretrained(name: str, backbone: str, image_size: int, pretrained_path: str | None = None) -> dict:
+    """A real pretrained VLM from a local directory (required): workstation-GPU shapes of the other parts
+    (as ``paper``). The model's own tokenizer comes from the same directory."""
+    if not pretrained_path:
+        raise ValueError(f"model preset {name!r} needs the local {backbone} model directory: "
+                         f"get_config({name!r}, pretrained_path=DIR) or {BACKBONE_PATH_ENV}=DIR (nothing is "
+                         "downloaded; see docs/BACKBONES.md)")
+    return dict(
+        preset=name, image_size=image_size,
+        vlm=VLMConfig(backbone=backbone, image_size=image_size, pretrained_path=pretrained_path, visual_pool=4,
+                      max_prompt_tokens=64),
+        text_tokenizer=TextTokenizerConfig(pretrained_path=pretrained_path),
+        latent_tokenizer=tokenizer_config("base"),
+        decoder=FlowDecoderConfig(d_model=512, n_layers=6, n_heads=8))
+
+
+HF_PRESETS = {   # name -> (backbone, image size S: image tokens = (S / (patch * merge))**2)
+    "qwen25vl-3b": ("qwen2_5_vl", 224),     # 14 px patches, 2x2 merge: 8x8 = 64 image tokens
+    "qwen3vl-2b": ("qwen3_vl", 224),        # 16 px patches, 2x2 merge: 7x7 = 49
+    "smolvlm2-500m": ("smolvlm", 448),      # 16 px patches, pixel shuffle 4: 7x7 = 49 (no tiling)
+    "paligemma-3b": ("paligemma", 224),     # 14 px patches: 16x16 = 256
+}
+TINY_HF_PRESETS = {f"tiny-{b}": b for b in TINY_HF_CONFIGS}
+
+PRESETS = {"tiny": _tiny, "base": _base, "paper": _paper,
+           **{n: (lambda b, s, n=n: lambda **kw: _hf_pretrained(n, b, s, **kw))(*v) for n, v in HF_PRESETS.items()},
+           **{n: (lambda b: lambda **kw: _hf_tiny(b, **kw))(b) for n, b in TINY_HF_PRESETS.items()}}
 
 
 def get_config(name: str = "tiny", **overrides) -> SemanticVLAConfig:
@@ -248,6 +324,13 @@ def get_config(name: str = "tiny", **overrides) -> SemanticVLAConfig:
     paths = {k: overrides.pop(k) for k in path_keys if k in overrides}
     if paths and name != "paper":
         raise ValueError(f"{sorted(paths)}: local pretrained paths are options of the 'paper' preset")
+    hf_path = overrides.pop("pretrained_path", None)
+    if name in HF_PRESETS or name in TINY_HF_PRESETS:
+        hf_path = hf_path or (os.environ.get(BACKBONE_PATH_ENV) if name in HF_PRESETS else None)
+        if hf_path:
+            paths["pretrained_path"] = hf_path
+    elif hf_path:
+        raise ValueError(f"pretrained_path: an option of the transformers-VLM presets {sorted(HF_PRESETS)}")
     base = SemanticVLAConfig(**PRESETS[name](**paths)).to_dict()
     known = {f.name for f in fields(SemanticVLAConfig)}
     for k, v in overrides.items():

@@ -23,7 +23,8 @@ Without a trace, ``anchors`` is the image centre ``[[0.5, 0.5]]`` (one anchor) f
 The backbone is behind a small seam (``VLMBackbone``): embed images, embed tokens, forward
 ``inputs_embeds`` with a cache, LM head, hidden size. ``PrismaticBackbone`` (DINOv2 + SigLIP patch
 features fused channel-wise, MLP projector, a Qwen2/Llama causal LM) is the paper's backbone;
-``llava_adapter.LlavaBackbone`` wraps transformers' ``LlavaForConditionalGeneration`` to prove the seam.
+``llava_adapter.LlavaBackbone`` wraps transformers' ``LlavaForConditionalGeneration`` to prove the seam;
+``hf_backbones`` puts pretrained Qwen2.5-VL / Qwen3-VL / SmolVLM / PaliGemma from a local directory behind it.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from .prompts import SEGMENT_LATENT, SEGMENT_TRACE, TraceGrammar, format_prompt
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+HF_BACKBONES = ("qwen2_5_vl", "qwen3_vl", "smolvlm", "paligemma")   # pretrained transformers VLMs: hf_backbones.py
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,7 +66,9 @@ class VisionTowerConfig:
 class VLMConfig:
     """The VLM backbone.
 
-    backbone: "prismatic" (fused vision towers + projector + causal LM) or "llava" (the adapter).
+    backbone: "prismatic" (fused vision towers + projector + causal LM), "llava" (the adapter) or a pretrained
+        transformers VLM from ``pretrained_path`` / ``hf_config``: "qwen2_5_vl", "qwen3_vl", "smolvlm",
+        "paligemma" (``hf_backbones``).
     image_size: input resolution S (images arrive as (B, 3, S, S) in [0, 1]; the towers normalize).
     vision: the towers fused channel-wise (same patch grid required).
     lm_type: "qwen2" | "llama"; lm_config: HF config kwargs; lm_pretrained_path: local LM directory.
@@ -99,11 +103,18 @@ class VLMConfig:
     image_position_embedding: bool = False
     sentence_encoder: str | None = None
     sentence_prefix_tokens: int = 4
+    # pretrained transformers VLMs (backbone in HF_BACKBONES, see hf_backbones.py); vision / lm_* are unused
+    pretrained_path: str | None = None        # local model directory (never downloaded)
+    hf_config: dict = field(default_factory=dict)   # full HF config: random init, and what checkpoints store
+    image_mean: list[float] | None = None     # None: the directory's preprocessor_config.json / family default
+    image_std: list[float] | None = None
+    gradient_checkpointing: bool = False      # HF gradient checkpointing of the VLM (train mode)
 
     def __post_init__(self):
         self.vision = [v if isinstance(v, VisionTowerConfig) else VisionTowerConfig(**v) for v in self.vision]
-        if self.backbone not in ("prismatic", "llava"):
-            raise ValueError(f"VLMConfig.backbone: expected 'prismatic' or 'llava', got {self.backbone!r}")
+        if self.backbone not in ("prismatic", "llava", *HF_BACKBONES):
+            raise ValueError(f"VLMConfig.backbone: expected one of {['prismatic', 'llava', *HF_BACKBONES]}, "
+                             f"got {self.backbone!r}")
         if self.lm_type not in ("qwen2", "llama"):
             raise ValueError(f"VLMConfig.lm_type: expected 'qwen2' or 'llama', got {self.lm_type!r}")
         if not self.vision:
@@ -349,6 +360,10 @@ def build_backbone(cfg: VLMConfig, vocab_size: int, tokenizer=None) -> nn.Module
         from .llava_adapter import LlavaBackbone
 
         return LlavaBackbone(cfg, vocab_size, tokenizer)
+    if cfg.backbone in HF_BACKBONES:
+        from .hf_backbones import build_hf_backbone
+
+        return build_hf_backbone(cfg, vocab_size, tokenizer)
     return PrismaticBackbone(cfg, vocab_size, tokenizer)
 
 

@@ -76,7 +76,7 @@ def stage2_config(name: str = "tiny", output_dir: str = "runs/stage2", latent_to
                   **model_overrides) -> Stage2Config:
     """Presets: ``tiny`` (CPU minutes), ``base`` / ``paper`` (GPU)."""
     model = get_config(name, **model_overrides)
-    if name == "tiny":
+    if name == "tiny" or name.startswith("tiny-"):     # (tiny-*: the tiny pretrained-VLM test presets)
         train = TrainConfig(output_dir=output_dir, steps=600, batch_size=16, lr=1e-3, warmup_steps=30, log_every=10,
                             save_every=200, num_workers=0)
     else:
@@ -287,7 +287,7 @@ def set_stage2_trainable(policy: SemanticVLAPolicy, freeze_vision: bool | None =
     trainable parameters."""
     policy.requires_grad_(False)
     policy.vlm.requires_grad_(True)
-    pretrained = any(v.pretrained_path for v in policy.config.vlm.vision)
+    pretrained = any(v.pretrained_path for v in policy.config.vlm.vision) or bool(policy.config.vlm.pretrained_path)
     freeze = pretrained if freeze_vision is None else freeze_vision
     bb = policy.vlm.backbone
     towers = list(bb.towers) if hasattr(bb, "towers") else [bb.llava.model.vision_tower]

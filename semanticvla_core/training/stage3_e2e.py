@@ -124,7 +124,7 @@ def stage3_config(name: str = "tiny", output_dir: str = "runs/stage3", init_from
                   **model_overrides) -> Stage3Config:
     """Presets: ``tiny`` (CPU minutes), ``base`` / ``paper`` (GPU)."""
     model = get_config(name, **model_overrides)
-    if name == "tiny":
+    if name == "tiny" or name.startswith("tiny-"):
         train = TrainConfig(output_dir=output_dir, steps=600, batch_size=16, lr=1e-3, warmup_steps=30, log_every=10,
                             save_every=200, num_workers=0)
         return Stage3Config(init_from=init_from, model=model, train=train, lora_r=8, lora_alpha=16)
@@ -167,12 +167,15 @@ def trainable_parameter_report(policy: SemanticVLAPolicy) -> dict[str, int]:
     """Trainable parameter counts by kind: lora (LM), vision_lora, act_tokens, decoder, projector (the
     projector and image position embedding, with train_vision), other (must be 0 in stage 3)."""
     out = {"lora": 0, "vision_lora": 0, "act_tokens": 0, "decoder": 0, "stem": 0, "projector": 0, "other": 0}
+    bb = policy.vlm.backbone   # vision towers / projector by module (the transformers VLMs name them their own way)
+    tower_ids = {id(x) for t in getattr(bb, "towers", []) for x in t.parameters()}
+    projector_ids = {id(x) for x in bb.projector.parameters()} if hasattr(bb, "projector") else set()
     for n, p in policy.named_parameters():
         if not p.requires_grad:
             continue
         if "lora_" in n:
-            out["vision_lora" if ".towers." in n else "lora"] += p.numel()
-        elif n.startswith("vlm.backbone.projector.") or n == "vlm.backbone.image_pos":
+            out["vision_lora" if id(p) in tower_ids else "lora"] += p.numel()
+        elif id(p) in projector_ids or n == "vlm.backbone.image_pos":
             out["projector"] += p.numel()
         elif "trainable_tokens" in n:
             out["act_tokens"] += p.numel()
