@@ -260,3 +260,11 @@ def test_image_delay_takes_images_from_earlier_frames_and_state_and_actions_from
     assert offsets == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="image_delay_max"):
         ActionDataset(root, image_size=S, horizon=8, image_delay_max=-1)
+    # image_delay_p0: that share of the samples without delay, the rest spread over 1..N
+    mixed = ActionDataset(root, image_size=S, horizon=8, image_delay_max=3, image_delay_p0=0.75)
+    np.random.seed(1)
+    late = [k for k in range(len(plain)) if int(plain.samples[k][1]) >= 3]
+    offs = np.array([int(plain[k]["index"]) - int(mixed[k]["index"]) for k in late[:200]])
+    assert set(offs.tolist()) <= {0, 1, 2, 3} and offs.max() > 0 and 0.5 < np.mean(offs == 0) < 0.95, np.bincount(offs)
+    with pytest.raises(ValueError, match="image_delay_p0"):
+        ActionDataset(root, image_size=S, horizon=8, image_delay_max=3, image_delay_p0=1.5)

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-delay-max", type=int, default=0, metavar="FRAMES",
                    help="train for the run-time loop that decodes a plan with the fresh state: each sample's images "
                         "(and plan) come from 0..FRAMES frames before its state and actions (uniform)")
+    p.add_argument("--image-delay-p0", type=float, default=None, metavar="P",
+                   help="with --image-delay-max: the share of samples without delay (the rest uniform over "
+                        "1..FRAMES; default: uniform over 0..FRAMES); high keeps the synchronous loop's success")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="keep an exponential moving average of the trained weights and save it (e.g. 0.999; "
                         "default off)")
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             full = ActionDataset(args.dataset, image_size=m.image_size, window=m.window, num_anchors=m.num_anchors,
                                  latent_ids=args.latent_ids, horizon=m.horizon, stem_image_size=m.stem.image_size,
                                  stem_wrist_size=m.stem.wrist_size, cache_frames=not args.no_frame_cache,
-                                 action_frame=m.action_frame, image_delay_max=args.image_delay_max, **data_kw)
+                                 action_frame=m.action_frame, image_delay_max=args.image_delay_max,
+                                 image_delay_p0=args.image_delay_p0, **data_kw)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -306,13 +306,19 @@ class ActionDataset(VLMDataset):
                  wrist_camera: str | None = WRIST_CAMERA, action_key: str = "action",
                  state_key: str | None = "observation.state", with_image_tH: bool = False,
                  only_present: bool = True, recompute_stats: bool = False, stem_image_size: int = 0,
-                 stem_wrist_size: int = 0, plans=None, action_frame: str = "delta", image_delay_max: int = 0, **kw):
+                 stem_wrist_size: int = 0, plans=None, action_frame: str = "delta", image_delay_max: int = 0,
+                 image_delay_p0: float | None = None, **kw):
         super().__init__(root, image_size, window, num_anchors, latent_ids, camera, wrist_camera, only_present, **kw)
         # the images (and the VLM's plan of them) of a sample come from up to this many frames before its state and
         # actions, uniformly: trains the decoder for the run-time loop that decodes a plan with the fresh state
         if int(image_delay_max) < 0:
             raise ValueError(f"image_delay_max must be >= 0 frames, got {image_delay_max}")
         self.image_delay_max = int(image_delay_max)
+        # the share of samples with no delay (None: uniform over 0..max, 1 / (max + 1)); keeping it high keeps what a
+        # synchronous loop (no delay) needs while the rest teach the delayed case
+        if image_delay_p0 is not None and not 0.0 <= float(image_delay_p0) <= 1.0:
+            raise ValueError(f"image_delay_p0 must be in [0, 1], got {image_delay_p0}")
+        self.image_delay_p0 = None if image_delay_p0 is None else float(image_delay_p0)
         self.stem_image_size, self.stem_wrist_size = int(stem_image_size), int(stem_wrist_size)
         self.plans, self._plan_row = None, None
         if plans is not None:
@@ -403,7 +409,11 @@ class ActionDataset(VLMDataset):
         e, t = (int(v) for v in self.samples[k])
         ti = t                                  # the frame the images (and the plan) come from
         if self.image_delay_max:
-            ti = max(0, t - int(np.random.randint(0, self.image_delay_max + 1)))
+            if self.image_delay_p0 is None:
+                k = int(np.random.randint(0, self.image_delay_max + 1))
+            else:
+                k = 0 if np.random.random() < self.image_delay_p0 else int(np.random.randint(1, self.image_delay_max + 1))
+            ti = max(0, t - k)
             if self.plans is not None and self._plan_row[self.ds.episode(e).start + ti] < 0:
                 ti = t                          # (no plan of that frame: no delay for this sample)
         out = self._vlm_sample(e, ti)
