@@ -113,6 +113,7 @@ def _node_params() -> dict:
 
 
 CHECK_BUDGET_S: float | None = None     # --check-budget: override the node's check_budget_s (None: config/franka.yaml)
+SCENE = True     # the checker knows the scene's fixed objects (what the sim node publishes to the safety node); --no-scene
 
 
 def _checker_config():
@@ -856,6 +857,7 @@ class Runner:
         self.suts = {m: system_under_test(self.env, m, self.checker, self.which) for m in MODES}
         self.seed = seed
         self.cache: dict = {}
+        self._scene_checkers: dict = {}
 
     def case(self, category: str, index: int) -> Case:
         return generate(category, index, self.seed, self.pool, self.env, self.cache)
@@ -880,6 +882,7 @@ class Runner:
             s0 = snap
             rows, ticks = None, 4
         restore(env, s0)
+        self.use_scene(sut)
         sut.reset()
         if rows is None:
             rows = np.zeros((2, 7))
@@ -895,6 +898,27 @@ class Runner:
         except Exception as ex:  # noqa: BLE001
             rec["exceptions"].append(_exc(ex, "warmup"))
         return ctrl_prev, now
+
+    def use_scene(self, sut) -> None:
+        """The system under test with the checker the safety node has in this scene: the node's configuration plus
+        the fixed obstacle boxes the sim node publishes for it (``env.static_obstacles()``, one checker per scene)."""
+        if not SCENE:
+            return
+        from dataclasses import replace
+
+        from semanticvla_core.safety.checker import BuiltinSafetyChecker
+        boxes = self.env.static_obstacles()
+        key = tuple((b.name, tuple(np.round(b.center, 5)), tuple(np.round(b.rpy, 5))) for b in boxes)
+        chk = self._scene_checkers.get(key)
+        if chk is None:
+            cfg = _checker_config()
+            chk = BuiltinSafetyChecker(replace(cfg, env_boxes=list(cfg.env_boxes) + boxes))
+            if len(self._scene_checkers) > 64:
+                self._scene_checkers.clear()
+            self._scene_checkers[key] = chk
+        sut.checker = chk
+        if getattr(sut, "ex", None) is not None:
+            sut.ex.checker = chk
 
     def run(self, case: Case, mode: str) -> dict:
         env, judge, sut = self.env, self.judge, self.suts[mode]
@@ -1198,6 +1222,8 @@ def main(argv=None) -> int:
     p.add_argument("--check-budget", type=float, default=None,
                    help="seconds a chunk check may take before TIMEOUT (default: config/franka.yaml check_budget_s)")
     p.add_argument("--all-records", action="store_true", help="JSON: every record (default: failures only)")
+    p.add_argument("--no-scene", action="store_true", help="the checker without the scene's fixed objects (plates, "
+                   "bowls), as a safety node that gets no /semanticvla/scene/obstacles")
     a = p.parse_args(argv)
     modes = [m for m in a.modes.split(",") if m]
     cats = [c for c in a.categories.split(",") if c]
@@ -1207,8 +1233,8 @@ def main(argv=None) -> int:
     for c in cats:
         if c not in CATEGORIES:
             p.error(f"unknown category {c}")
-    global CHECK_BUDGET_S
-    CHECK_BUDGET_S = a.check_budget
+    global CHECK_BUDGET_S, SCENE
+    CHECK_BUDGET_S, SCENE = a.check_budget, not a.no_scene
     mach = machine()
     cmd = " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else "safety_fuzz " + " ".join(argv)
     print(f"machine: {mach['cpu']}, {mach['cores']} cores, python {mach['python']}, mujoco {mach['mujoco']}")
@@ -1261,7 +1287,7 @@ def main(argv=None) -> int:
         for r in keep:
             r["tick_ms"] = [round(x, 3) for x in r.get("tick_ms", [])]
         doc = {"command": cmd, "machine": mach, "code": ver, "seed": a.seed, "chunks": a.chunks, "modes": modes,
-               "categories": cats, "workers": a.workers, "check_budget_s": a.check_budget,
+               "categories": cats, "workers": a.workers, "check_budget_s": a.check_budget, "scene_obstacles": SCENE,
                "system_under_test": res["system_under_test"], "wall_s": res["wall_s"],
                "judge": {"contact_tol_m": JudgeConfig().contact_tol, "limit_tol": JudgeConfig().limit_tol,
                          "workspace_tol_m": JudgeConfig().workspace_tol, "unsafe_criteria": list(UNSAFE_CRITERIA)},

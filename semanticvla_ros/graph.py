@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE = "semanticvla_ros"
+SCENE_OBSTACLES_TOPIC = "/semanticvla/scene/obstacles"     # visualization_msgs/MarkerArray of CUBEs, latched
 NODE_EXIT_TOPIC = "/semanticvla/supervisor/node_exit"   # std_msgs/String, JSON: see node_exit_message()
 RESPAWN_DELAY_S = 1.0                                     # respawn:=true restarts a node this long after its exit
 RESPAWNABLE = ("perception", "planner", "controller")     # the nodes respawn:=true restarts

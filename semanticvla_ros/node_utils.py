@@ -19,6 +19,13 @@ def node_exit_qos() -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def latched_qos(depth: int = 1) -> QoSProfile:
+    """Reliable + transient_local: a subscriber that starts late still gets the last message (state that changes
+    rarely, e.g. the scene's obstacles)."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
 def guarded(on_error=None):
     """Decorate a callback so that an exception is logged (with its reason) instead of killing the node.
 

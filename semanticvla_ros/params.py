@@ -118,6 +118,10 @@ PARAMS: dict[str, list[Param]] = {
         Param("ik_nullspace_gain", _IK.nullspace_gain, "Fraction of the distance to ik_rest_posture removed per IK iteration in the "
                                          "Jacobian null space (0: plain damped least squares)"),
         Param("env_boxes_json", "[]", 'Extra collision boxes, JSON: [{"name": "camera", "center": [x, y, z], "size": [sx, sy, sz]}]'),
+        Param("scene_obstacles_topic", "/semanticvla/scene/obstacles",
+              "visualization_msgs/MarkerArray (latched) of CUBE markers in the base frame: the scene's fixed objects, "
+              "added to env_boxes_json whenever it changes (the simulator publishes its plates and bowls; on a robot, "
+              "publish the workcell's fixtures; '' = env_boxes_json only). Backend moveit uses MoveIt's own scene"),
         Param("watchdog_rate_hz", 20.0, "Rate of the watchdog that holds position on silence (20 Hz: a timeout is "
                                         "acted on within one 50 ms control period)"),
         Param("hold_recapture_rad", 0.3, "If the measured joints are further than this from the controller's setpoint "

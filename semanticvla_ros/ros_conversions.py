@@ -103,3 +103,41 @@ def joint_state_msg(names: list[str], positions, stamp_ns: int, velocities=None)
 
 __all__ = ["fill_image", "rgb_image_msg", "camera_to_info", "camera_from_info", "pose_to_matrix", "matrix_to_pose",
            "joint_state_arrays", "joint_state_msg", "stamp_to_ns", "image_fields"]
+
+
+def boxes_to_markers(boxes, stamp_ns: int, frame_id: str = "panda_link0", ns: str = "scene_obstacles"):
+    """Obstacle boxes (``EnvBox``) -> visualization_msgs/MarkerArray of CUBE markers (shown by RViz as they are); a
+    DELETEALL marker first, so the array replaces the previous scene."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    out = MarkerArray()
+    clear = Marker()
+    clear.action = Marker.DELETEALL
+    clear.ns = ns
+    out.markers.append(clear)
+    for i, b in enumerate(boxes):
+        m = Marker()
+        m.header.stamp, m.header.frame_id = ns_to_stamp(stamp_ns), frame_id
+        m.ns, m.id, m.type, m.action, m.text = ns, i, Marker.CUBE, Marker.ADD, b.name
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = b.rotation(), b.center
+        matrix_to_pose(T, m.pose)
+        m.scale.x, m.scale.y, m.scale.z = (float(v) for v in b.size)
+        m.color.r, m.color.g, m.color.b, m.color.a = 0.9, 0.6, 0.1, 0.5
+        out.markers.append(m)
+    return out
+
+
+def boxes_from_markers(msg) -> list:
+    """visualization_msgs/MarkerArray -> obstacle boxes (``EnvBox``): its CUBE markers with action ADD (the name from
+    ``text``, else ``ns/id``); ValueError on a marker that is not a valid box (non-finite, size <= 0, bad pose)."""
+    from semanticvla_core.safety.checker import EnvBox
+
+    boxes = []
+    for m in msg.markers:
+        if m.action != m.ADD or m.type != m.CUBE:
+            continue
+        T = pose_to_matrix(m.pose.position, m.pose.orientation)
+        boxes.append(EnvBox.from_matrix(m.text or f"{m.ns}/{m.id}", T[:3, 3], (m.scale.x, m.scale.y, m.scale.z),
+                                        T[:3, :3]))
+    return boxes

@@ -50,6 +50,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import MarkerArray
 
 from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS, gripper_from_fingers
 from semanticvla_core.safety import SafetyConfig, Watchdog, WatchdogConfig, make_checker
@@ -64,9 +65,9 @@ from semanticvla_core.interfaces import ActionChunkData
 from .graph import NODE_EXIT_TOPIC
 from .messages import chunk_from_msg, chunk_to_msg, ns_to_stamp, stamp_to_ns
 from .msg import ActionChunk, Trace
-from .node_utils import guarded, node_exit_qos, now_ns, run_node
+from .node_utils import guarded, latched_qos, node_exit_qos, now_ns, run_node
 from .params import declare
-from .ros_conversions import joint_state_arrays
+from .ros_conversions import boxes_from_markers, joint_state_arrays
 
 
 def _duration(seconds: float) -> Duration:
@@ -104,6 +105,7 @@ class SafetyNode(Node):
                                       nullspace_gain=self.p.ik_nullspace_gain))
         if self.p.execution not in EXECUTION_MODES:
             raise ValueError(f"safety_filter: execution must be one of {EXECUTION_MODES}, got {self.p.execution!r}")
+        self._cfg = cfg                          # (env_boxes: the static ones; a scene message adds its boxes)
         self.checker = make_checker(self.p.backend, cfg, **self._moveit_kwargs())
         self.commander = SafetyExecutor(self.checker, self.p.execution, period_s=1.0 / self.p.step_rate_hz,
                                        rest_posture=tuple(self.p.ik_rest_posture), recapture_rad=self.p.hold_recapture_rad)
@@ -138,6 +140,10 @@ class SafetyNode(Node):
         self.create_subscription(Trace, "/semanticvla/trace", self.on_trace, 1)
         self.create_subscription(JointState, "/semanticvla/observation/joint_states", self.on_observation, 5)
         self.create_subscription(String, NODE_EXIT_TOPIC, self.on_node_exit, node_exit_qos())
+        self.scene_boxes = 0
+        if self.p.scene_obstacles_topic:
+            self.create_subscription(MarkerArray, self.p.scene_obstacles_topic, self.on_scene, latched_qos(),
+                                     callback_group=self._cb_chunk)
         self.create_timer(1.0 / self.p.watchdog_rate_hz, self.on_watchdog)
         self.create_timer(1.0 / self.p.step_rate_hz, self._chunk_group_on_step, callback_group=self._cb_chunk)
         self.get_logger().info(f"safety filter: backend {self.checker.backend_name}, execution {self.p.execution}")
@@ -244,6 +250,22 @@ class SafetyNode(Node):
             self._hold(st.reasons, t, log=not self.holding)
         elif st.hold:
             self._diag("hold", st.summary(), t)
+
+    # ------------------------------------------------------------------ the scene (chunk group)
+    @guarded()
+    def on_scene(self, msg: MarkerArray) -> None:
+        """New fixed obstacles: a checker with them (10 ms to build) replaces the running one between two checks; a
+        malformed message is refused whole (the previous scene stays, the reason is logged)."""
+        boxes = boxes_from_markers(msg)           # ValueError (logged by guarded) on a malformed box
+        if self.checker.backend_name == "moveit":
+            self.get_logger().info("scene obstacles: ignored, backend moveit checks MoveIt's own planning scene")
+            return
+        checker = make_checker("builtin", replace(self._cfg, env_boxes=list(self._cfg.env_boxes) + boxes))
+        with self._exec_lock:
+            self.checker = self.commander.checker = checker
+        self.scene_boxes = len(boxes)
+        self.get_logger().info(f"scene: {len(boxes)} obstacle boxes from {self.p.scene_obstacles_topic} "
+                               f"({', '.join(b.name for b in boxes[:6])}{' ...' if len(boxes) > 6 else ''})")
 
     # ------------------------------------------------------------------ upstream exits and liveness (default group)
     @guarded()
@@ -386,6 +408,7 @@ class SafetyNode(Node):
                               hardware_id="panda")
         st.values = [KeyValue(key=k, value=str(v)) for k, v in self.counts.items()]
         st.values.append(KeyValue(key="backend", value=self.checker.backend_name))
+        st.values.append(KeyValue(key="scene_boxes", value=str(self.scene_boxes)))
         arr = DiagnosticArray()
         arr.header.stamp = ns_to_stamp(t)
         arr.status = [st]

@@ -21,6 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import MarkerArray
 
 from semanticvla_core.robot_state import ARM_JOINTS, FINGER_JOINTS
 from semanticvla_core.sim.env import CAMERA_NAMES, FrankaTabletopEnv, SimConfig
@@ -30,9 +31,10 @@ from semanticvla_core.actions import ACTION_SPACE_EE_DELTA
 
 from .messages import chunk_from_msg, ns_to_stamp, stamp_to_ns
 from .msg import ActionChunk
-from .node_utils import guarded, now_ns, run_node
+from .graph import SCENE_OBSTACLES_TOPIC
+from .node_utils import guarded, latched_qos, now_ns, run_node
 from .params import declare
-from .ros_conversions import camera_to_info, joint_state_msg, matrix_to_pose, rgb_image_msg
+from .ros_conversions import boxes_to_markers, camera_to_info, joint_state_msg, matrix_to_pose, rgb_image_msg
 
 class SimNode(Node):
     def __init__(self):
@@ -48,6 +50,8 @@ class SimNode(Node):
         self.pub_info = {n: self.create_publisher(CameraInfo, f"/camera/{n}/camera_info", 2) for n in CAMERA_NAMES}
         self.pub_pose = {n: self.create_publisher(PoseStamped, f"/camera/{n}/pose", 2) for n in CAMERA_NAMES}
         self.pub_instr = self.create_publisher(String, "/semanticvla/instruction", 5)
+        # the episode's fixed objects (plates, bowls) for the safety filter, as a planning scene would give them
+        self.pub_scene = self.create_publisher(MarkerArray, SCENE_OBSTACLES_TOPIC, latched_qos())
         self.create_subscription(JointTrajectory, self.p.trajectory_topic, self.on_trajectory, 5)
         self.create_subscription(Float64, self.p.gripper_topic, self.on_gripper, 5)
         self.create_subscription(ActionChunk, self.p.cartesian_topic, self.on_cartesian, 5)
@@ -63,7 +67,10 @@ class SimNode(Node):
         self.arm.reset()
         self.steps = 0
         self.pub_instr.publish(String(data=self.env.instruction))
-        self.get_logger().info(f"episode: task {self.p.task}, seed {self.seed}: {self.env.instruction!r}")
+        boxes = self.env.static_obstacles()
+        self.pub_scene.publish(boxes_to_markers(boxes, now_ns(self)))
+        self.get_logger().info(f"episode: task {self.p.task}, seed {self.seed}: {self.env.instruction!r} "
+                               f"({len(boxes)} fixed obstacle boxes on {SCENE_OBSTACLES_TOPIC})")
 
     # ------------------------------------------------------------------ inputs
     @guarded()

@@ -394,6 +394,37 @@ def test_controller_refills_a_gap_with_the_fresh_state_until_the_next_plan(h, tm
     assert np.abs(rows(m) - want[k:k + m.horizon]).max() < 1e-6
 
 
+def test_the_sim_gives_the_safety_filter_its_fixed_objects(h):
+    """The sim node publishes the episode's plates / bowls (latched MarkerArray); the safety filter checks against
+    them from then on (its status counts the boxes) and refuses a malformed scene whole, keeping the one it has."""
+    from visualization_msgs.msg import Marker
+
+    from semanticvla_ros.graph import SCENE_OBSTACLES_TOPIC
+    from semanticvla_ros.node_utils import latched_qos
+
+    sim = h.start("sim", {"image_size": 48, "wrist_image_size": 32, "camera_rate_hz": 2.0, "task": "pick_place_bowl"})
+    safe = h.start("safety_filter", {"chunk_timeout_s": 30.0, "execution": "trajectory"})
+    scene = []
+    h.node.create_subscription(MarkerArray, SCENE_OBSTACLES_TOPIC, lambda m: scene.append(m), latched_qos())
+    diag = h.record(DiagnosticArray, "/semanticvla/safety/status")
+    assert h.spin_until(lambda: bool(scene), 90), sim._seen
+    cubes = [m for m in scene[-1].markers if m.action == Marker.ADD]
+    assert len(cubes) == 10 and all(m.type == Marker.CUBE and m.header.frame_id == "panda_link0" for m in cubes)
+    assert wait_for_output(safe, "scene: 10 obstacle boxes", 60), safe._seen
+
+    def boxes():
+        vals = {kv.key: kv.value for _, d in diag[-1:] for s in d.status for kv in s.values}
+        return vals.get("scene_boxes")
+    assert h.spin_until(lambda: bool(diag) and boxes() == "10", 20)
+    bad = MarkerArray(markers=[Marker(type=Marker.CUBE, action=Marker.ADD, text="nan box")])
+    bad.markers[0].scale.x = float("nan")
+    bad.markers[0].pose.orientation.w = 1.0
+    h.publisher(MarkerArray, SCENE_OBSTACLES_TOPIC, latched_qos()).publish(bad)
+    assert wait_for_output(safe, "on_scene: ValueError", 30), safe._seen
+    h.spin_for(0.5)
+    assert safe.poll() is None and boxes() == "10"
+
+
 # ------------------------------------------------------------------------------------------ safety filter
 @pytest.fixture
 def safety(h):

@@ -355,3 +355,30 @@ def test_an_arm_pressed_near_the_table_may_always_move_away_and_never_closer(h):
     assert not table(0.0, 0.01)                    # up
     assert not table(0.005, 0.0)                   # along
     assert table(0.0, -0.001)                      # down
+
+
+def test_the_scenes_fixed_objects_are_obstacles():
+    """The simulator's bowls and plates (immovable: an arm that strikes a bowl wall is pressed into the table, the fuzz
+    campaign's last unsafe case) are obstacle boxes for the filter, as the sim node publishes them: a move that takes
+    the fingers into a bowl wall is refused with them, and was sent without."""
+    from dataclasses import replace
+
+    from semanticvla_core.sim.env import FrankaTabletopEnv, SimConfig
+
+    env = FrankaTabletopEnv(SimConfig(render=False))
+    env.reset("pick_place_bowl", 3, render=False)
+    boxes = env.static_obstacles()
+    walls = [b for b in boxes if "wall" in b.name]
+    assert len(walls) >= 4 and all(abs(b.center[2] - b.size[2] / 2) < 1e-6 for b in walls)   # standing on the table
+    base = SafetyConfig(check_budget_s=LONG, gripper="sim")
+    blind, seeing = BuiltinSafetyChecker(base), BuiltinSafetyChecker(replace(base, env_boxes=boxes))
+    wall = walls[0]
+    _, R0 = blind.kin.fk(READY_Q)
+    floor = float(blind.tcp_floor(R0)) - base.gripper_table_margin_m       # TCP height with the pads at the table
+    above = np.r_[wall.center[:2], floor + wall.size[2] + 0.03]           # pads 3 cm above the wall's top
+    qa = blind.kin.ik(above, R0, READY_Q).q
+    qb = blind.kin.ik(above - [0, 0, 0.04], R0, qa).q                      # pads 1 cm down into the wall
+    args = (qa, 0.0, qa, np.zeros(7), qb[None], np.array([1.0]), 0.0)
+    assert not [v for v in blind.verify_command(*args, period=0.05) if v.kind is K.ENV_COLLISION]
+    hit = [v for v in seeing.verify_command(*args, period=0.05) if v.kind is K.ENV_COLLISION]
+    assert hit and "wall" in hit[0].message, hit

@@ -140,6 +140,21 @@ class EnvBox:
     size: tuple[float, float, float]
     rpy: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
+    def rotation(self) -> np.ndarray:
+        """3x3 rotation of the box in the base frame: Rz(yaw) Ry(pitch) Rx(roll), as URDF / pinocchio."""
+        (cr, sr), (cp, sp), (cy, sy) = ((np.cos(a), np.sin(a)) for a in self.rpy)
+        return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                         [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                         [-sp, cp * sr, cp * cr]])
+
+    @classmethod
+    def from_matrix(cls, name: str, center, size, R) -> "EnvBox":
+        """A box with orientation given as a rotation matrix (the inverse of :meth:`rotation`)."""
+        R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+        rpy = (float(np.arctan2(R[2, 1], R[2, 2])), float(-np.arcsin(np.clip(R[2, 0], -1.0, 1.0))),
+               float(np.arctan2(R[1, 0], R[0, 0])))
+        return cls.from_dict({"name": name, "center": list(center), "size": list(size), "rpy": list(rpy)})
+
     @classmethod
     def from_dict(cls, d: dict) -> "EnvBox":
         try:
@@ -147,8 +162,9 @@ class EnvBox:
                       tuple(float(x) for x in d.get("rpy", (0.0, 0.0, 0.0))))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"env box {d!r}: needs name, center [x,y,z], size [sx,sy,sz], optional rpy ({e})") from e
-        if len(box.center) != 3 or len(box.size) != 3 or len(box.rpy) != 3 or min(box.size) <= 0:
-            raise ValueError(f"env box {box.name!r}: center/size/rpy need 3 values and sizes must be positive")
+        if len(box.center) != 3 or len(box.size) != 3 or len(box.rpy) != 3 or min(box.size) <= 0 or \
+                not np.all(np.isfinite(box.center + box.size + box.rpy)):
+            raise ValueError(f"env box {box.name!r}: center/size/rpy need 3 finite values and sizes must be positive")
         return box
 
 
@@ -879,8 +895,7 @@ class BuiltinSafetyChecker(SafetyChecker):
             gm.addCollisionPair(pin.CollisionPair(i, tid))
             self._pair_kind.append(ViolationKind.TABLE_COLLISION)
         for box in cfg.env_boxes:
-            R = pin.rpy.rpyToMatrix(*box.rpy)
-            go = pin.GeometryObject(f"env_{box.name}", 0, 0, pin.SE3(R, np.asarray(box.center, dtype=np.float64)),
+            go = pin.GeometryObject(f"env_{box.name}", 0, 0, pin.SE3(box.rotation(), np.asarray(box.center, dtype=np.float64)),
                                     coal.Box(*box.size))
             bid = gm.addGeometryObject(go)
             for i in moving:

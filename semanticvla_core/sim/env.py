@@ -23,7 +23,7 @@ from ..safety.limits import (EE_DELTA_MAX_POS_M, EE_DELTA_MAX_ROT_RAD, PANDA_ACC
                              PANDA_POSITION_UPPER, PANDA_VELOCITY_LIMITS)
 from ..camera import PinholeCamera, pose_matrix
 from ..robot_state import R_DOWN, STATE_NAMES, state_vector
-from .scene import ARM_JOINTS, FINGER_JOINTS, SceneConfig, build_scene_xml
+from .scene import ARM_JOINTS, FINGER_JOINTS, PARK_X, SceneConfig, build_scene_xml
 
 HOME_Q = np.array([0.0, -0.35, 0.0, -2.3, 0.0, 1.95, 0.785])   # refined by IK at construction
 HOME_TCP = np.array([0.45, 0.0, 0.30])
@@ -153,6 +153,25 @@ class FrankaTabletopEnv:
                                                    nullspace_gain=self.cfg.nullspace_gain, limit_rate=self.cfg.limit_rate)
         self.home_q = self._solve_home()
         self._reset_robot()
+
+    # ------------------------------------------------------------------ the static scene
+    def static_obstacles(self) -> list:
+        """The episode's fixed scene objects as obstacle boxes in the base frame (``EnvBox``): every colliding box
+        geom of the placed plates and bowls (walls and floor), which the arm cannot push away (mocap bodies). What a
+        planning scene would hold on a real robot; the sim node publishes it for the safety filter. The cubes
+        (movable, grasped) are not obstacles."""
+        from ..safety.checker import EnvBox
+        m, d = self.model, self.data
+        out = []
+        for g in range(m.ngeom):
+            body = int(m.geom_bodyid[g])
+            if m.body_mocapid[body] < 0 or m.geom_type[g] != self.mj.mjtGeom.mjGEOM_BOX:
+                continue
+            if not (m.geom_contype[g] or m.geom_conaffinity[g]) or d.xpos[body][0] < PARK_X + 1.0:
+                continue                                              # visual only, or parked out of the scene
+            out.append(EnvBox.from_matrix(self.mj.mj_id2name(m, self.mj.mjtObj.mjOBJ_GEOM, g) or f"geom{g}",
+                                          d.geom_xpos[g], 2 * m.geom_size[g], d.geom_xmat[g]))
+        return out
 
     # ------------------------------------------------------------------ robot state
     def joint_positions(self) -> np.ndarray:
