@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from semanticvla_core.interfaces import ActionChunkData, TracePlan
 from semanticvla_core.scheduling import normal_scheduling
@@ -172,3 +173,15 @@ def tiny_checkpoint(directory: Path, stem: dict | None = None, state_dim: int = 
                         w.normal_(0.0, 0.3)
         pol.save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def h():
+    """A Harness for one test (import it into a test module: ``from ros_testing import h``); at the end every node
+    it started must be down and none may have printed a traceback."""
+    harness = Harness()
+    yield harness
+    outs = harness.close()
+    assert all(p.poll() is not None for p in harness.procs), "a node process survived shutdown"
+    for p in harness.procs:
+        assert "Traceback" not in outs[p.pid], outs[p.pid]

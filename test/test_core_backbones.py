@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ros_testing import Harness, wait_for_output
+from ros_testing import h, wait_for_output  # noqa: F401 (h: the harness fixture)
 from semanticvla_core.model.config import TINY_HF_CONFIGS, get_config
 from semanticvla_core.model.hf_backbones import BACKBONE_CLASSES, image_span
 from semanticvla_core.model.text_tokenizer import BOS, EOS, PAD, UNK, TextTokenizerConfig, _train_bpe, generate_corpus
@@ -225,14 +225,6 @@ def test_clear_errors_for_missing_or_wrong_model_directories(tmp_path, model_dir
         get_config("tiny", pretrained_path="x")
 
 
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    outs = harness.close()
-    assert all(p.poll() is not None for p in harness.procs), "a node process survived shutdown"
-    for p in harness.procs:
-        assert "Traceback" not in outs[p.pid], outs[p.pid]
 
 
 def test_ros_planner_plans_with_a_pretrained_backbone_checkpoint(h, model_dir, tmp_path):

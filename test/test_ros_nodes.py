@@ -9,7 +9,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from diagnostic_msgs.msg import DiagnosticArray
 from visualization_msgs.msg import MarkerArray
 
-from ros_testing import Harness, tiny_checkpoint, wait_for_output
+from ros_testing import h, tiny_checkpoint, wait_for_output  # noqa: F401 (h: the harness fixture)
 from semanticvla_core.actions import ACTION_SPACE_JOINT_POSITION
 from semanticvla_core.camera import PinholeCamera, look_at, normalized_to_pixels
 from semanticvla_core.image_convert import array_to_image_fields, depth_to_image_fields, rgb_to_image_fields
@@ -21,14 +21,6 @@ from semanticvla_ros.msg import ActionChunk, Trace
 from semanticvla_ros.ros_conversions import camera_to_info, fill_image, joint_state_msg, matrix_to_pose
 
 
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    outs = harness.close()
-    assert all(p.poll() is not None for p in harness.procs), "a node process survived shutdown"
-    for p in harness.procs:
-        assert "Traceback" not in outs[p.pid], outs[p.pid]
 
 
 @pytest.fixture(scope="module")
