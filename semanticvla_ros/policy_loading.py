@@ -61,12 +61,12 @@ def load_policy(checkpoint: str, device: str, dtype: str, logger):
         # node made the 20 Hz controller fall behind on a 2-core machine)
         torch.set_num_threads(int(os.environ.get("SEMANTICVLA_TORCH_THREADS", "1")))
         policy = SemanticVLAPolicy.from_pretrained(checkpoint, device=device, dtype=dtype)
-        logger.info(f"loaded policy from {checkpoint} on {device} ({dtype})")
         try:     # the first plan / decode would pay for lazy initialisation: pay it now, before the arm depends on it
             w = policy.warmup()
-            logger.info(f"warmed up: plan {w['plan_s'] * 1000:.0f} ms, decode {w['decode_s'] * 1000:.0f} ms")
+            warm = f"; warmed up: plan {w['plan_s'] * 1000:.0f} ms, decode {w['decode_s'] * 1000:.0f} ms"
         except Exception as e:  # noqa: BLE001 - a warm-up failure is reported, the real requests say more
-            logger.warning(f"warm-up failed: {type(e).__name__}: {e}")
+            warm = f"; warm-up failed: {type(e).__name__}: {e}"
+        logger.info(f"loaded policy from {checkpoint} on {device} ({dtype}){warm}")
         return policy, ""
     except Exception as e:  # noqa: BLE001 - a bad checkpoint must not kill the node
         msg = f"cannot load checkpoint {checkpoint!r}: {type(e).__name__}: {e}; holding the arm"

@@ -153,10 +153,12 @@ def test_planner_without_an_instruction_waits_for_one(h, ckpt):
 
     def send():
         pub.publish(fill_image(Image(), rgb_to_image_fields(rgb), h.now_ns(), "agentview_optical_frame"))
-    for _ in range(6):
+    for _ in range(40):            # (until the planner has an observation: its subscription may be discovered late)
         send()
         h.spin_for(0.3)
-    assert not traces and wait_for_output(node, "waiting for /semanticvla/instruction", 10), node._seen
+        if wait_for_output(node, "waiting for /semanticvla/instruction", 0.01):
+            break
+    assert not traces and wait_for_output(node, "waiting for /semanticvla/instruction", 1), node._seen
     pub_i.publish(String(data="put the green cube on the red plate"))
     assert h.spin_until(lambda: (send(), h.spin_for(0.3), bool(traces))[-1], 30), node._seen
     assert all(trace_from_msg(m).instruction == "put the green cube on the red plate" for _, m in traces)
