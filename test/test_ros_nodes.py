@@ -403,20 +403,20 @@ def test_the_sim_gives_the_safety_filter_its_fixed_objects(h):
     diag = h.record(DiagnosticArray, "/semanticvla/safety/status")
     assert h.spin_until(lambda: bool(scene), 90), sim._seen
     cubes = [m for m in scene[-1].markers if m.action == Marker.ADD]
-    assert len(cubes) == 10 and all(m.type == Marker.CUBE and m.header.frame_id == "panda_link0" for m in cubes)
-    assert wait_for_output(safe, "scene: 10 obstacle boxes", 60), safe._seen
+    assert len(cubes) == 8 and all(m.type == Marker.CUBE and m.header.frame_id == "panda_link0" for m in cubes)
+    assert wait_for_output(safe, "scene: 8 obstacle boxes", 60), safe._seen
 
     def boxes():
         vals = {kv.key: kv.value for _, d in diag[-1:] for s in d.status for kv in s.values}
         return vals.get("scene_boxes")
-    assert h.spin_until(lambda: bool(diag) and boxes() == "10", 20)
+    assert h.spin_until(lambda: bool(diag) and boxes() == "8", 20)
     bad = MarkerArray(markers=[Marker(type=Marker.CUBE, action=Marker.ADD, text="nan box")])
     bad.markers[0].scale.x = float("nan")
     bad.markers[0].pose.orientation.w = 1.0
     h.publisher(MarkerArray, SCENE_OBSTACLES_TOPIC, latched_qos()).publish(bad)
     assert wait_for_output(safe, "on_scene: ValueError", 30), safe._seen
     h.spin_for(0.5)
-    assert safe.poll() is None and boxes() == "10"
+    assert safe.poll() is None and boxes() == "8"
 
 
 # ------------------------------------------------------------------------------------------ safety filter

@@ -155,10 +155,13 @@ class FrankaTabletopEnv:
         self._reset_robot()
 
     # ------------------------------------------------------------------ the static scene
-    def static_obstacles(self) -> list:
+    def static_obstacles(self, min_top_m: float = 0.02) -> list:
         """The episode's fixed scene objects as obstacle boxes in the base frame (``EnvBox``): every colliding box
-        geom of the placed plates and bowls (walls and floor), which the arm cannot push away (mocap bodies). What a
-        planning scene would hold on a real robot; the sim node publishes it for the safety filter. The cubes
+        geom of the placed plates and bowls whose top is at least ``min_top_m`` above the table (the bowls' walls),
+        which the arm cannot push away (mocap bodies). What a planning scene would hold on a real robot; the sim
+        node publishes it for the safety filter. Flat fixtures (the 1 cm plates, the bowls' floors) are left out:
+        placing a cube on them brings the fingers' pads down to their surface, as onto the table (measured: with the
+        plates as obstacles the filter refused the placing motion and the demo's arm stood still). The cubes
         (movable, grasped) are not obstacles."""
         from ..safety.checker import EnvBox
         m, d = self.model, self.data
@@ -169,6 +172,8 @@ class FrankaTabletopEnv:
                 continue
             if not (m.geom_contype[g] or m.geom_conaffinity[g]) or d.xpos[body][0] < PARK_X + 1.0:
                 continue                                              # visual only, or parked out of the scene
+            if d.geom_xpos[g][2] + np.abs(d.geom_xmat[g].reshape(3, 3)[2]) @ m.geom_size[g] < min_top_m:
+                continue                                              # flat: placed on, like the table
             out.append(EnvBox.from_matrix(self.mj.mj_id2name(m, self.mj.mjtObj.mjOBJ_GEOM, g) or f"geom{g}",
                                           d.geom_xpos[g], 2 * m.geom_size[g], d.geom_xmat[g]))
         return out
