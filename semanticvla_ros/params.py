@@ -120,7 +120,7 @@ PARAMS: dict[str, list[Param]] = {
         Param("env_boxes_json", "[]", 'Extra collision boxes, JSON: [{"name": "camera", "center": [x, y, z], "size": [sx, sy, sz]}]'),
         Param("scene_obstacles_topic", "/semanticvla/scene/obstacles",
               "visualization_msgs/MarkerArray (latched) of CUBE markers in the base frame: the scene's fixed objects, "
-              "added to env_boxes_json whenever it changes (the simulator publishes its plates and bowls; on a robot, "
+              "added to env_boxes_json whenever it changes (the simulator publishes its bowls' walls; on a robot, "
               "publish the workcell's fixtures; '' = env_boxes_json only). Backend moveit uses MoveIt's own scene"),
         Param("watchdog_rate_hz", 20.0, "Rate of the watchdog that holds position on silence (20 Hz: a timeout is "
                                         "acted on within one 50 ms control period)"),

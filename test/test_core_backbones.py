@@ -227,7 +227,8 @@ def test_clear_errors_for_missing_or_wrong_model_directories(tmp_path, model_dir
 
 
 
-def test_ros_planner_plans_with_a_pretrained_backbone_checkpoint(h, model_dir, tmp_path):
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_ros_planner_plans_with_a_pretrained_backbone_checkpoint(backbone, h, model_dir, tmp_path):
     from sensor_msgs.msg import Image
 
     from semanticvla_core.image_convert import rgb_to_image_fields
@@ -235,7 +236,8 @@ def test_ros_planner_plans_with_a_pretrained_backbone_checkpoint(h, model_dir, t
     from semanticvla_ros.msg import Trace
     from semanticvla_ros.ros_conversions import fill_image
 
-    ckpt = _policy(model_dir("qwen2_5_vl"), "qwen2_5_vl").save_pretrained(tmp_path / "ckpt")
+    pol = _policy(model_dir(backbone), backbone)
+    ckpt = pol.save_pretrained(tmp_path / "ckpt")
     node = h.start("planner", {"checkpoint": str(ckpt), "instruction": "put the red cube on the plate"})
     traces = h.record(Trace, "/semanticvla/trace")
     pub = h.publisher(Image, "/semanticvla/observation/agentview")
@@ -247,7 +249,7 @@ def test_ros_planner_plans_with_a_pretrained_backbone_checkpoint(h, model_dir, t
     assert h.spin_until(lambda: (send(), h.spin_for(0.3), bool(traces))[-1], 60), node._seen
     tp = trace_from_msg(traces[-1][1])
     assert tp.parse_ok and tp.anchors.shape == (4, 2) and tp.latent_ids.shape == (4,)
-    assert tp.latent_hidden.shape == (4, 64)           # E_a from the tiny Qwen2.5-VL's 64-wide LM
+    assert tp.latent_hidden.shape == (4, pol.vlm.hidden_size)          # E_a from the backbone's LM
     assert tp.raw_text.startswith("[[") and tp.raw_text.count("<ACT_") == 4
 
 
