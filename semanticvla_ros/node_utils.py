@@ -12,18 +12,17 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 
 
-def node_exit_qos() -> QoSProfile:
-    """QoS of the supervisor's node-exit reports (semanticvla_ros.graph.NODE_EXIT_TOPIC): reliable, and
-    transient_local so that a subscriber that (re)joins late still gets the exits reported before it."""
-    return QoSProfile(depth=20, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
 def latched_qos(depth: int = 1) -> QoSProfile:
     """Reliable + transient_local: a subscriber that starts late still gets the last message (state that changes
     rarely, e.g. the scene's obstacles)."""
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def node_exit_qos() -> QoSProfile:
+    """QoS of the supervisor's node-exit reports (semanticvla_ros.graph.NODE_EXIT_TOPIC): latched, so that a
+    subscriber that (re)joins late still gets the last 20 exits reported before it."""
+    return latched_qos(depth=20)
 
 
 def guarded(on_error=None):
