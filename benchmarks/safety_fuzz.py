@@ -137,6 +137,9 @@ def _checker_config():
             break
     if "gripper" in have:
         kw["gripper"] = "sim"
+    for name in ("joint_limit_policy", "joint_limit_clip_max_rad"):
+        if name in p:
+            kw[name] = p[name]
     if "check_budget_s" in have and "check_budget_s" in p:
         kw["check_budget_s"] = p["check_budget_s"]
     if "check_budget_s" in have and CHECK_BUDGET_S is not None:
@@ -293,7 +296,9 @@ class ExecutorSUT(_SUTBase):
     def admit(self, chunk, now_ns, q=_MEASURED, g=_MEASURED, dq=_MEASURED):
         q, g, dq = self._inputs(q, g, dq)
         res = self.ex.admit(chunk, q, g, now_ns, dq)
-        if res.is_hold:                    # the node's _hold: clear, brake, send
+        keeps = getattr(self.ex, "keeps_running", None)
+        if res.is_hold and not (keeps and keeps(res)):     # the node's _hold: clear, brake, send (out of time: the
+                                                           # running chunk goes on, as the node does)
             self.ex.clear()
             try:
                 cmd = self.ex.brake(q, g, now_ns, res.reasons)

@@ -100,8 +100,14 @@ PARAMS: dict[str, list[Param]] = {
         Param("gripper_model", _SAFETY.gripper, "Collision model of the fingers: urdf (Franka Hand meshes) | sim (+ the MuJoCo "
                                                 "sim's longer finger pads; sim:=true selects it)"),
         Param("check_budget_s", _SAFETY.check_budget_s, "A chunk check that takes longer is stopped and the chunk rejected "
-                                                       "(TIMEOUT) [s]"),
+                                                       "(TIMEOUT; the running chunk goes on, its rows verified as sent) [s]"),
         Param("table_clip_max_m", _SAFETY.table_clip_max_m, "With table_policy clip: targets further below than this are rejected [m]"),
+        Param("joint_limit_policy", _SAFETY.joint_limit_policy, "ee_delta targets whose IK takes a joint past the limit "
+              "margin: clip (that joint held just inside it and the TCP falls short, when at most "
+              "joint_limit_clip_max_rad past it; a policy pushing into a limit then slides along it instead of "
+              "holding the arm) or reject"),
+        Param("joint_limit_clip_max_rad", _SAFETY.joint_limit_clip_max_rad, "With joint_limit_policy clip: joint "
+              "targets further past the margin than this are rejected [rad]"),
         Param("execution", "stepwise", "stepwise: every period one row of the newest admitted chunk, relative to the "
                                        "measured TCP (how ee_delta demonstrations are recorded), re-checked and sent "
                                        "as one JointTrajectory point | cartesian: the same checked row sent as an "

@@ -50,7 +50,7 @@ class SimNode(Node):
         self.pub_info = {n: self.create_publisher(CameraInfo, f"/camera/{n}/camera_info", 2) for n in CAMERA_NAMES}
         self.pub_pose = {n: self.create_publisher(PoseStamped, f"/camera/{n}/pose", 2) for n in CAMERA_NAMES}
         self.pub_instr = self.create_publisher(String, "/semanticvla/instruction", 5)
-        # the episode's fixed objects (the bowls' walls) for the safety filter, as a planning scene would give them
+        # the episode's fixed objects (plates, bowls' walls) for the safety filter, as a planning scene would give them
         self.pub_scene = self.create_publisher(MarkerArray, SCENE_OBSTACLES_TOPIC, latched_qos())
         self.create_subscription(JointTrajectory, self.p.trajectory_topic, self.on_trajectory, 5)
         self.create_subscription(Float64, self.p.gripper_topic, self.on_gripper, 5)

@@ -105,7 +105,7 @@ def test_valid_chunk_passes_with_full_trajectory(checker):
 def test_joint_limit_violation_rejected(checker):
     q = READY_Q.copy(); q[6] = 2.75               # wrist close to its +2.8973 limit
     z = checker.kin.fk(q)[1][:, 2]                 # rotating about the TCP z axis turns joint 7 only
-    acts = np.zeros((8, 7)); acts[:, 3:6] = 0.04 * z
+    acts = np.zeros((8, 7)); acts[:, 3:6] = 0.08 * z                 # past the margin by more than the clip takes
     r = checker.check_chunk(chunk(acts), q, 0.0, now_ns=NOW)
     assert r.status is SafetyStatus.REJECTED and r.is_hold
     assert r.rejecting_kinds == [K.JOINT_LIMIT] and "panda_joint7" in r.reasons[0].message
@@ -114,6 +114,29 @@ def test_joint_limit_violation_rejected(checker):
     np.testing.assert_allclose(r.positions, q[None])            # hold where it is
     back = checker.check_chunk(chunk(-acts), q, 0.0, now_ns=NOW)   # the same motion away from the limit is fine
     assert back.status is SafetyStatus.OK, back.summary()
+
+
+def test_joint_targets_a_little_past_the_margin_are_held_inside_it(checker):
+    """joint_limit_policy clip (the default): a chunk whose IK takes joint 7 past the margin by less than
+    joint_limit_clip_max_rad runs with that joint held just inside it; the TCP targets say where that leaves the
+    TCP. With policy reject the same chunk holds the arm."""
+    from dataclasses import replace as dc_replace
+
+    q = READY_Q.copy(); q[6] = 2.85
+    z = checker.kin.fk(q)[1][:, 2]
+    acts = np.zeros((8, 7)); acts[:, 3:6] = 0.02 * z; acts[:, 1] = 0.003        # turn on, and 3 mm sideways a row
+    r = checker.check_chunk(chunk(acts), q, 0.0, now_ns=NOW)
+    cfg = checker.config
+    assert not r.is_hold and r.status is SafetyStatus.CLIPPED, r.summary()
+    assert [v.kind for v in r.reasons] == [K.JOINT_LIMIT] and not r.reasons[0].rejecting
+    top = checker.kin.upper[6] - cfg.joint_limit_margin_rad
+    assert r.positions[:, 6].max() == pytest.approx(top - cfg.joint_limit_clip_inset_rad)
+    assert r.positions[0, 6] < top and r.positions[-1, 6] < top
+    tcp = np.array([checker.kin.fk(p)[0] for p in r.positions])                  # the TCP still goes sideways
+    np.testing.assert_allclose(r.tcp_targets, tcp, atol=2e-4)                  # (the IK tolerance: 0.1 mm)
+    assert tcp[-1, 1] - checker.kin.fk(q)[0][1] > 0.02
+    strict = BuiltinSafetyChecker(dc_replace(cfg, joint_limit_policy="reject"))
+    assert strict.check_chunk(chunk(acts), q, 0.0, now_ns=NOW).rejecting_kinds == [K.JOINT_LIMIT]
 
 
 def test_chunk_driving_into_table_rejected(checker):

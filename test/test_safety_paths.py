@@ -382,3 +382,174 @@ def test_the_scenes_fixed_objects_are_obstacles():
     assert not [v for v in blind.verify_command(*args, period=0.05) if v.kind is K.ENV_COLLISION]
     hit = [v for v in seeing.verify_command(*args, period=0.05) if v.kind is K.ENV_COLLISION]
     assert hit and "wall" in hit[0].message, hit
+
+
+def test_a_pad_may_rest_on_a_plate_but_not_strike_its_edge():
+    """The 1 cm plates are obstacles up to 5 mm below their top (the fuzz campaign: pads kept only clear of the
+    table struck a plate's edge and were pushed down it 0.8 mm into the table). A move at the table's clearance into
+    the plate's side is refused; coming down to 2 mm above the plate's top, as placing a cube does, is sent."""
+    from dataclasses import replace
+
+    from semanticvla_core.sim.env import FrankaTabletopEnv, SimConfig
+
+    env = FrankaTabletopEnv(SimConfig(render=False))
+    env.reset("pick_place_plate", 3, render=False)
+    plate = next(b for b in env.static_obstacles() if "plate" in b.name)
+    top = 2 * plate.center[2] + 0.005                                      # the real plate's top (5 mm above its box)
+    c = BuiltinSafetyChecker(replace(SafetyConfig(check_budget_s=LONG, gripper="sim"), env_boxes=env.static_obstacles()))
+    _, R0 = c.kin.fk(READY_Q)
+    floor = float(c.tcp_floor(R0)) - c.config.gripper_table_margin_m      # TCP height with the pads at the table
+
+    def verdict(p_from, p_to):
+        qa = c.kin.ik(np.asarray(p_from), R0, READY_Q).q
+        qb = c.kin.ik(np.asarray(p_to), R0, qa).q
+        bad = c.verify_command(qa, 0.0, qa, np.zeros(7), qb[None], np.array([1.0]), 0.0, period=0.05)
+        return [v for v in bad if v.kind in (K.ENV_COLLISION, K.TABLE_COLLISION)]
+    z_table = floor + c.config.gripper_table_margin_m                      # pads 6 mm above the table (its clearance)
+    beside = np.r_[plate.center[0] - plate.size[0] / 2 - 0.06, plate.center[1], z_table]
+    hit = verdict(beside, beside + [0.08, 0.0, 0.0])                       # along the table, into the plate's side
+    assert hit and "plate" in hit[0].message, hit
+    above = np.r_[plate.center[:2], floor + top + 0.03]
+    assert not verdict(above, np.r_[plate.center[:2], floor + top + 0.002])   # down onto the plate, as placing
+
+
+def _sample_setpoints(history, t_from, t_to, period=0.05):
+    """The setpoint a joint trajectory controller follows (linear between the points of the newest command) sampled
+    every period: ``history`` [(stamp_s, q_start, positions, times)] (the test's own interpolation)."""
+    out = []
+    for t in np.arange(t_from, t_to + 1e-9, period):
+        stamp, q0, P, T = [h for h in history if h[0] <= t + 1e-12][-1]
+        kt, kq = np.r_[0.0, T], np.vstack([q0[None], P])
+        out.append(np.array([np.interp(t - stamp, kt, kq[:, j]) for j in range(7)]))
+    return np.array(out)
+
+
+def test_a_trajectory_chunk_arriving_while_the_arm_still_moves_starts_after_that_motion_not_refused(checker):
+    """Trajectory mode: a chunk that turns back while the setpoint still runs the last trajectory fast cannot start
+    from that velocity within the acceleration limits (no slow-down helps: it was refused, an expert chunk falsely
+    rejected). It now runs once the committed trajectory has come to rest; what the arm is commanded stays within
+    the limits throughout (sampled by the test every period from the commands sent)."""
+    ex = SafetyExecutor(checker, "trajectory")
+    P_ns = 50_000_000
+    out = READY_Q + np.outer(np.arange(1, 9) * 0.045, np.eye(7)[0])          # joint 1 out at 0.9 rad/s
+    assert ex.admit(_chunk(out, space=ACTION_SPACE_JOINT_POSITION), READY_Q, 0.0, NOW).ok
+    cmd = ex.tick(READY_Q, 0.0, NOW)
+    hist = [(0.0, READY_Q.copy(), cmd.positions.copy(), cmd.times.copy())]
+    n_moving = int(np.floor(cmd.times[-1] / 0.05)) - 1                       # a period before that trajectory ends
+    t = NOW + n_moving * P_ns
+    q_now = _sample_setpoints(hist, n_moving * 0.05, n_moving * 0.05)[0]
+    back = q_now + np.outer(np.arange(1, 9) * -0.03, np.eye(7)[0])           # ... and back at 0.6 rad/s
+    res = ex.admit(_chunk(back, space=ACTION_SPACE_JOINT_POSITION, stamp=t), q_now, 0.0, t)
+    assert res.ok, res.summary()
+    cmd2 = ex.tick(q_now, 0.0, t + P_ns)
+    assert cmd2 is not None and not cmd2.is_hold, cmd2 and cmd2.reasons
+    t2 = (n_moving + 1) * 0.05
+    hist.append((t2, _sample_setpoints(hist, t2, t2)[0], cmd2.positions.copy(), cmd2.times.copy()))
+    S = _sample_setpoints(hist, 0.0, t2 + cmd2.times[-1] + 0.15)
+    v = np.diff(np.vstack([READY_Q[None], S]), axis=0) / 0.05
+    a = np.diff(v, axis=0) / 0.05
+    assert np.all(np.abs(v) <= PANDA_VELOCITY_LIMITS * (1 + 1e-6))
+    assert np.all(np.abs(a) <= PANDA_ACCEL_LIMITS * (1 + 1e-6)), np.abs(a).max(axis=0) / PANDA_ACCEL_LIMITS
+    assert np.max(S[:, 0]) >= out[-1, 0] - 1e-9                               # the first trajectory ran out ...
+    assert np.allclose(S[-1], back[-1], atol=1e-9)                             # ... then the new chunk, to its end
+
+
+def test_an_arm_coming_down_fast_near_the_table_slows_down_instead_of_being_stopped():
+    """Stepwise rows bring the gripper down at 0.3 m/s towards the table. Near it, a row whose own path is clear but
+    whose brake (if the next row were refused) would end within the pads' clearance was refused: the chunk stopped
+    and the arm stood still 3 cm above the table (expert rows falsely refused in the fuzz campaign). The executor now
+    decelerates instead and goes on: no row refused, the pads come down to their clearance and never touch the table
+    (brute-force contact check at every commanded setpoint and between them)."""
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper="sim"))
+    ex = SafetyExecutor(c, "stepwise")
+    q, t, sp, refused = READY_Q.copy(), NOW, [READY_Q.copy()], 0
+    for k in range(60):
+        if k % 4 == 0:
+            rows = np.zeros((8, 7)); rows[:, 2] = -0.015
+            ex.admit(_chunk(rows, stamp=t), q, 0.0, t)
+        cmd = ex.tick(q, 0.0, t)
+        if cmd is not None:
+            refused += bool(cmd.is_hold and cmd.reasons)
+            q = cmd.positions[0]
+            sp.append(q.copy())
+        t += 50_000_000
+    assert refused == 0
+    p, R = c.kin.fk(q)
+    floor = float(c.tcp_floor(R))                                    # the TCP height at which the pads touch
+    assert p[2] - floor < 0.02, p[2] - floor                         # came down to near its clearance (refused: 4 cm)
+    for a, b in zip(sp[:-1], sp[1:]):
+        for f in np.linspace(0.0, 1.0, 6):
+            assert not [x for x in _truly_colliding(c, a + f * (b - a)) if "table" in " ".join(x)]
+
+
+def test_a_chunk_whose_check_runs_out_of_time_leaves_the_running_chunk_running(checker):
+    """A new chunk whose check runs out of its budget (a loaded machine) is not admitted, but the running chunk goes
+    on, each of its rows verified as it is sent (it used to stop the arm at every late check: holds and stillness
+    under load). A chunk found unsafe still stops it."""
+    from dataclasses import replace
+
+    ex = SafetyExecutor(checker, "stepwise")
+    rows = np.zeros((8, 7)); rows[:, 0] = 0.002
+    assert ex.admit(_chunk(rows), READY_Q, 0.0, NOW).ok
+    q, t = READY_Q.copy(), NOW
+    for _ in range(2):
+        q = ex.tick(q, 0.0, t).positions[0]
+        t += 50_000_000
+    hurried = BuiltinSafetyChecker(replace(checker.config, check_budget_s=1e-6))
+    new = _chunk(np.tile([0.0, 0.002, 0.0, 0.0, 0.0, 0.0, 0.0], (8, 1)), stamp=t)
+    res = ex.accept(new, ex.check_admission(new, q, 0.0, t, None, ex.admission_start(t, q), checker=hurried), t)
+    assert res.is_hold and res.rejecting_kinds == [K.TIMEOUT]
+    cmd = ex.tick(q, 0.0, t)
+    assert cmd is not None and not cmd.is_hold and cmd.row == 2            # the running chunk's next row
+    q = cmd.positions[0]
+    t += 50_000_000
+    bad = _chunk(np.tile(np.r_[READY_Q[:6], 3.5], (8, 1)), space=ACTION_SPACE_JOINT_POSITION, stamp=t)
+    assert ex.admit(bad, q, 0.0, t).rejecting_kinds == [K.JOINT_LIMIT]
+    cmd = ex.tick(q, 0.0, t)
+    assert cmd is None or cmd.row is None                                  # stopped: braking, no row
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "stepwise"])
+def test_a_policy_pushing_a_joint_into_its_limit_keeps_moving_along_it_on_the_sim(mode):
+    """joint_limit_policy clip: chunk after chunk turns the wrist (joint 7) past its limit while moving the TCP
+    sideways. The filter used to reject every chunk (JOINT_LIMIT) and hold the arm for good (the main command's
+    seed 1 stalled 45 s with joint 4 at its limit); now it holds the joint just inside the margin and the rest of
+    the motion goes on. Judged on the MuJoCo arm: its own joint ranges, never past them minus the margin."""
+    from semanticvla_core.sim.env import MJ_JOINT_OFFSET, FrankaTabletopEnv, SimConfig
+
+    env = FrankaTabletopEnv(SimConfig(render=False))
+    env.reset("pick_place_plate", 0, render=False)
+    for _ in range(60):                                             # the wrist near its upper limit, no filter
+        if env.joint_positions()[6] > 2.83:
+            break
+        env.step(np.r_[0.0, 0.0, 0.0, 0.0, 0.0, -0.05, 0.0], render=False)
+    assert env.joint_positions()[6] > 2.83
+    upper = env._jnt_range[6, 1] - MJ_JOINT_OFFSET[6]              # the sim's own range (not the checker's URDF)
+    results = {}
+    for policy in ("clip", "reject"):
+        state = env.data.qpos.copy(), env.data.qvel.copy(), env.data.ctrl.copy(), env._setpoint_v.copy()
+        c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper="sim", joint_limit_policy=policy))
+        ex = SafetyExecutor(c, mode)
+        y0, t, held, q7 = env.tcp_pose()[0][1], NOW, 0, []
+        for k in range(6):                                          # 6 chunks of 8 rows, each from the arm's state
+            rows = np.zeros((8, 7)); rows[:, 1] = 0.004                            # 4 mm sideways per row ...
+            rows[:, 3:6] = 0.002 * env.tcp_pose()[1][:, 2]                         # ... turning joint 7 up
+            res = ex.admit(_chunk(rows, stamp=t), env.joint_positions(), 0.0, t)
+            held += res.is_hold
+            for _ in range(8):
+                cmd = ex.tick(env.joint_positions(), 0.0, t)
+                if cmd is not None and cmd.ee_delta is not None:
+                    env.step(cmd.ee_delta, render=False)
+                elif cmd is not None:
+                    env.step_joint_targets(cmd.positions[0], cmd.gripper)
+                else:                                               # no row due: the controller stays put
+                    env.step(np.zeros(7), render=False)
+                q7.append(env.joint_positions()[6])
+                t += 50_000_000
+        results[policy] = (env.tcp_pose()[0][1] - y0, held, max(q7))
+        env.data.qpos[:], env.data.qvel[:], env.data.ctrl[:], env._setpoint_v = state[0], state[1], state[2], state[3]
+        env.step(np.zeros(7), render=False)
+    moved, held, q7max = results["clip"]
+    assert held == 0 and moved > 0.08, results                       # 6 x 8 rows of 4 mm: it kept going
+    assert q7max <= upper - SafetyConfig().joint_limit_margin_rad + 2e-3, (q7max, upper)
+    assert results["reject"][1] >= 4 and results["reject"][0] < 0.5 * moved, results   # as before: holds

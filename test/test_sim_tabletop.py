@@ -608,6 +608,12 @@ def test_shipped_checkpoint_reproduces_its_recorded_episodes():
     rep = json.loads((ckpt / "eval.json").read_text())
     cfg = rep["config"]
     env_rec = rep.get("environment", {})
+    cap = env_rec.get("torch_cpu_capability")
+    if cap and cap != torch.backends.cpu.get_cpu_capability():
+        # other kernels sum in another order: a closed loop makes some episodes end differently (BENCHMARKS.md,
+        # "Reproducibility"); the success rate reproduces within its interval, episode by episode only on this CPU kind
+        pytest.skip(f"eval.json was recorded with torch's {cap} kernels; this CPU runs "
+                    f"{torch.backends.cpu.get_cpu_capability()}")
     threads = torch.get_num_threads()
     torch.set_num_threads(int(env_rec.get("torch_threads", 2)))
     try:

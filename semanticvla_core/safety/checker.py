@@ -11,7 +11,8 @@ executed in full, time-scaled, or not at all):
    clipped into it when the excess is small (``WORKSPACE``, clipped) or rejected; then damped-least-squares
    IK per step, redundancy pulled toward a rest posture (``IK_FAILED``);
    ``joint_position`` chunks are taken as joint targets directly;
-3. joint position limits of the URDF minus a margin (``JOINT_LIMIT``, always reject);
+3. joint position limits of the URDF minus a margin (``JOINT_LIMIT``): ee_delta targets a little past it are held
+   just inside it (``joint_limit_policy`` clip, the TCP falls short), anything else past it is rejected;
 4. collisions of every step: self-collision on the SRDF's pairs, the table plane and configured
    environment boxes (``SELF_COLLISION``, ``TABLE_COLLISION``, ``ENV_COLLISION``, always reject);
    backend-specific (:class:`BuiltinSafetyChecker`: Pinocchio + coal on the Panda URDF;
@@ -110,6 +111,7 @@ class SafetyResult:
     checked_positions: np.ndarray | None = None   # (H, 7) IK solution that was checked (also when rejected)
     tcp_targets: np.ndarray | None = None         # (H, 3) TCP targets (after workspace clipping)
     backend: str = ""
+    settle_points: int = 0                   # leading points that finish the setpoint's committed path (``settle``)
 
     @property
     def ok(self) -> bool:
@@ -181,8 +183,13 @@ class SafetyConfig:
     max_future_s: float = 0.2             # ... and one stamped further than this in the future too (clock skew)
     require_stamp: bool = True            # stamp_ns == 0 counts as STALE when a check time is given
     max_horizon: int = 256                # longer chunks are WRONG_SHAPE
-    # --- joint limits (always reject)
+    # --- joint limits (the margin is never crossed)
     joint_limit_margin_rad: float = 0.01  # keep this far inside the URDF limits
+    joint_limit_policy: str = "clip"      # ee_delta targets whose IK takes a joint past the margin: "clip": that joint
+                                          # held just inside it (the TCP falls short of the target) | "reject"
+    joint_limit_clip_max_rad: float = 0.1  # joints further past the margin than this are rejected even with "clip"
+    joint_limit_clip_inset_rad: float = 0.002  # clipped joints this far inside the margin (a controller's IK that
+                                          # lands near, not on, the clipped pose stays inside it)
     # --- dynamics: fraction of Franka's limits allowed, and what to do about an excess
     velocity_fraction: float = 1.0
     accel_fraction: float = 1.0
@@ -240,6 +247,10 @@ class SafetyConfig:
             raise ValueError(f"workspace_policy: 'clip' or 'reject', got {self.workspace_policy!r}")
         if self.table_policy not in ("clip", "reject"):
             raise ValueError(f"table_policy: 'clip' or 'reject', got {self.table_policy!r}")
+        if self.joint_limit_policy not in ("clip", "reject"):
+            raise ValueError(f"joint_limit_policy: 'clip' or 'reject', got {self.joint_limit_policy!r}")
+        if not 0.0 <= self.joint_limit_clip_inset_rad < 0.05:
+            raise ValueError(f"joint_limit_clip_inset_rad must be in [0, 0.05) rad, got {self.joint_limit_clip_inset_rad}")
         if np.any(np.asarray(self.workspace_min) >= np.asarray(self.workspace_max)):
             raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
         if self.max_time_scale < 1.0:
@@ -311,6 +322,12 @@ class SafetyChecker(abc.ABC):
         self.kin = kinematics or PandaKinematics()
         self.fallback_reason: str = ""   # set by make_checker when another backend was asked for
         self._deadline = float("inf")
+        # a checker that shares its process with a control loop (the safety node's admission) gives up the GIL for
+        # ``yield_s`` after every ``yield_every_s`` of work once a check_chunk has run ``yield_after_s`` (a short
+        # check is not slowed down), so that the loop's threads run while it checks; yield_s 0: never (a sleep(0) is
+        # not enough: the waiting thread loses the race to take the GIL back)
+        self.yield_after_s, self.yield_every_s, self.yield_s = 0.0, 0.0, 0.0
+        self._yielded = 0.0
         self._radii = self.reach_radii()
         self._tcp_radii = self.tcp_reach_radii()
         self._gripper_pts = self.gripper_points_tcp()
@@ -350,7 +367,7 @@ class SafetyChecker(abc.ABC):
     def check_chunk(self, chunk: ActionChunkData, q_current: np.ndarray, gripper_current: float,
                     now_ns: int | None = None, dq_current: np.ndarray | None = None,
                     start_q: np.ndarray | None = None, start_v: np.ndarray | None = None,
-                    dynamics: bool = True, end_at_rest: bool = False) -> SafetyResult:
+                    dynamics: bool = True, end_at_rest: bool = False, settle=None) -> SafetyResult:
         """Check every step of ``chunk`` and the path between them from the robot state; never raises (any bad
         argument -> a hold with a reason) and never runs longer than ``config.check_budget_s`` (-> TIMEOUT).
 
@@ -366,11 +383,17 @@ class SafetyChecker(abc.ABC):
         end_at_rest: the chunk is sent whole and the controller stops at its last point (execution trajectory): the
           stop counts as an acceleration and the points are checked as the controller samples them. False: the
           chunk is a window of a longer motion.
+        settle: (positions (K, 7), times (K,) s from now) of the path the setpoint is committed to, ending at rest
+          (a trajectory controller finishing its last trajectory). When the chunk cannot start from start_q moving at
+          start_v within the limits (a setpoint still braking in another direction), it starts from rest where that
+          path ends: the returned trajectory is the rest of that path and one period at its end (``settle_points``
+          points), then the chunk.
         """
         self._deadline = time.perf_counter() + _WORK_SHARE * self.config.check_budget_s
+        self._yielded = time.perf_counter() + self.yield_after_s
         try:
             return self._check_chunk(chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v, dynamics,
-                                     end_at_rest)
+                                     end_at_rest, settle)
         except CheckTimeout as e:
             return self.hold(q_current, gripper_current, [Violation(ViolationKind.TIMEOUT, str(e))])
         except Exception as e:  # noqa: BLE001 - bad input of any kind must end in a hold with a reason, never a raise
@@ -378,14 +401,23 @@ class SafetyChecker(abc.ABC):
             return self.hold(q_current, gripper_current,
                              [Violation(ViolationKind.BAD_INPUT, f"could not check the chunk: {type(e).__name__}: {e}")])
 
+    def share_the_gil(self, after_s: float = 0.02, every_s: float = 0.002, sleep_s: float = 0.0005) -> None:
+        """For a checker that shares its process with a control loop (the safety node's admission): once a check has
+        run ``after_s``, sleep ``sleep_s`` after every ``every_s`` of work so that the loop's threads run."""
+        self.yield_after_s, self.yield_every_s, self.yield_s = float(after_s), float(every_s), float(sleep_s)
+
     def _tick(self, what: str) -> None:
-        """Raise CheckTimeout when the running check has used up its budget."""
-        if time.perf_counter() > self._deadline:
+        """Raise CheckTimeout when the running check has used up its budget; give up the GIL (``yield_s``)."""
+        now = time.perf_counter()
+        if self.yield_s > 0 and now - self._yielded > self.yield_every_s:
+            time.sleep(self.yield_s)
+            self._yielded = now = time.perf_counter()
+        if now > self._deadline:
             raise CheckTimeout(f"check stopped after {self.config.check_budget_s * 1000:.0f} ms budget ({what}); "
                                "chunk rejected")
 
     def _check_chunk(self, chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v,
-                     dynamics, end_at_rest=False) -> SafetyResult:
+                     dynamics, end_at_rest=False, settle=None) -> SafetyResult:
         cfg = self.config
         # ---- robot state
         q_cur = _as_vector(q_current, 7)
@@ -431,32 +463,68 @@ class SafetyChecker(abc.ABC):
                 reasons.append(Violation(ViolationKind.IK_FAILED,
                                          f"no joint solution within {cfg.ik.fail_pos_m * 1000:.1f} mm / {cfg.ik.fail_rot_rad:.3f} rad "
                                          f"(residual {ik.pos_err[s] * 1000:.1f} mm, {ik.rot_err[s]:.3f} rad)", s))
+            else:
+                Q, P, jl = self._clip_joint_limits(Q, P)
+                reasons += jl
         else:  # joint_position: rows are absolute joint targets, an optional 8th column the gripper
             Q = actions[:, :7].copy()
             G = np.clip(actions[:, 7], GRIPPER_OPEN, GRIPPER_CLOSED) if actions.shape[1] == 8 else np.full(H, g_cur)
             P = self._tcp_positions(Q)
             reasons += self._workspace_strict(P)
-        return self._finish(q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest)
+        return self._finish(q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest,
+                            self._settle_path(settle) if dynamics else None)
 
-    def _finish(self, q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest=False) -> SafetyResult:
-        """Limits, the dense path check and dynamics of joint waypoints Q; the verdict."""
+    @staticmethod
+    def _settle_path(settle) -> tuple[np.ndarray, np.ndarray] | None:
+        """(positions (K, 7), times (K,)) of a usable ``settle`` argument (see check_chunk), else None."""
+        if settle is None:
+            return None
+        SP = np.asarray(settle[0], dtype=np.float64).reshape(-1, 7)
+        ST = np.asarray(settle[1], dtype=np.float64).reshape(-1)
+        if len(SP) == 0 or len(ST) != len(SP) or not (np.all(np.isfinite(SP)) and np.all(np.isfinite(ST))) \
+                or np.any(np.diff(np.r_[0.0, ST]) <= 0):
+            return None
+        return SP, ST
+
+    def _finish(self, q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest=False,
+                settle=None) -> SafetyResult:
+        """Limits, dynamics and the dense path check of joint waypoints Q; the verdict."""
         H = len(Q)
         reasons = reasons + self._joint_limits(Q)
+        scale, t0, pre = 1.0, 0.0, None
+        if dynamics:   # (before the path: it decides where the chunk starts)
+            scale, dyn = self._dynamics(q0, Q, dt, v0, end_at_rest)
+            if settle is not None and any(r.rejecting for r in dyn):
+                # not from the moving setpoint: from where its committed path comes to rest, one control period
+                # after it arrives (that path's stop is the one checked with it; the chunk starts from rest)
+                SP, ST = settle
+                Pp = self.config.control_period_s
+                SP, ST = np.vstack([SP, SP[-1:]]), np.r_[ST, ST[-1] + Pp]
+                s2, dyn2 = self._dynamics(SP[-1], Q, dt, np.zeros(7), end_at_rest)
+                if not any(r.rejecting for r in dyn2):
+                    scale, dyn, q0, t0, pre = s2, dyn2, SP[-1].copy(), float(ST[-1]), (SP, ST)
+                    dyn = dyn + [Violation(ViolationKind.ACCEL_LIMIT, f"starts once the arm's current motion has come "
+                                                                      f"to rest ({t0 * 1000:.0f} ms)", rejecting=False)]
+            reasons += dyn
         if not any(r.rejecting for r in reasons):   # the path check is the expensive part: only while it can matter
             reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
-        scale = 1.0
-        if dynamics:
-            scale, dyn = self._dynamics(q0, Q, dt, v0, end_at_rest)
-            reasons += dyn
         rejecting = [r for r in reasons if r.rejecting]
         if rejecting:
             return self.hold(q_cur, g_cur, reasons, time_scale=scale, checked_positions=Q, tcp_targets=P)
-        T = (np.arange(1, H + 1)) * dt * scale
+        T = t0 + (np.arange(1, H + 1)) * dt * scale
         V = self._waypoint_velocities(q0, Q, dt * scale)
         steps = [r.step for r in reasons if r.step is not None]
-        return SafetyResult(SafetyStatus.CLIPPED if reasons else SafetyStatus.OK, reasons, Q.copy(), V, T, G.copy(),
-                            first_bad_step=min(steps) if steps else None, time_scale=scale, checked_positions=Q,
-                            tcp_targets=P, backend=self.backend_name)
+        out = SafetyResult(SafetyStatus.CLIPPED if reasons else SafetyStatus.OK, reasons, Q.copy(), V, T, G.copy(),
+                           first_bad_step=min(steps) if steps else None, time_scale=scale, checked_positions=Q,
+                           tcp_targets=P, backend=self.backend_name)
+        if pre is not None:      # the committed path first (checked when it was sent; the executor re-checks it all)
+            SP, ST = pre
+            out.positions = np.vstack([SP, out.positions])
+            out.velocities = np.vstack([np.zeros_like(SP), out.velocities])
+            out.times_from_start = np.r_[ST, out.times_from_start]
+            out.gripper = np.r_[np.full(len(SP), G[0]), out.gripper]
+            out.settle_points = len(SP)
+        return out
 
     def verify_command(self, q_current, gripper_current: float, start_q, start_v, positions, times,
                        gripper, period: float | None = None, end_at_rest: bool = False,
@@ -705,6 +773,39 @@ class SafetyChecker(abc.ABC):
                                                            f"{dist[worst] * 1000:.1f} mm", s, rejecting=False)]
         return P, [Violation(ViolationKind.WORKSPACE, f"TCP target {np.round(P[worst], 3).tolist()} is {dist[worst] * 1000:.1f} mm "
                                                       f"outside the workspace box {lo.tolist()}..{hi.tolist()}", s)]
+
+    def clip_joints(self, q: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """(joint positions ``q`` (..., 7) with every joint past the margin held joint_limit_clip_inset_rad inside it,
+        the largest excess past the margin in rad). The clipped positions are None when nothing is to be clipped:
+        nothing past the margin, joint_limit_policy reject, or an excess over joint_limit_clip_max_rad (left to the
+        rejecting JOINT_LIMIT check). The one place that decides a joint clip, for whole chunks and single rows."""
+        cfg = self.config
+        m = cfg.joint_limit_margin_rad
+        lo, hi = self.kin.lower + m, self.kin.upper - m
+        q = np.asarray(q, dtype=np.float64)
+        excess = float(np.max(np.maximum(lo - q, 0.0) + np.maximum(q - hi, 0.0), initial=0.0))
+        if excess <= 0.0 or cfg.joint_limit_policy != "clip" or excess > cfg.joint_limit_clip_max_rad:
+            return None, excess
+        inset = cfg.joint_limit_clip_inset_rad
+        return np.clip(q, lo + inset, hi - inset), excess
+
+    def _clip_joint_limits(self, Q: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Violation]]:
+        """ee_delta joint targets a little past the margin (clip_joints): those joints held just inside it and the TCP
+        targets moved to where that leaves the TCP (a clipped, non-rejecting reason; a policy that keeps pushing
+        toward the limit then slides along it instead of holding the arm for good)."""
+        cfg = self.config
+        Qc, excess = self.clip_joints(Q)
+        if Qc is None:
+            return Q, P, []
+        rows = np.flatnonzero(np.any(Qc != Q, axis=1))
+        s = int(rows[0])
+        j = int(np.flatnonzero(Qc[s] != Q[s])[0])
+        P = P.copy()
+        P[rows] = self._tcp_positions(Qc[rows])          # (checks the deadline as it goes)
+        return Qc, P, [Violation(ViolationKind.JOINT_LIMIT, f"joint targets held {cfg.joint_limit_clip_inset_rad:.3f} rad "
+                                                            f"inside the {cfg.joint_limit_margin_rad:.3f} rad margin (up to "
+                                                            f"{excess:.4f} rad past it; first {PANDA_ARM_JOINTS[j]})", s,
+                                 rejecting=False)]
 
     def _joint_limits(self, Q: np.ndarray) -> list[Violation]:
         m = self.config.joint_limit_margin_rad

@@ -42,6 +42,8 @@ from .kinematics import PANDA_REST_Q
 
 EXECUTION_MODES = ("cartesian", "stepwise", "trajectory")
 BRAKE_FRACTION = 0.8          # brakes decelerate at 80% of the acceleration limits (margin: see _braking_points)
+_SLOW_DOWN_HELPS = (ViolationKind.TABLE_COLLISION, ViolationKind.ENV_COLLISION, ViolationKind.SELF_COLLISION,
+                    ViolationKind.WORKSPACE)   # a row refused for these may pass as a harder deceleration
 ROW_ACCEL_FRACTION = 0.95     # rows accelerate at up to 95% of the limits: margin for the modelled setpoint velocity
                               # (a Cartesian controller's, or the measured one when the model starts), a few % off
 
@@ -85,6 +87,7 @@ class SafetyExecutor:
         self.chunk: ActionChunkData | None = None
         self.last_row_ns: int | None = None
         self._pending: ArmCommand | None = None          # trajectory mode: the admitted chunk, sent at the next tick
+        self._pending_after_path = False                  # ... once the setpoint's committed path has come to rest
         self._sp_t: np.ndarray | None = None              # setpoint polyline: times (ns) ...
         self._sp_q: np.ndarray | None = None              # ... and joint positions (K, 7)
         self._old: tuple = (None, None)                   # the polyline the current one replaced
@@ -166,7 +169,8 @@ class SafetyExecutor:
     def admit(self, chunk: ActionChunkData, q_current, gripper_current: float, now_ns: int,
               dq_current=None) -> SafetyResult:
         """Whole-chunk check from the setpoint now; an accepted chunk replaces the running one, a rejected one also
-        stops it (the newest plan is unsafe from here: the next tick brakes). Never raises."""
+        stops it (the newest plan is unsafe from here: the next tick brakes; not for a check out of time, see
+        :meth:`keeps_running`). Never raises."""
         try:
             return self._admit(chunk, q_current, gripper_current, now_ns, dq_current)
         except Exception as e:  # noqa: BLE001 - bad arguments: a reason, never an exception
@@ -175,17 +179,51 @@ class SafetyExecutor:
                                                                     f"admit: {type(e).__name__}: {e}")])
 
     def _admit(self, chunk, q_current, gripper_current, now_ns, dq_current) -> SafetyResult:
+        start = self.admission_start(now_ns, q_current, dq_current)
+        return self.accept(chunk, self.check_admission(chunk, q_current, gripper_current, now_ns, dq_current, start),
+                           now_ns)
+
+    # admission in three steps, for a caller that checks in another thread than the one running the rows (the safety
+    # node): admission_start and accept are quick and touch the executor; check_admission is the whole-chunk check,
+    # touches nothing of the executor and may run while ticks go on (with its own checker: a checker is not
+    # thread-safe). The rows admitted are verified again as they are sent, from where the setpoint is then.
+    def admission_start(self, now_ns, q_current, dq_current=None) -> tuple:
+        """(start_q, start_v, settle) of a chunk admitted now: the setpoint by the model and, in trajectory mode, the
+        path it is committed to (see SafetyChecker.check_chunk). None values when the state is unusable."""
         if dq_current is not None:
             self._note_velocity(dq_current)
         try:
             sq, sv = self.setpoint(int(now_ns), q_current)
         except Exception:  # noqa: BLE001 - bad state: the checker says why
-            sq = sv = None
-        # stepwise / cartesian: every row's command is rate-limited and verified as sent, so the admission checks the
-        # path, not the timing (a chunk that starts faster than the arm can accelerate just runs a little later)
-        res = self.checker.check_chunk(chunk, q_current, gripper_current, now_ns=now_ns, dq_current=dq_current,
-                                       start_q=sq, start_v=sv, dynamics=self.mode == "trajectory",
-                                       end_at_rest=self.mode == "trajectory")
+            return None, None, None
+        return sq, sv, (self._committed_path(int(now_ns)) if self.mode == "trajectory" else None)
+
+    def check_admission(self, chunk, q_current, gripper_current, now_ns, dq_current, start: tuple,
+                        checker: SafetyChecker | None = None) -> SafetyResult:
+        """The whole-chunk check from ``start`` (admission_start). stepwise / cartesian: every row's command is
+        rate-limited and verified as sent, so the admission checks the path, not the timing (a chunk that starts
+        faster than the arm can accelerate just runs a little later). Never raises."""
+        sq, sv, settle = start
+        traj = self.mode == "trajectory"
+        return (checker or self.checker).check_chunk(chunk, q_current, gripper_current, now_ns=now_ns,
+                                                     dq_current=dq_current, start_q=sq, start_v=sv, dynamics=traj,
+                                                     end_at_rest=traj, settle=settle)
+
+    def keeps_running(self, res: SafetyResult) -> bool:
+        """A rejection that leaves the running chunk running (stepwise / cartesian): the check ran out of time
+        (TIMEOUT) and found nothing wrong. The new plan is unknown, not unsafe, and every row of the running one is
+        still verified as it is sent (a loaded machine then keeps executing its last admitted plan instead of
+        stopping at every late check). Trajectory mode: no (the running trajectory went out whole; a rejection holds,
+        as for any other reason)."""
+        kinds = res.rejecting_kinds
+        return (self.mode != "trajectory" and res.is_hold and bool(kinds)
+                and all(k is ViolationKind.TIMEOUT for k in kinds))
+
+    def accept(self, chunk, res: SafetyResult, now_ns) -> SafetyResult:
+        """Install the verdict of check_admission: an accepted chunk replaces the running one, a rejected one also
+        stops it (the next tick brakes), unless it :meth:`keeps_running`."""
+        if res.is_hold and self.keeps_running(res):
+            return res
         self._pending = None
         if res.is_hold:
             self.chunk = None
@@ -193,9 +231,23 @@ class SafetyExecutor:
         self.chunk = replace(chunk, actions=np.array(chunk.actions, dtype=np.float64))
         if self.mode == "trajectory":
             self.chunk = None
-            self._pending = ArmCommand("joint_points", res.positions.copy(), res.times_from_start.copy(),
-                                       float(res.gripper[0]), int(now_ns), reasons=list(res.reasons))
+            k = int(res.settle_points)
+            # after the committed path: its last point held one period, then the chunk, timed from the end of that
+            # path (which is rebuilt as it is at the send)
+            k0 = k - 1 if k >= 2 else 0
+            t_end = float(res.times_from_start[k - 2]) if k >= 2 else 0.0
+            self._pending = ArmCommand("joint_points", res.positions[k0:].copy(), res.times_from_start[k0:] - t_end,
+                                       float(res.gripper[k]), int(now_ns), reasons=list(res.reasons))
+            self._pending_after_path = bool(k)
         return res
+
+    def _committed_path(self, now_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(points (K, 7), times (K,) s from now) of the modelled setpoint's path still ahead, which ends at rest
+        (trajectory mode: every command does); None when the setpoint is not moving along a model."""
+        if self._sp_measured or self._sp_t is None or self._sp_t[-1] <= now_ns:
+            return None
+        later = self._sp_t > now_ns
+        return self._sp_q[later].copy(), (self._sp_t[later] - now_ns) * 1e-9
 
     # ------------------------------------------------------------------ every period
     def row_index(self, now_ns: int) -> tuple[int | None, int]:
@@ -276,6 +328,12 @@ class SafetyExecutor:
             if cmd is None:
                 return None
             cmd.stamp_ns = now_ns                 # starts now, from the setpoint now (re-checked from there)
+            if self._pending_after_path:          # ... after the rest of the committed path, as it is from now
+                ahead = self._committed_path(now_ns)
+                if ahead is not None:
+                    cmd.positions = np.vstack([ahead[0], cmd.positions])
+                    cmd.times = np.r_[ahead[1], ahead[1][-1] + cmd.times]
+                self._pending_after_path = False
             bad = self.checker.verify_command(q, g, sq, sv, cmd.positions, cmd.times, cmd.gripper, period=self.period,
                                               end_at_rest=True)
             if bad:
@@ -334,14 +392,30 @@ class SafetyExecutor:
                 p_w, R_w = kin.fk(q_want)
                 ee = np.r_[p_w - p, matrix_to_rotvec(R_w @ R.T), grip]
                 q_cmd = self._cartesian_setpoint(q, sq, sv, ee)
+            q_in, _ = self.checker.clip_joints(q_cmd)
+            if q_in is not None:
+                # the controller's own IK (which stops at the URDF limits, not at the margin) would take a joint past
+                # the margin: ask it for the pose of the setpoint held just inside instead (the checker's clip, one
+                # place), and predict and check what it commands for that
+                p_w, R_w = kin.fk(q_in)
+                ee = np.r_[p_w - p, matrix_to_rotvec(R_w @ R.T), grip]
+                q_cmd = self._cartesian_setpoint(q, sq, sv, ee)
         else:
             q_cmd = limit_joint_step(sq, sv, res.positions[0], self.period, vmax, amax)
         # the command is checked together with the brake that would follow it: if the next row is refused (or none
         # comes) the setpoint can always stop safely within the acceleration limits from where this row leaves it
-        tail = self._braking_points(q_cmd, (q_cmd - sq) / self.period)
-        P = np.vstack([q_cmd[None], tail]) if len(tail) else q_cmd[None]
-        bad = self.checker.verify_command(q, g, sq, sv, P, self.period * np.arange(1, len(P) + 1), grip,
-                                          period=self.period, end_at_rest=True, stepped=True)
+        tail, bad = self._verify_row(q, g, sq, sv, q_cmd, grip)
+        if bad and np.any(sv) and all(v.kind in _SLOW_DOWN_HELPS for v in bad):
+            # the row is fine but the stop after it would come too close to something (an arm coming down fast near
+            # the table): decelerate now instead, as hard as a brake does, and go on with the chunk from there
+            q_slow = self._braking_points(sq, sv)[0]
+            if cart:
+                p_w, R_w = kin.fk(q_slow)
+                ee = np.r_[p_w - p, matrix_to_rotvec(R_w @ R.T), grip]
+                q_slow = self._cartesian_setpoint(q, sq, sv, ee)
+            tail, bad2 = self._verify_row(q, g, sq, sv, q_slow, grip)
+            if not bad2:
+                q_cmd, bad = q_slow, []
         if bad:
             return bad
         self._commit(now_ns, sq, q_cmd[None], np.array([self.period]))
@@ -350,6 +424,14 @@ class SafetyExecutor:
         self._grip = grip
         return ArmCommand("ee_delta" if cart else "joint_points", q_cmd[None], np.array([self.period]), grip, now_ns,
                           ee_delta=ee, reasons=list(res.reasons))
+
+    def _verify_row(self, q, g, sq, sv, q_cmd, grip) -> tuple[np.ndarray, list[Violation]]:
+        """(braking tail, violations) of a row command ``q_cmd`` sent from setpoint (sq, sv), checked with the brake
+        that follows it."""
+        tail = self._braking_points(q_cmd, (q_cmd - sq) / self.period)
+        P = np.vstack([q_cmd[None], tail]) if len(tail) else q_cmd[None]
+        return tail, self.checker.verify_command(q, g, sq, sv, P, self.period * np.arange(1, len(P) + 1), grip,
+                                                 period=self.period, end_at_rest=True, stepped=True)
 
     def _cartesian_setpoint(self, q: np.ndarray, sq: np.ndarray, sv: np.ndarray, ee: np.ndarray) -> np.ndarray:
         """The joint setpoint the Cartesian controller commands for row ``ee`` from the measured joints ``q``: the

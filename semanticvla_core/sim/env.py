@@ -155,14 +155,16 @@ class FrankaTabletopEnv:
         self._reset_robot()
 
     # ------------------------------------------------------------------ the static scene
-    def static_obstacles(self, min_top_m: float = 0.02) -> list:
+    def static_obstacles(self, min_top_m: float = 0.02, rest_allowance_m: float = 0.005) -> list:
         """The episode's fixed scene objects as obstacle boxes in the base frame (``EnvBox``): every colliding box
-        geom of the placed plates and bowls whose top is at least ``min_top_m`` above the table (the bowls' walls),
-        which the arm cannot push away (mocap bodies). What a planning scene would hold on a real robot; the sim
-        node publishes it for the safety filter. Flat fixtures (the 1 cm plates, the bowls' floors) are left out:
-        placing a cube on them brings the fingers' pads down to their surface, as onto the table (measured: with the
-        plates as obstacles the filter refused the placing motion and the demo's arm stood still). The cubes
-        (movable, grasped) are not obstacles."""
+        geom of the placed plates and bowls, which the arm cannot push away (mocap bodies). What a planning scene
+        would hold on a real robot; the sim node publishes it for the safety filter. Flat fixtures (top below
+        ``min_top_m``: the 1 cm plates, the bowls' floors) are placed on: placing a cube brings the fingers' pads down
+        to their surface, so their boxes stop ``rest_allowance_m`` below it (a pad may rest on a plate, not strike
+        its edge: a pad kept only clear of the table was pushed down the edge of a plate into the table; with the
+        whole plate as an obstacle the filter refused the placing motion and the demo's arm stood still). A flat
+        box left lower than that above the table (a bowl's floor) is dropped: the table's clearance covers it. The
+        cubes (movable, grasped) are not obstacles."""
         from ..safety.checker import EnvBox
         m, d = self.model, self.data
         out = []
@@ -172,10 +174,16 @@ class FrankaTabletopEnv:
                 continue
             if not (m.geom_contype[g] or m.geom_conaffinity[g]) or d.xpos[body][0] < PARK_X + 1.0:
                 continue                                              # visual only, or parked out of the scene
-            if d.geom_xpos[g][2] + np.abs(d.geom_xmat[g].reshape(3, 3)[2]) @ m.geom_size[g] < min_top_m:
-                continue                                              # flat: placed on, like the table
+            R, c, size = d.geom_xmat[g].reshape(3, 3), d.geom_xpos[g].copy(), 2 * m.geom_size[g].copy()
+            if c[2] + np.abs(R[2]) @ m.geom_size[g] < min_top_m:       # flat: placed on
+                if abs(R[2, 2]) < 0.999:
+                    continue                                          # (a tilted flat box: not cut, left out)
+                size[2] -= rest_allowance_m
+                c[2] -= rest_allowance_m / 2
+                if c[2] + size[2] / 2 < rest_allowance_m - 1e-9:
+                    continue                                          # (as low as that, the table's clearance holds)
             out.append(EnvBox.from_matrix(self.mj.mj_id2name(m, self.mj.mjtObj.mjOBJ_GEOM, g) or f"geom{g}",
-                                          d.geom_xpos[g], 2 * m.geom_size[g], d.geom_xmat[g]))
+                                          c, size, R))
         return out
 
     # ------------------------------------------------------------------ robot state
