@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     from semanticvla_core.scene_plot import render_scene
 
     from .bringup import stop_bringup
-    from .messages import trace_from_msg
+    from .messages import stamp_to_ns, trace_from_msg
     from .msg import ActionChunk, Trace
     from .ros_conversions import camera_from_info, pose_to_matrix
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     node.create_subscription(Trace, "/semanticvla/trace", lambda m: rec["traces"].append((time.monotonic(), m)), 10)
     def on_chunk(m):
         rec["chunks"].append(time.monotonic())
-        rec["chunk_stamps"].append((m.header.stamp.sec * 10**9 + m.header.stamp.nanosec) * 1e-9)   # its tick
+        rec["chunk_stamps"].append(stamp_to_ns(m.header.stamp) * 1e-9)   # its tick
         rec["plans_rx"].setdefault(int(m.plan_id), time.time_ns())     # when each plan's first chunk arrived
     node.create_subscription(ActionChunk, "/semanticvla/action_chunk", on_chunk, 50)
     # what the arm is commanded: one ee_delta row per period (sim:=true, execution cartesian), holds as trajectories
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         still_gaps = [[round(float(edges[i] + P - t_start), 2), round(float(gaps[i] - P), 2)]
                       for i in sorted(long) if gaps[i] > 1.5 * P]
     # the planning delay as the graph has it: from a Trace's observation stamp to its plan's first chunk, in periods
-    stamps = {int(m.plan_id): m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in rec["traces"]}
+    stamps = {int(m.plan_id): stamp_to_ns(m.header.stamp) for _, m in rec["traces"]}
     delays = [(rx - stamps[pid]) / (P * 1e9) for pid, rx in rec["plans_rx"].items() if pid in stamps]
     period = float(np.median(chunk_dt)) if chunk_dt.size else None
     diag = {kv.key: kv.value for kv in rec["diag"].status[0].values} if rec["diag"] else {}

@@ -36,6 +36,8 @@ def guarded(on_error=None):
             try:
                 return fn(self, *args, **kwargs)
             except Exception as e:  # noqa: BLE001 - a node must survive any bad input
+                if type(e).__name__ == "InvalidHandle" or not rclpy.ok():
+                    return None          # the node is being destroyed at shutdown: nothing to report, nothing to do
                 now = time.monotonic()
                 key = f"_guard_last_{fn.__name__}"
                 if now - getattr(self, key, 0.0) > 1.0:
@@ -57,31 +59,58 @@ def now_ns(node) -> int:
     return node.get_clock().now().nanoseconds
 
 
+# how often a spinning node wakes up by itself to see whether its context was shut down (see spin_node)
+SHUTDOWN_POLL_S = 0.25
+
+
+def spin_node(node, num_threads: int = 1) -> None:
+    """Spin ``node`` until its context shuts down (raises ExternalShutdownException then, like ``Executor.spin``).
+
+    ``num_threads`` > 1: a MultiThreadedExecutor with that many threads instead of a single-threaded one (and a
+    0.5 ms GIL switch interval), for a node whose callback groups must not wait on each other (the safety filter:
+    its watchdog and holds never wait on a chunk check). Callbacks in flight on the pool threads finish first.
+
+    The node also gets a no-op timer every SHUTDOWN_POLL_S. rclpy's signal handler triggers the executors' wake-up
+    guard condition and then shuts the context down, from its own thread. An executor woken between the two sees
+    the context still valid, waits again, and nothing wakes it: an idle node (no input, no timer) then never
+    returned from a SIGTERM (seen once in CI: trace_overlay still running 10 s after it). The timer bounds that
+    wait, so a shut-down context ends the spin within SHUTDOWN_POLL_S whatever woke the executor last."""
+    ex = (SingleThreadedExecutor(context=node.context) if num_threads <= 1
+          else MultiThreadedExecutor(num_threads=num_threads, context=node.context))
+    node.create_timer(SHUTDOWN_POLL_S, _no_op)
+    if num_threads > 1:
+        # a thread woken by a message waits for the GIL up to the switch interval each time a CPU-bound callback
+        # (a chunk check) holds it; 5 ms by default, which added 10-25 ms to a hold measured on 2 busy cores
+        sys.setswitchinterval(0.0005)
+    try:
+        ex.add_node(node)
+        ex.spin()
+    finally:
+        if num_threads > 1:
+            try:
+                ex.shutdown(timeout_sec=2.0)      # let the callbacks in flight on the pool threads finish first
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _no_op() -> None:
+    return None
+
+
 def run_node(factory, args=None, num_threads: int = 1) -> None:
-    """rclpy.init, build the node, spin a single-threaded executor (multi-threaded executors showed 100+ ms
-    p99 latency on 2 cores), and shut down on SIGINT/SIGTERM without a traceback.
+    """rclpy.init, build the node, spin it (spin_node: single-threaded unless ``num_threads`` > 1; multi-threaded
+    executors showed 100+ ms p99 latency on 2 cores), and shut down on SIGINT/SIGTERM without a traceback.
 
     Signals: rclpy's own handlers (installed by ``rclpy.init`` for SIGINT and SIGTERM) do it. From the signal they
     trigger the guard condition every executor waits on and shut the context down, so ``spin()`` returns at once
     even in a node with no input and no timer. A Python handler (``signal.signal``) must not replace them: CPython
     runs it only when the main thread next executes bytecode, i.e. after the executor's wait returns by itself
-    (never, for an idle node: a SIGTERM was ignored for > 10 s).
-
-    ``num_threads`` > 1: a MultiThreadedExecutor with that many threads instead (and a 0.5 ms GIL switch interval),
-    for a node whose callback groups must not wait on each other (the safety filter: its watchdog and holds never
-    wait on a chunk check)."""
+    (never, for an idle node: a SIGTERM was ignored for > 10 s)."""
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.ALL)
     node = None
-    ex = None
     try:
         node = factory()
-        ex = SingleThreadedExecutor() if num_threads <= 1 else MultiThreadedExecutor(num_threads=num_threads)
-        if num_threads > 1:
-            # a thread woken by a message waits for the GIL up to the switch interval each time a CPU-bound callback
-            # (a chunk check) holds it; 5 ms by default, which added 10-25 ms to a hold measured on 2 busy cores
-            sys.setswitchinterval(0.0005)
-        ex.add_node(node)
-        ex.spin()
+        spin_node(node, num_threads)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -90,11 +119,6 @@ def run_node(factory, args=None, num_threads: int = 1) -> None:
         if rclpy.ok():
             raise
     finally:
-        if ex is not None and num_threads > 1:
-            try:
-                ex.shutdown(timeout_sec=2.0)      # let the callbacks in flight on the pool threads finish first
-            except Exception:  # noqa: BLE001
-                pass
         if node is not None:
             close = getattr(node, "close", None)
             if close:

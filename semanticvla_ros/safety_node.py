@@ -27,11 +27,17 @@ publishes again") until the node publishes a message made after its exit (a resp
 exit or a silent planner / perception / arm holds, no chunk is admitted, no row runs, and only holds are sent and
 reported.
 
-Threads (a 2-thread MultiThreadedExecutor): chunk admission and the rows (the executor and its checks, up to
-``check_budget_s``) run in their own callback group with the executor to themselves (``_exec_lock``); the watchdog,
-node exits, liveness and joint states run in the default group and never wait for a check: a hold that finds the
-executor busy stops at the setpoint at once (one point) and the chunk group brakes properly as soon as its check is
-done. ``_lock`` guards the watchdog state and every publication and is never held across a check.
+Threads (a 3-thread MultiThreadedExecutor): chunk admission runs in its own callback group, the rows in another, the
+watchdog, node exits, liveness and joint states in the default group. The executor is guarded by ``_exec_lock``; an
+admission takes it only to read where the setpoint is and to install its verdict: the whole-chunk check itself (up
+to ``check_budget_s``) runs outside it with a checker of its own (``admission_checker``; checkers are not
+thread-safe), so the rows go on every period while a new chunk is checked (with the ``moveit`` backend the check
+runs under the lock). Once a check has run 20 ms that checker sleeps 0.5 ms after every 2 ms of work
+(``SafetyChecker.share_the_gil``): the check is pure Python and would keep the GIL from the rows' threads (rows
+0.2-0.45 s apart during a long check). Every row is verified as it is sent, from where the setpoint is then. A hold
+never waits: one that finds the executor busy (a row being verified) stops at the setpoint at once (one point) and
+the group that had it brakes properly as soon as it is done. ``_lock`` guards the watchdog state and every publication and is
+never held across a check.
 
 Subscribes  (also) /semanticvla/trace (Trace), /semanticvla/observation/joint_states, /semanticvla/supervisor/node_exit
 """
@@ -101,12 +107,15 @@ class SafetyNode(Node):
                            gripper_table_margin_m=self.p.table_margin, table_policy=self.p.table_policy,
                            gripper=self.p.gripper_model, check_budget_s=self.p.check_budget_s,
                            table_clip_max_m=self.p.table_clip_max_m, env_boxes=json.loads(self.p.env_boxes_json),
+                           joint_limit_policy=self.p.joint_limit_policy,
+                           joint_limit_clip_max_rad=self.p.joint_limit_clip_max_rad,
                            ik=replace(IKConfig(), rest_posture=tuple(self.p.ik_rest_posture),
                                       nullspace_gain=self.p.ik_nullspace_gain))
         if self.p.execution not in EXECUTION_MODES:
             raise ValueError(f"safety_filter: execution must be one of {EXECUTION_MODES}, got {self.p.execution!r}")
         self._cfg = cfg                          # (env_boxes: the static ones; a scene message adds its boxes)
         self.checker = make_checker(self.p.backend, cfg, **self._moveit_kwargs())
+        self.admission_checker = self._second_checker(cfg)
         self.commander = SafetyExecutor(self.checker, self.p.execution, period_s=1.0 / self.p.step_rate_hz,
                                        rest_posture=tuple(self.p.ik_rest_posture), recapture_rad=self.p.hold_recapture_rad)
         if getattr(self.checker, "fallback_reason", ""):
@@ -123,6 +132,7 @@ class SafetyNode(Node):
         self._in_hold = threading.local()        # .on: this thread is sending a hold (never gated)
         self._hold_pending = False               # a hold found the executor busy: the chunk group brakes after it
         self._cb_chunk = MutuallyExclusiveCallbackGroup()
+        self._cb_step = MutuallyExclusiveCallbackGroup()
         self.q = self.dq = None
         self.gripper = 0.0
         self.holding = False          # the last command was a hold (log a hold reason once, not every tick)
@@ -145,8 +155,17 @@ class SafetyNode(Node):
             self.create_subscription(MarkerArray, self.p.scene_obstacles_topic, self.on_scene, latched_qos(),
                                      callback_group=self._cb_chunk)
         self.create_timer(1.0 / self.p.watchdog_rate_hz, self.on_watchdog)
-        self.create_timer(1.0 / self.p.step_rate_hz, self._chunk_group_on_step, callback_group=self._cb_chunk)
+        self.create_timer(1.0 / self.p.step_rate_hz, self._step_group_on_step, callback_group=self._cb_step)
         self.get_logger().info(f"safety filter: backend {self.checker.backend_name}, execution {self.p.execution}")
+
+    def _second_checker(self, cfg: SafetyConfig):
+        """The admission's own checker (module text: Threads), the same as ``self.checker``; None (admission under
+        the lock with ``self.checker``) for a backend that is not built here (moveit)."""
+        if self.checker.backend_name != "builtin":
+            return None
+        checker = make_checker("builtin", cfg)
+        checker.share_the_gil()          # a long check lets the rows' threads run (module text: Threads)
+        return checker
 
     def _moveit_kwargs(self) -> dict:
         """backend moveit: MoveIt's own parameters (robot_description, robot_description_semantic,
@@ -197,17 +216,31 @@ class SafetyNode(Node):
             return self._hold([Violation(ViolationKind.WRONG_SHAPE, f"malformed ActionChunk: {e}")], t)
         if self.q is None:
             return self._hold([Violation(ViolationKind.STALE, "no joint state yet")], t)
-        res = self.commander.admit(chunk, self.q, self.gripper, t, self.dq)
-        if res.is_hold:
-            self.counts["rejected"] += 1
-            return self._hold(res.reasons, t)
-        self.counts["clipped" if res.reasons else "ok"] += 1
-        self.watchdog.feed("chunk", t)
-        self._diag(res.status.value, violations_text(res.reasons), t)
-        if self.p.execution == "trajectory":       # a whole chunk goes out now, not at the next period
-            cmd = self.commander.tick(self.q, self.gripper, t, self.dq)
-            if cmd is not None:
-                self._hold(cmd.reasons, t, cmd=cmd) if cmd.is_hold else self._send(cmd)
+        q, g, dq = self.q, self.gripper, self.dq
+        with self._exec_lock:
+            start = self.commander.admission_start(t, q, dq)
+        if self.admission_checker is not None:      # the rows go on meanwhile (module text: Threads)
+            res = self.commander.check_admission(chunk, q, g, t, dq, start, checker=self.admission_checker)
+        with self._exec_lock:
+            if self.admission_checker is None:
+                res = self.commander.check_admission(chunk, q, g, t, dq, start)
+            self.commander.accept(chunk, res, t)
+            if res.is_hold:
+                self.counts["rejected"] += 1
+                if self.commander.keeps_running(res):     # out of time, nothing found: the last admitted plan goes on
+                    text = violations_text(res.reasons)
+                    self.get_logger().warning(f"chunk not admitted ({text}): the running chunk goes on")
+                    self._diag("rejected", text + "; the running chunk goes on", t)
+                    return None
+                return self._hold(res.reasons, t)
+            self.counts["clipped" if res.reasons else "ok"] += 1
+            self.watchdog.feed("chunk", t)
+            self._diag(res.status.value, violations_text(res.reasons), t)
+            if self.p.execution == "trajectory":       # a whole chunk goes out now, not at the next period
+                t = now_ns(self)
+                cmd = self.commander.tick(self.q, self.gripper, t, self.dq)
+                if cmd is not None:
+                    self._hold(cmd.reasons, t, cmd=cmd) if cmd.is_hold else self._send(cmd)
 
     @guarded()
     def on_step(self) -> None:
@@ -260,9 +293,11 @@ class SafetyNode(Node):
         if self.checker.backend_name == "moveit":
             self.get_logger().info("scene obstacles: ignored, backend moveit checks MoveIt's own planning scene")
             return
-        checker = make_checker("builtin", replace(self._cfg, env_boxes=list(self._cfg.env_boxes) + boxes))
+        cfg = replace(self._cfg, env_boxes=list(self._cfg.env_boxes) + boxes)
+        checker, second = make_checker("builtin", cfg), self._second_checker(cfg)
         with self._exec_lock:
             self.checker = self.commander.checker = checker
+            self.admission_checker = second       # (this is the chunk group: no admission runs now)
         self.scene_boxes = len(boxes)
         self.get_logger().info(f"scene: {len(boxes)} obstacle boxes from {self.p.scene_obstacles_topic} "
                                f"({', '.join(b.name for b in boxes[:6])}{' ...' if len(boxes) > 6 else ''})")
@@ -311,26 +346,31 @@ class SafetyNode(Node):
         the joint states went silent (a mere gap in the chunks is not: the next chunk ends it)."""
         return self._check(t, ignore=("chunk",)).reasons
 
-    # ------------------------------------------------------------------ chunk group (the executor's own thread)
+    # ------------------------------------------------------------------ chunk and step groups
+    @guarded()
     def _chunk_group_on_chunk(self, msg: ActionChunk) -> None:
-        """on_chunk with the executor to itself; refused while blocked; a hold that began during the check wins."""
-        with self._exec_lock:
-            try:
-                t = now_ns(self)
-                self._seen("chunk", "controller", msg.header.stamp)
-                blocked = self._blocked(t)
-                if blocked:
-                    self.counts["blocked"] += 1
+        """on_chunk (the executor to itself except during the check); refused while blocked; a hold that began
+        during the check wins."""
+        try:
+            t = now_ns(self)
+            self._seen("chunk", "controller", msg.header.stamp)
+            blocked = self._blocked(t)
+            if blocked:
+                self.counts["blocked"] += 1
+                with self._exec_lock:
                     return self._hold(blocked, t, log=False)
-                self.on_chunk(msg)
-                t = now_ns(self)
-                blocked = self._blocked(t)
-                if blocked:
+            self.on_chunk(msg)
+            t = now_ns(self)
+            blocked = self._blocked(t)
+            if blocked:
+                with self._exec_lock:
                     self._hold(blocked, t, log=False)
-            finally:
+        finally:
+            with self._exec_lock:
                 self._catch_up_hold()
 
-    def _chunk_group_on_step(self) -> None:
+    @guarded()
+    def _step_group_on_step(self) -> None:
         """on_step with the executor to itself; no row runs while blocked (the watchdog holds every period)."""
         with self._exec_lock:
             try:
@@ -416,7 +456,7 @@ class SafetyNode(Node):
 
 
 def main(args=None):
-    run_node(SafetyNode, args, num_threads=2)    # holds never wait for a chunk check (module text)
+    run_node(SafetyNode, args, num_threads=3)    # rows and holds never wait for a chunk check (module text)
 
 
 if __name__ == "__main__":

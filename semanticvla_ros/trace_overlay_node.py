@@ -21,7 +21,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from semanticvla_core.image_convert import msg_to_model_rgb
 from semanticvla_core.overlay import draw_plan_overlay, lift_trace, trace_marker_arrays
 
-from .messages import ns_to_stamp, trace_from_msg
+from .messages import ns_to_stamp, stamp_to_ns, trace_from_msg
 from .msg import Trace
 from .node_utils import guarded, now_ns, run_node
 from .params import declare
@@ -82,7 +82,7 @@ class TraceOverlayNode(Node):
         fresh = tp is not None and (now_ns(self) - self.trace_rx_ns) * 1e-9 <= self.p.max_trace_age_s
         out = draw_plan_overlay(rgb, tp.anchors if fresh else np.zeros((0, 2)), tp.latent_ids if fresh else None,
                                 tp.instruction if fresh else "waiting for a plan")
-        self.pub_img.publish(rgb_image_msg(out, int(msg.header.stamp.sec * 1e9 + msg.header.stamp.nanosec),
+        self.pub_img.publish(rgb_image_msg(out, stamp_to_ns(msg.header.stamp),
                                            msg.header.frame_id))
 
     def publish_markers(self) -> None:

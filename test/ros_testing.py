@@ -134,12 +134,18 @@ def wait_for_output(proc: subprocess.Popen, text: str, timeout: float) -> bool:
     """Read a node's output until ``text`` appears (the output is kept in proc._seen)."""
     import select
 
+    # (the pipe's file descriptor, not the text stream: readline() after select() left lines that had arrived together
+    # in the stream's buffer, where select() never sees them: a line that was there went unseen until the timeout)
     seen = getattr(proc, "_seen", "")
+    fd = proc.stdout.fileno()
     end = time.monotonic() + timeout
     while text not in seen and time.monotonic() < end and proc.poll() is None:
-        r, _, _ = select.select([proc.stdout], [], [], 0.1)
+        r, _, _ = select.select([fd], [], [], 0.1)
         if r:
-            seen += proc.stdout.readline()
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            seen += data.decode(errors="replace")
     proc._seen = seen
     return text in seen
 
