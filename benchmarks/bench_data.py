@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semanticvla_core.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Data loading"
 # Training consumption of the `tiny` model (samples/s = optimizer steps/s x batch), read off the metrics.jsonl
@@ -31,16 +33,6 @@ SECTION = "## Data loading"
 # x 16; stage 3 ~6.7 steps/s x 16. Override with --consumption. The brief's placeholder (8 samples per step at
 # ~0.5 s per step = 16 samples/s) is far below these.
 TINY_CONSUMPTION = {"tokenizer_traces": 48 * 32, "tokenizer": 6.5 * 32, "vlm": 5.9 * 16, "action": 6.7 * 16}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def scene(e: int, i: int, h: int, w: int) -> np.ndarray:

@@ -29,17 +29,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from semanticvla_core.machine import cpu_model  # noqa: E402
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     lines = [f"machine: {platform.platform()}", f"cpu: {cpu}, {os.cpu_count()} logical cores, "
              f"torch threads {torch.get_num_threads()}", f"python {platform.python_version()}, torch {torch.__version__}"]
     try:

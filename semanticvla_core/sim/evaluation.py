@@ -472,9 +472,12 @@ def run_environment() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
+    # the CPU's instruction set picks torch's kernels (benchmarks/eval_sensitivity.py: another one changes some
+    # episodes' step counts and outcomes), so a report names it and the CPU
+    from ..machine import cpu_model
     return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions,
             "torch_threads": torch.get_num_threads(), "mujoco_gl": os.environ.get("MUJOCO_GL", ""),
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "cpu": cpu_model(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def summarize(episodes: list[dict]) -> dict:
