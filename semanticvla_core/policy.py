@@ -219,13 +219,17 @@ class SemanticVLAPolicy(nn.Module):
         with torch.no_grad():
             return self.latent_tokenizer.encode_trace(window).float()
 
-    def decoder_conditions(self, anchors, e_a: torch.Tensor | None, e_v: torch.Tensor, state=None) -> dict:
-        """The decoder's condition groups, with the switches applied (absent groups are None)."""
+    def decoder_conditions(self, anchors, e_a: torch.Tensor | None, e_v: torch.Tensor, state=None,
+                           image_age=None) -> dict:
+        """The decoder's condition groups, with the switches applied (absent groups are None). ``image_age``:
+        control steps by which the images are older than ``state`` (a number or (B,); None: 0), read by a decoder
+        with ``image_age_cond``."""
         c = self.config
         return dict(e_tau=self.anchors_to_e_tau(anchors) if c.decoder_uses_trace else None,
                     e_a=e_a.float() if (c.decoder_uses_e_a and e_a is not None) else None,
                     e_v=e_v.float(),
-                    state=state.float() if (c.state_dim > 0 and state is not None) else None)
+                    state=state.float() if (c.state_dim > 0 and state is not None) else None,
+                    image_age=image_age if self.decoder.config.image_age_cond else None)
 
     @property
     def uses_wrist(self) -> bool:
@@ -391,7 +395,7 @@ class SemanticVLAPolicy(nn.Module):
         if anchors is not None and anchor_noise > 0:
             anchors = (anchors.float() + anchor_noise * torch.randn_like(anchors.float())).clamp(0, 1)
         state = batch.get("state") if self.config.state_dim > 0 else None
-        cond = self.decoder_conditions(anchors, e_a, e_v, state)
+        cond = self.decoder_conditions(anchors, e_a, e_v, state, batch.get("image_age"))
         return self.decoder.loss(batch["actions"].float(), pad_mask=batch.get("actions_pad"), **cond)
 
     def _forward_cached_vlm(self, batch: dict, anchor_noise: float = 0.0) -> dict:
@@ -432,17 +436,18 @@ class SemanticVLAPolicy(nn.Module):
 
     @torch.no_grad()
     def plan(self, images, instruction, state=None, num_flow_steps: int | None = None, seed: int = 0,
-             temperature: float = 0.0, wrist=None, prev_actions=None, delay: int = 0) -> Plan:
+             temperature: float = 0.0, wrist=None, prev_actions=None, delay: int = 0, image_age: float = 0.0) -> Plan:
         """VLM plan + action chunk for a batch (see the module docstring). ``wrist``: wrist-camera images,
         required when the decoder's visual stem uses them. ``prev_actions`` / ``delay``: continue the running
-        chunk by real-time chunking (:meth:`rtc_prefix`)."""
+        chunk by real-time chunking (:meth:`rtc_prefix`). ``image_age``: control steps by which the images are
+        older than ``state`` (read by a decoder trained with ``image_age_cond``)."""
         t_all = time.perf_counter()
         was_training = self.training
         self.eval()
         x, instr, wh, gen, e_v = self._generate(images, instruction, wrist, temperature)
         B = x.shape[0]
         t0 = time.perf_counter()
-        cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, e_v, self._state_tensor(state, B))
+        cond = self.decoder_conditions(gen.anchors, gen.latent_hidden, e_v, self._state_tensor(state, B), image_age)
         a_norm = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(B, seed),
                                      **self.rtc_prefix(prev_actions, delay, state))
         if self.device.type == "cuda":
@@ -500,9 +505,10 @@ class SemanticVLAPolicy(nn.Module):
         return out
 
     def decode_actions(self, trace_plan: TracePlan, state=None, num_flow_steps: int | None = None,
-                       seed: int = 0, prev_actions=None, delay: int = 0) -> ActionChunkData:
+                       seed: int = 0, prev_actions=None, delay: int = 0, image_age: float = 0.0) -> ActionChunkData:
         """Flow decoder on a ``TracePlan`` (+ fresh state) -> ``ActionChunkData`` in robot units. ``prev_actions`` /
-        ``delay``: continue the running chunk by real-time chunking (:meth:`rtc_prefix`)."""
+        ``delay``: continue the running chunk by real-time chunking (:meth:`rtc_prefix`). ``image_age``: control
+        steps by which the plan's images are older than ``state`` (read by a decoder with ``image_age_cond``)."""
         tp = trace_plan.validate()
         K, d = self.vlm.num_latent_tokens, self.vlm.hidden_size
         if self.config.use_latent and tp.latent_hidden.shape != (K, d):
@@ -521,7 +527,7 @@ class SemanticVLAPolicy(nn.Module):
         dev = self.device
         e_a = torch.as_tensor(e_a_np, device=dev)[None]
         e_v = torch.as_tensor(vis, device=dev)[None]
-        cond = self.decoder_conditions(tp.anchors[None], e_a, e_v, self._state_tensor(state, 1))
+        cond = self.decoder_conditions(tp.anchors[None], e_a, e_v, self._state_tensor(state, 1), image_age)
         a = self.decoder.sample(**cond, num_steps=num_flow_steps, noise=self._noise(1, seed),
                                 **self.rtc_prefix(prev_actions, delay, state))
         actions = self._unnormalize_actions(a.float().cpu().numpy(), state)[0]
@@ -654,13 +660,18 @@ class SemanticVLAPolicy(nn.Module):
             stats = DatasetStats.load(d / NORM_STATS_NAME)
         policy = cls(config, text_tokenizer=tok, latent_tokenizer=lt, norm_stats=stats,
                      codebook_version=meta["codebook_version"])
-        keep_decoder = dataclasses.asdict(policy.decoder.config) == meta.get("decoder_config")
+        now = dataclasses.asdict(policy.decoder.config)
+        stored = {"image_age_cond": False, **(meta.get("decoder_config") or {})}   # (saved before the field existed)
+        gains_age = now["image_age_cond"] and not stored["image_age_cond"]      # (an override switching it on)
+        keep_decoder = now == {**stored, "image_age_cond": now["image_age_cond"] if gains_age else stored["image_age_cond"]}
         parts = {"vlm": policy.vlm, "decoder": policy.decoder} if keep_decoder or not config_overrides else \
             {"vlm": policy.vlm}
         stored_stem = SemanticVLAConfig.from_dict(meta["config"]).stem
         if policy.stem is not None and (stored_stem == config.stem or not config_overrides):
             parts["stem"] = policy.stem          # an overridden stem starts fresh (stage 3 trains it)
         missing, unexpected = load_model(nn.ModuleDict(parts), str(d / WEIGHTS_NAME), strict=False)
+        if gains_age and "decoder" in parts:      # (a decoder that gains the image age starts it at zero)
+            missing = [k for k in missing if not k.startswith("decoder.age_mlp.")]
         for part in ("decoder", "stem"):
             if part not in parts:
                 unexpected = [k for k in unexpected if not k.startswith(part + ".")]

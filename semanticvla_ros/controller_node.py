@@ -97,14 +97,16 @@ class ControllerNode(Node):
         while len(self.obs_states) > 32:
             self.obs_states.pop(min(self.obs_states))
 
-    def _decode(self, trace, q, fingers, stamp_ns: int, t: int, prev=None, delay: int = 0) -> None:
+    def _decode(self, trace, q, fingers, stamp_ns: int, t: int, prev=None, delay: int = 0, image_age: float = 0.0) -> None:
+        """Decode ``trace`` with the state (q, fingers); ``image_age``: control steps by which the trace's images are
+        older than that state (a decoder trained with ``image_age_cond`` reads it)."""
         if self._kin is None:
             from semanticvla_core.safety.kinematics import PandaKinematics
             self._kin = PandaKinematics()
         state = state_from_joints(q, fingers, self._kin)
         t0 = time.perf_counter()
         chunk = self.policy.decode_actions(trace, state, num_flow_steps=self.p.flow_steps, seed=self.p.seed,
-                                           prev_actions=prev, delay=delay)
+                                           prev_actions=prev, delay=delay, image_age=image_age)
         self.decode_s = (self.decode_s + [time.perf_counter() - t0])[-20:]
         chunk.stamp_ns = stamp_ns
         with self._lock:
@@ -115,6 +117,10 @@ class ControllerNode(Node):
         self.decoded, self.ticks_since_decode = trace, 0
         if self.p.loop != "rtc":       # (rtc: a Trace that arrived during the decode is still new)
             self.trace_new = False
+
+    def _image_age(self, trace, t: int) -> float:
+        """Control steps by which ``trace``'s images (its observation stamp) are older than a state taken at ``t``."""
+        return max(0.0, (t - trace.stamp_ns) * 1e-9 * self.p.control_rate_hz)
 
     def _expected_ready_ns(self, t: int) -> int:
         """When a chunk decoded now will be running: now + the slowest of the recent decode times + two ticks (this
@@ -164,10 +170,11 @@ class ControllerNode(Node):
             trace = self.decoded
         with self._lock:      # (stamped on the running chunk's time grid: the hand-over neither repeats nor skips a row)
             prev, d, stamp = self.executor_.continuation(t, self._expected_ready_ns(t))
-        self._decode(trace, self.q, self.fingers, stamp, now_ns(self), prev, d)
+        age = self._image_age(trace, t)
+        self._decode(trace, self.q, self.fingers, stamp, now_ns(self), prev, d, age)
         if new:
             self.delays = (self.delays + [d])[-200:]
-            self.image_ages = (self.image_ages + [(t - trace.stamp_ns) / dt_ns])[-200:]
+            self.image_ages = (self.image_ages + [age])[-200:]
             if len(self.delays) % 100 == 0:
                 self.get_logger().info(
                     f"rtc: last 100 plans: delay (rows continued) median {np.median(self.delays[-100:]):.0f}, "
@@ -222,10 +229,10 @@ class ControllerNode(Node):
                 self.executor_.drop_after(self.trace.stamp_ns)  # stop-gap chunks give way to the new plan
                 self._decode(self.trace, *obs, self.trace.stamp_ns, t)   # rows whose time has passed are skipped
             if self.p.refill_on_gap and self.decoded is not None and not self.executor_.covers(t):
-                self._decode(self.decoded, self.q, self.fingers, t, t)   # stop-gap: the last plan, fresh state
+                self._decode(self.decoded, self.q, self.fingers, t, t, image_age=self._image_age(self.decoded, t))   # stop-gap: the last plan, fresh state
         elif (self.trace_new and self.p.decode_on_new_trace) or self.ticks_since_decode >= self.p.decode_every_steps \
                 or self.executor_.num_chunks == 0:
-            self._decode(self.trace, self.q, self.fingers, t, t)
+            self._decode(self.trace, self.q, self.fingers, t, t, image_age=self._image_age(self.trace, t))
         with self._lock:
             out = self.executor_.upcoming(t)
             why = self.executor_.last_reason

@@ -403,3 +403,28 @@ def test_bad_inputs_raise_clear_errors():
         p.plan(_images(1), "a", state=np.zeros(5))
     with pytest.raises(ValueError, match="images"):
         p.plan(np.zeros((4, 4), np.uint8), "a")
+
+
+def test_a_decoder_gains_the_image_age_on_load_and_keeps_its_weights(tmp_path):
+    """config_overrides switching image_age_cond on (the start of a delay fine-tune): the stored decoder is kept,
+    its new image-age input starts at zero, so the chunks are the same as before at any age until it is trained;
+    the policy passes the age through plan() and decode_actions()."""
+    p = _policy()
+    p.save_pretrained(tmp_path / "ckpt")
+    dec = {**json.loads((tmp_path / "ckpt" / "config.json").read_text())["config"]["decoder"], "image_age_cond": True}
+    q = SemanticVLAPolicy.from_pretrained(tmp_path / "ckpt", config_overrides={"decoder": dec})
+    assert q.decoder.config.image_age_cond and q.decoder.age_mlp is not None
+    for k, v in p.decoder.state_dict().items():
+        assert torch.equal(v, q.decoder.state_dict()[k]), k
+    imgs, state = _images(1), np.array([0.1, -0.2, 0.3])
+    a = p.plan(imgs, INSTR[0], state=state).actions
+    np.testing.assert_array_equal(q.plan(imgs, INSTR[0], state=state, image_age=4).actions, a)
+    with torch.no_grad():                        # trained: the age changes the chunk, in both entry points
+        q.decoder.age_mlp[2].weight.normal_(0, 0.5)
+    tp = q.plan_trace(imgs[0], INSTR[0])
+    fresh, old = (q.decode_actions(tp, state, image_age=k).actions for k in (0, 4))
+    assert not np.allclose(fresh, old)
+    np.testing.assert_array_equal(q.plan(imgs, INSTR[0], state=state, image_age=4).actions[0], old)
+    q.save_pretrained(tmp_path / "aged")         # and it round-trips with the age input
+    r = SemanticVLAPolicy.from_pretrained(tmp_path / "aged")
+    np.testing.assert_array_equal(r.decode_actions(tp, state, image_age=4).actions, old)

@@ -254,6 +254,7 @@ def test_image_delay_takes_images_from_earlier_frames_and_state_and_actions_from
         off = int(a["index"]) - int(b["index"])
         e, t = (int(v) for v in plain.samples[k])
         assert 0 <= off <= min(3, t)
+        assert float(b["image_age"]) == off and "image_age" not in a     # (what the decoder is told)
         offsets.add(off)
         if off == 0:
             torch.testing.assert_close(a["image"], b["image"])

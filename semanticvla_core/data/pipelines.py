@@ -298,7 +298,8 @@ class VLMDataset(_StageDataset):
 
 
 class ActionDataset(VLMDataset):
-    """Stage-3 samples: VLM keys + normalized action chunk (H, D), ``actions_pad`` (H,), normalized state."""
+    """Stage-3 samples: VLM keys + normalized action chunk (H, D), ``actions_pad`` (H,), normalized state (+
+    ``image_age``, frames the images are older than the state, with ``image_delay_max``)."""
 
     def __init__(self, root, image_size: int = DEFAULT_IMAGE_SIZE, window: int = DEFAULT_WINDOW,
                  num_anchors: int = DEFAULT_NUM_ANCHORS, latent_ids=None, horizon: int = DEFAULT_HORIZON,
@@ -417,6 +418,8 @@ class ActionDataset(VLMDataset):
             if self.plans is not None and self._plan_row[self.ds.episode(e).start + ti] < 0:
                 ti = t                          # (no plan of that frame: no delay for this sample)
         out = self._vlm_sample(e, ti)
+        if self.image_delay_max:
+            out["image_age"] = torch.tensor(float(t - ti))    # frames (control steps) the images are older than the state
         if self.plans is not None:
             r = self._plan_row[self.ds.episode(e).start + ti]
             for key, col in self.plans.items():     # plan_anchors, plan_latent_ids (+ frozen-VLM features)

@@ -24,6 +24,13 @@ has to *find* a keypoint among ~100 memory rows before it can use its coordinate
 coordinates to every layer directly. It reads only groups that are already passed (e_v, state), so the
 paper's condition set is unchanged. Zero-initialised output: it starts as a no-op.
 
+Image age (``image_age_cond``, off by default): on a running robot the images a plan reads are older than the
+state the chunk is decoded from (the planning time, ~4 control steps on the shipped graph). A decoder trained on
+a mix of fresh and delayed images without knowing which hedges between the two (the delay fine-tune lost 14 of
+100 episodes without delay). With ``image_age_cond`` a small MLP of the age (control steps / IMAGE_AGE_SCALE)
+is added to the same adaLN input, so one decoder serves both. Zero-initialised output: a decoder that gains it
+computes exactly what it did before, until trained.
+
 Rectified flow (Liu et al. 2022; pi0-style): x_t = (1 - t) * noise + t * actions, target velocity
 v = actions - noise, t ~ U(0, 1) (or logit-normal); sampling integrates dx/dt = v(x_t, t) from t = 0
 (pure noise) to t = 1 with ``num_steps`` Euler steps. Actions are expected NORMALIZED (about [-1, 1]).
@@ -40,6 +47,8 @@ import torch.nn.functional as F
 GROUPS = ("e_tau", "e_a", "e_v", "state")
 RTC_GUIDANCE_MAX = 5.0   # beta of real-time chunking (Black et al. 2025): the cap on the guidance weight
 GLOBAL_ROW_DIM = 8     # numbers kept per e_v row by the global conditioning (a keypoint token is linear in x, y)
+IMAGE_AGE_SCALE = 8.0  # image ages (control steps) are read as age / IMAGE_AGE_SCALE (training delays 0-8)
+IMAGE_AGE_HIDDEN = 32
 
 
 @dataclass
@@ -61,6 +70,7 @@ class FlowDecoderConfig:
     time_sampling: str = "uniform"  # "uniform" | "logit_normal" (training time distribution)
     global_cond: bool = False   # also condition adaLN on an MLP of state + the last global_tokens e_v rows
     global_tokens: int = 0      # rows of e_v read by global_cond (resolved from the stem by SemanticVLAConfig)
+    image_age_cond: bool = False  # also condition adaLN on how many control steps the images are older than the state
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -145,6 +155,12 @@ class FlowMatchingDecoder(nn.Module):
         if self.global_mlp is not None:
             nn.init.zeros_(self.global_mlp[2].weight)
             nn.init.zeros_(self.global_mlp[2].bias)
+        # image age (``image_age_cond``): zero-initialised output, so a decoder that gains it computes what it did
+        self.age_mlp = (nn.Sequential(nn.Linear(1, IMAGE_AGE_HIDDEN), nn.SiLU(), nn.Linear(IMAGE_AGE_HIDDEN, d))
+                        if c.image_age_cond else None)
+        if self.age_mlp is not None:
+            nn.init.zeros_(self.age_mlp[2].weight)
+            nn.init.zeros_(self.age_mlp[2].bias)
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.action_out = nn.Linear(d, c.action_dim)
@@ -194,10 +210,30 @@ class FlowMatchingDecoder(nn.Module):
             raise ValueError("every sample needs at least one valid condition token (check masks)")
         return memory, ~ok
 
-    def global_condition(self, e_v=None, state=None) -> torch.Tensor | None:
-        """(B, d_model) global conditioning vector, or None when ``global_cond`` is off (module docstring)."""
+    def global_condition(self, e_v=None, state=None, image_age=None) -> torch.Tensor | None:
+        """(B, d_model) global conditioning vector, or None when ``global_cond`` and ``image_age_cond`` are off
+        (module docstring). ``image_age``: (B,) or a number, control steps by which the images behind ``e_v`` are
+        older than ``state`` (None: 0, images as fresh as the state); read only with ``image_age_cond``."""
+        age = self._image_age_condition(image_age, e_v, state)
         if self.global_mlp is None:
+            return age
+        cond = self._global_mlp_condition(e_v, state)
+        return cond if age is None else cond + age
+
+    def _image_age_condition(self, image_age, e_v, state) -> torch.Tensor | None:
+        if self.age_mlp is None:
             return None
+        ref = next((x for x in (e_v, state) if x is not None), None)
+        dev = self.pos.device
+        age = torch.zeros(1, device=dev) if image_age is None else \
+            torch.as_tensor(image_age, dtype=torch.float32, device=dev).reshape(-1)
+        if ref is not None and age.numel() == 1:
+            age = age.expand(ref.shape[0])       # (otherwise (B,) or one number, broadcast over the batch)
+        if not torch.isfinite(age).all() or (age < 0).any():
+            raise ValueError(f"image_age must be finite and >= 0 control steps, got {image_age}")
+        return self.age_mlp((age.float() / IMAGE_AGE_SCALE)[:, None])
+
+    def _global_mlp_condition(self, e_v, state) -> torch.Tensor:
         c, parts = self.config, []
         if self.global_rows is not None:
             if e_v is None or e_v.ndim != 3 or e_v.shape[1] < c.global_tokens:
@@ -226,9 +262,9 @@ class FlowMatchingDecoder(nn.Module):
         shift, scale = self.ada_out(temb).chunk(2, dim=-1)
         return self.action_out(_modulate(self.norm_out(x), shift, scale))
 
-    def forward(self, x_t, t, e_tau=None, e_a=None, e_v=None, state=None, masks=None) -> torch.Tensor:
+    def forward(self, x_t, t, e_tau=None, e_a=None, e_v=None, state=None, masks=None, image_age=None) -> torch.Tensor:
         memory, pad = self.build_memory(e_tau, e_a, e_v, state, masks)
-        return self.velocity(x_t, t, memory, pad, self.global_condition(e_v, state))
+        return self.velocity(x_t, t, memory, pad, self.global_condition(e_v, state, image_age))
 
     def sample_time(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.config.time_sampling == "uniform":
@@ -238,7 +274,7 @@ class FlowMatchingDecoder(nn.Module):
     # ---- training and sampling ------------------------------------------------------------------
     def loss(self, actions: torch.Tensor, e_tau=None, e_a=None, e_v=None, state=None,
              pad_mask: torch.Tensor | None = None, masks: dict | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, image_age=None) -> torch.Tensor:
         """Rectified-flow MSE on a batch of normalized chunks ``actions (B, H, D)``.
 
         pad_mask: bool (B, H), True where the chunk ran past the episode end (``actions_pad``): those
@@ -249,7 +285,7 @@ class FlowMatchingDecoder(nn.Module):
         noise = torch.randn(actions.shape, device=actions.device, generator=generator)
         t = self.sample_time(B, actions.device, generator)
         x_t = (1 - t)[:, None, None] * noise + t[:, None, None] * actions
-        v = self(x_t, t, e_tau, e_a, e_v, state, masks)
+        v = self(x_t, t, e_tau, e_a, e_v, state, masks, image_age)
         err = (v - (actions - noise)).pow(2).mean(dim=-1)                # (B, H)
         if pad_mask is None:
             return err.mean()
@@ -259,7 +295,7 @@ class FlowMatchingDecoder(nn.Module):
         return (err * w).sum() / w.sum().clamp_min(1.0)
 
     @torch.no_grad()
-    def sample(self, e_tau=None, e_a=None, e_v=None, state=None, masks: dict | None = None,
+    def sample(self, e_tau=None, e_a=None, e_v=None, state=None, masks: dict | None = None, image_age=None,
                num_steps: int | None = None, generator: torch.Generator | None = None,
                batch_size: int | None = None, noise: torch.Tensor | None = None,
                prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None,
@@ -284,7 +320,7 @@ class FlowMatchingDecoder(nn.Module):
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         memory, pad = self.build_memory(e_tau, e_a, e_v, state, masks)
-        cond = self.global_condition(e_v, state)
+        cond = self.global_condition(e_v, state, image_age)
         device = self.pos.device
         if noise is None:
             B = memory.shape[0] if memory is not None else batch_size

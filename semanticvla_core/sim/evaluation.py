@@ -111,9 +111,10 @@ class _PolicyAdapter:
         params = inspect.signature(policy.plan).parameters if hasattr(policy, "plan") else {}
         self._takes_wrist = "wrist" in params
         self._takes_prefix = "prev_actions" in params      # real-time chunking (loop "rtc")
+        self._takes_age = "image_age" in params
         self.last_keypoints = None      # (2, 2) object / destination keypoints of the last plan, when it has them
 
-    def __call__(self, obs: dict, instruction: str, prev_actions=None, delay: int = 0):
+    def __call__(self, obs: dict, instruction: str, prev_actions=None, delay: int = 0, image_age: int = 0):
         anchors = None
         if hasattr(self.policy, "plan"):
             imgs = obs["agentview"][None]
@@ -122,6 +123,8 @@ class _PolicyAdapter:
                 kw["wrist"] = obs["wrist"][None]
             if prev_actions is not None and self._takes_prefix:
                 kw.update(prev_actions=np.asarray(prev_actions), delay=int(delay))
+            if image_age and self._takes_age:
+                kw["image_age"] = float(image_age)
             try:
                 out = self.policy.plan(imgs, instruction, **kw)
             except TypeError:
@@ -303,7 +306,7 @@ def run_episode(env: FrankaTabletopEnv, policy, task: str, seed: int, kind: str,
             prev, dd, _ = ex.continuation(t, t + d * dt_ns) if loop == "rtc" else (None, 0, t)   # (t is on the grid)
             old = seen[0]                           # images from image_delay steps ago, the state of now
             view = {**obs, **{key: old[key] for key in ("agentview", "wrist") if key in old}}
-            acts, anchors = adapter(view, env.instruction, prev_actions=prev, delay=dd)
+            acts, anchors = adapter(view, env.instruction, prev_actions=prev, delay=dd, image_age=len(seen) - 1)
             n_plans += 1
             if H is None:
                 H = len(acts)
