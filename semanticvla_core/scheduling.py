@@ -1,4 +1,5 @@
-"""Process handling for the supervisors: the normal scheduler for children, and noticing a dying child early.
+"""Process handling: the normal scheduler for children, real-time priority for a control loop, and noticing a dying
+child early.
 
 Keep processes on the normal (time-sharing) scheduler:
 
@@ -19,6 +20,25 @@ def normal_scheduling() -> None:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux, or not permitted: nothing to undo
         pass
+
+
+def realtime_scheduling(priority: int) -> str | None:
+    """Put the calling thread on SCHED_FIFO at ``priority`` (1-99): it then runs as soon as it is ready, ahead of
+    every time-shared thread (what ros2_control does for its control loop). Threads it starts afterwards inherit
+    the policy. Returns None when done, else why not (not Linux, no CAP_SYS_NICE / rtprio limit, a container
+    without real-time bandwidth); the thread then stays where it was. Only for threads that sleep most of the time:
+    a busy real-time thread starves the machine (the kernel keeps 5% per second for the rest)."""
+    p = int(priority)
+    if not 1 <= p <= 99:
+        raise ValueError(f"real-time priority must be 1..99, got {priority}")
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(p))
+    except AttributeError:
+        return "this system has no SCHED_FIFO (not Linux)"
+    except OSError as e:
+        return (f"SCHED_FIFO {p} not permitted ({e.strerror}): give the user an rtprio limit "
+                "(/etc/security/limits.d: '@realtime - rtprio 98') or CAP_SYS_NICE")
+    return None
 
 
 EXIT_POLL_S = 0.005          # how often the supervisor looks for an exiting node (~0.5% of one core for the graph)

@@ -93,6 +93,23 @@ def spin_node(node, num_threads: int = 1) -> None:
                 pass
 
 
+def _realtime_if_asked(node) -> None:
+    """A node with a ``realtime_priority`` parameter above 0 spins its executor (its timers and callbacks; not
+    threads it started before, e.g. the controller's decode worker) under SCHED_FIFO at that priority; where that
+    is not permitted it says why and runs on the normal scheduler."""
+    prio = int(getattr(getattr(node, "p", None), "realtime_priority", 0) or 0)
+    if prio <= 0:
+        return
+    from semanticvla_core.scheduling import realtime_scheduling
+
+    why = realtime_scheduling(prio)
+    if why is None:
+        node.get_logger().info(f"executor thread on SCHED_FIFO priority {prio}")
+    else:
+        node.get_logger().warning(f"realtime_priority {prio}: {why}; running on the normal scheduler (more timing "
+                                  "jitter on a busy machine)")
+
+
 def _no_op() -> None:
     return None
 
@@ -110,6 +127,7 @@ def run_node(factory, args=None, num_threads: int = 1) -> None:
     node = None
     try:
         node = factory()
+        _realtime_if_asked(node)
         spin_node(node, num_threads)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -1,4 +1,7 @@
 """Each node on its own, as a separate process, with real messages over DDS on loopback."""
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -719,6 +722,20 @@ def test_sim_publishes_robot_topics_and_follows_a_trajectory(h):
         assert h.spin_until(fut.done, 20) and check(fut.result()), srv
 
 
+def _thread_policies(pid: int) -> dict[int, int]:
+    """Scheduling policy of each thread of process ``pid`` (/proc/PID/task/TID/stat, field 41)."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        stat = open(f"/proc/{pid}/task/{task}/stat").read()
+        out[int(task)] = int(stat[stat.rfind(")") + 2:].split()[38])
+    return out
+
+
+def _fifo_permitted() -> bool:
+    return subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))"],
+                          capture_output=True).returncode == 0
+
+
 def test_controller_rtc_continues_the_running_chunk_over_the_measured_delay(h, tmp_path):
     """loop rtc (the default): each new Trace is decoded with the fresh joint state by real-time chunking, so what
     goes out right after the switch to it continues the chunk that was running (much closer to it than the same
@@ -727,10 +744,19 @@ def test_controller_rtc_continues_the_running_chunk_over_the_measured_delay(h, t
     from semanticvla_core.robot_state import state_from_joints
 
     ckpt = tiny_checkpoint(tmp_path, state_dim=15)
-    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 2.0})
+    node = h.start("controller", {"checkpoint": str(ckpt), "trace_timeout_s": 2.0, "realtime_priority": 10})
     chunks = h.record(ActionChunk, "/semanticvla/action_chunk")
     pub_t, pub_js = h.publisher(Trace, "/semanticvla/trace"), h.publisher(JointState, "/joint_states")
     assert wait_for_output(node, "loaded policy", 90), node._seen
+    # realtime_priority: the executor's thread (the process's main thread: tick and callbacks) on SCHED_FIFO, the
+    # decode worker and DDS's threads not; where this machine does not permit it, a logged reason instead
+    if _fifo_permitted():
+        assert wait_for_output(node, "SCHED_FIFO priority 10", 10), node._seen
+        policies = _thread_policies(node.pid)
+        assert policies[node.pid] == os.SCHED_FIFO and os.SCHED_OTHER in policies.values(), policies
+    else:
+        assert wait_for_output(node, "running on the normal scheduler", 10), node._seen
+        assert set(_thread_policies(node.pid).values()) == {os.SCHED_OTHER}
     q_of = lambda t_ns: READY_Q + 0.05 * np.sin(np.arange(7) + t_ns * 1e-9)       # noqa: E731 (the arm moves)
     sent_js = []
 
