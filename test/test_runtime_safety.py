@@ -350,6 +350,36 @@ def test_tcp_slightly_below_the_table_margin_is_raised_onto_it(checker):
     assert set(strict.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW).rejecting_kinds) == {K.TABLE_COLLISION}
 
 
+def test_a_gripper_coming_down_over_a_flat_obstacle_is_raised_onto_its_top(checker):
+    """A grasp next to a plate: one finger comes down over the plate's edge. The targets are raised so that the
+    gripper stays gripper_table_margin_m above the plate's top, as above the table (the chunk goes on); with
+    table_policy reject, or a plate too tall to climb within table_clip_max_m, the chunk is refused. The judge:
+    the arm's collision geometry against the plate at the admitted joint states (the MuJoCo judge:
+    test_safety_paths)."""
+    kin = checker.kin
+    p0, R0 = kin.fk(READY_Q)
+    floor = float(checker.tcp_floor(R0))
+    q_low = kin.ik(p0 - [0, 0, p0[2] - (floor + 0.03)], R0, READY_Q).q     # TCP 3 cm above the table floor
+    p_low = kin.fk(q_low)[0]
+    pts = np.einsum("ij,nj->ni", R0, checker._gripper_pts) + p_low          # the gripper, where it is now
+    tips = pts[pts[:, 2] < pts[:, 2].min() + 0.01]                           # its lowest centimetre: the fingers
+
+    def plate(top, name="plate"):                 # a plate whose edge lies 5 mm under one finger
+        y_edge = tips[:, 1].min() + 0.005
+        return EnvBox(name, (p_low[0], y_edge - 0.1, top / 2), (0.2, 0.2, top))
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.03 / 8                         # down to the table floor
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, env_boxes=[plate(0.008)]))
+    r = c.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW)
+    assert r.status is SafetyStatus.CLIPPED and not r.rejecting_kinds, r.summary()
+    assert r.kinds[0] is K.ENV_COLLISION and "plate" in r.reasons[0].message
+    assert r.tcp_targets[:, 2].min() == pytest.approx(floor + 0.008, abs=1e-4)
+    judge = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, env_boxes=[plate(0.008)], table_policy="reject"))
+    assert all(not judge.collisions(q[None], np.zeros(1)) for q in r.positions), "the raised path touches the plate"
+    assert set(judge.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW).rejecting_kinds) == {K.ENV_COLLISION}
+    tall = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, env_boxes=[plate(0.09)]))
+    assert K.ENV_COLLISION in tall.check_chunk(chunk(acts), q_low, 0.0, now_ns=NOW).rejecting_kinds
+
+
 def test_executor_rows_run_once_by_their_times(checker):
     from semanticvla_core.safety.execution import SafetyExecutor
 

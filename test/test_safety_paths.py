@@ -553,3 +553,70 @@ def test_a_policy_pushing_a_joint_into_its_limit_keeps_moving_along_it_on_the_si
     assert held == 0 and moved > 0.08, results                       # 6 x 8 rows of 4 mm: it kept going
     assert q7max <= upper - SafetyConfig().joint_limit_margin_rad + 2e-3, (q7max, upper)
     assert results["reject"][1] >= 4 and results["reject"][0] < 0.5 * moved, results   # as before: holds
+
+
+@pytest.mark.parametrize("mode", ["cartesian", "stepwise"])
+def test_a_grasp_beside_a_plate_comes_down_onto_the_plate_not_into_it_on_the_sim(mode):
+    """A cube lying against a plate: one finger comes down over the plate's edge. The filter used to refuse every
+    such chunk (the finger in the plate's clearance) and the policy repeated it: the main command's seed 0 stood
+    still for its last 32 s. Now the targets are raised onto the plate's top as onto the table (table_policy clip)
+    and the arm comes down as far as it safely can. Judged by MuJoCo: no contact of the arm with the plate at any
+    physics step; with table_policy reject the chunks are refused as before."""
+    from semanticvla_core.sim.env import FrankaTabletopEnv, SimConfig
+
+    env = FrankaTabletopEnv(SimConfig(render=False))
+    env.reset("pick_place_plate", 0, render=False)
+    boxes = env.static_obstacles()
+    plate = min((b for b in boxes if b.name.startswith("plate")), key=lambda b: abs(b.center[0] - 0.45))
+    p0, R0 = env.tcp_pose()
+    axis = np.r_[R0[:2, 1], 0.0] / np.linalg.norm(R0[:2, 1])           # the fingers' axis, in the table plane
+    half = 0.5 * abs(axis[:2]) @ np.asarray(plate.size[:2])
+    goal = np.r_[np.asarray(plate.center[:2]) + (half + 0.012) * axis[:2], 0.085]   # TCP 12 mm off the plate's edge
+    for _ in range(80):                                                # there (no filter), gripper open
+        d = goal - env.tcp_pose()[0]
+        if np.linalg.norm(d) < 0.002:
+            break
+        env.step(np.r_[np.clip(d, -0.01, 0.01), 0.0, 0.0, 0.0, 0.0], render=False)
+    assert np.linalg.norm(goal - env.tcp_pose()[0]) < 0.005
+    import mujoco
+    m = env.model
+    plate_body = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, plate.name)
+    arm_bodies = {mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n) for n in
+                  ("panda_link7", "panda_hand", "panda_leftfinger", "panda_rightfinger")}
+    touches = []
+
+    def hook(e):                                                     # every physics sub-step
+        for i in range(e.data.ncon):
+            con = e.data.contact[i]
+            bodies = {int(m.geom_bodyid[con.geom1]), int(m.geom_bodyid[con.geom2])}
+            if plate_body in bodies and bodies & arm_bodies and con.dist < 0:
+                touches.append(float(con.dist))
+    results = {}
+    for policy in ("clip", "reject"):
+        state = env.data.qpos.copy(), env.data.qvel.copy(), env.data.ctrl.copy(), env._setpoint_v.copy()
+        c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, gripper="sim", table_policy=policy, env_boxes=boxes))
+        ex = SafetyExecutor(c, mode)
+        z0, t, held = env.tcp_pose()[0][2], NOW, 0
+        env.substep_hook, touches[:] = hook, []
+        for k in range(5):                                          # 5 chunks of 8 rows, 5 mm down per row
+            rows = np.zeros((8, 7)); rows[:, 2] = -0.005
+            res = ex.admit(_chunk(rows, stamp=t), env.joint_positions(), 0.0, t)
+            held += res.is_hold
+            for _ in range(8):
+                cmd = ex.tick(env.joint_positions(), 0.0, t)
+                if cmd is not None and cmd.ee_delta is not None:
+                    env.step(cmd.ee_delta, render=False)
+                elif cmd is not None:
+                    env.step_joint_targets(cmd.positions[0], cmd.gripper)
+                else:
+                    env.step(np.zeros(7), render=False)
+                t += 50_000_000
+        env.substep_hook = None
+        results[policy] = (z0 - env.tcp_pose()[0][2], held, list(touches))
+        env.data.qpos[:], env.data.qvel[:], env.data.ctrl[:], env._setpoint_v = state[0], state[1], state[2], state[3]
+        env.step(np.zeros(7), render=False)
+    down, held, touched = results["clip"]
+    assert not touched, touched                                        # never into the plate
+    assert held == 0 and down > 0.025, results                         # came down ~3-4 cm (to the plate's top)
+    assert results["reject"][1] >= 4 and results["reject"][0] < 0.01, results    # as before: refused, still
+    assert not results["reject"][2]

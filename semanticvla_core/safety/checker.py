@@ -331,6 +331,7 @@ class SafetyChecker(abc.ABC):
         self._radii = self.reach_radii()
         self._tcp_radii = self.tcp_reach_radii()
         self._gripper_pts = self.gripper_points_tcp()
+        self._tops = self._obstacle_tops()
 
     # ------------------------------------------------------------------ backend hook
     @abc.abstractmethod
@@ -738,23 +739,65 @@ class SafetyChecker(abc.ABC):
         R = np.asarray(R, dtype=np.float64)
         return floor - np.min(np.einsum("...ij,nj->...ni", R, self._gripper_pts)[..., 2], axis=-1)
 
+    def _obstacle_tops(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]]:
+        """The upright ``env_boxes`` (top face horizontal) as (name, rotation, centre, half footprint grown by
+        ``gripper_table_margin_m``, top z): surfaces the gripper may be raised onto like the table's."""
+        cfg, out = self.config, []
+        for b in cfg.env_boxes:
+            Rb = b.rotation()
+            if abs(Rb[2, 2]) < 0.999:
+                continue                       # (a tilted box: no flat top; the collision check alone refuses contact)
+            half = 0.5 * np.abs(Rb) @ np.asarray(b.size, dtype=np.float64)      # world-axis half extents
+            local_half = 0.5 * np.asarray(b.size[:2], dtype=np.float64) + cfg.gripper_table_margin_m
+            out.append((b.name, Rb, np.asarray(b.center, dtype=np.float64), local_half, float(b.center[2] + half[2])))
+        return out
+
+    def _obstacle_floor_need(self, P: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """(H,) how far each TCP target must rise so that every gripper point above an upright obstacle's footprint
+        (grown by the margin) stays ``gripper_table_margin_m`` above its top (<= 0: clear), and the obstacles that
+        set it. Raising does not move a point in x, y, so one raise is enough."""
+        need = np.full(len(P), -np.inf)
+        names = []
+        if not self._tops:
+            return need, names
+        W = P[:, None, :] + np.einsum("hij,nj->hni", R, self._gripper_pts)        # (H, N, 3) gripper points
+        for name, Rb, c, local_half, top in self._tops:
+            loc = (W - c) @ Rb                                                      # in the box frame
+            over = np.all(np.abs(loc[..., :2]) <= local_half, axis=-1)               # (H, N) above the footprint
+            if not over.any():
+                continue
+            n = np.max(np.where(over, top + self.config.gripper_table_margin_m - W[..., 2], -np.inf), axis=1)
+            if np.any(n > 0):
+                names.append(name)
+            need = np.maximum(need, n)
+        return need, names
+
     def _table_tcp(self, P: np.ndarray, R: np.ndarray, clip: bool) -> tuple[np.ndarray, list[Violation]]:
-        """TCP targets whose gripper (true geometry, target orientation) would come closer to the table than
-        ``gripper_table_margin_m``: raised just enough when ``clip`` and table_policy allow and the excess is at
-        most table_clip_max_m (a clipped, non-rejecting reason), otherwise a rejecting one."""
+        """TCP targets whose gripper (true geometry, target orientation) would come closer than
+        ``gripper_table_margin_m`` to the table, or to the top of an upright obstacle box it is above (a plate a
+        cube lies against: the pads come down over its edge): raised just enough when ``clip`` and table_policy
+        allow and the excess is at most table_clip_max_m (a clipped, non-rejecting reason), otherwise a rejecting
+        one. (The collision checks that follow judge the raised targets and the paths between them.)"""
         cfg = self.config
         floor = cfg.table_z + cfg.link_table_margin_m + cfg.gripper_table_margin_m
-        need = self.tcp_floor(R) - P[:, 2]
+        need_table = self.tcp_floor(R) - P[:, 2]
+        need_top, tops = self._obstacle_floor_need(P, R)
+        need = np.maximum(need_table, need_top)
         s = _first(need > 0)
         if s is None:
             return P, []
         worst = float(need.max())
+        on_top = bool(np.any(need_top > np.maximum(need_table, 0.0)))
+        kind = ViolationKind.ENV_COLLISION if on_top else ViolationKind.TABLE_COLLISION
+        what = f"the table and the tops of {', '.join(tops)}" if on_top else "the table"
         if clip and cfg.table_policy == "clip" and worst <= cfg.table_clip_max_m:
             P = P.copy()
             P[:, 2] += np.maximum(need, 0.0)
-            return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP targets raised by up to {worst * 1000:.1f} mm to keep "
-                                                                f"the gripper {cfg.gripper_table_margin_m * 1000:.1f} mm above the table", s,
-                                 rejecting=False)]
+            return P, [Violation(kind, f"TCP targets raised by up to {worst * 1000:.1f} mm to keep the gripper "
+                                       f"{cfg.gripper_table_margin_m * 1000:.1f} mm above {what}", s, rejecting=False)]
+        if on_top and need_top[s] > need_table[s]:
+            return P, [Violation(kind, f"TCP target z = {P[s, 2]:.4f} m puts the gripper {need[s] * 1000:.1f} mm too "
+                                       f"low over {', '.join(tops)} (its top + margin)", s)]
         return P, [Violation(ViolationKind.TABLE_COLLISION, f"TCP target z = {P[s, 2]:.4f} m puts the gripper "
                                                             f"{need[s] * 1000:.1f} mm too low (table + margin {floor:.4f} m)", s)]
 
