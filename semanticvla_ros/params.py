@@ -98,8 +98,9 @@ PARAMS: dict[str, list[Param]] = {
         Param("table_z", 0.0, "Height of the table surface [m] in the base frame"),
         Param("table_margin", _SAFETY.gripper_table_margin_m, "The gripper's lowest point (true finger / pad geometry, "
                                                              "target orientation) must stay this far above the table [m]"),
-        Param("table_policy", _SAFETY.table_policy, "ee_delta TCP targets whose gripper would come lower: clip (raised just "
-                                      "enough, when at most table_clip_max_m) or reject"),
+        Param("table_policy", _SAFETY.table_policy, "ee_delta TCP targets whose gripper would come lower, or closer than "
+                                      "table_margin to the top of a scene obstacle it is above (a plate): clip (raised "
+                                      "just enough, when at most table_clip_max_m) or reject"),
         Param("gripper_model", _SAFETY.gripper, "Collision model of the fingers: urdf (Franka Hand meshes) | sim (+ the MuJoCo "
                                                 "sim's longer finger pads; sim:=true selects it)"),
         Param("check_budget_s", _SAFETY.check_budget_s, "A chunk check that takes longer is stopped and the chunk rejected "

@@ -335,6 +335,18 @@ def test_cli_stage3_freeze_vlm_trains_the_decoder_on_cached_vlm_outputs(tmp_path
     assert _cli("stage3_e2e").main(["--dataset", str(tmp_path / "ds"), "--keep-decoder", "--latent-ids",
                                     str(ids_file), "--out", str(tmp_path / "bad"), *common]) == 2
 
+    # the delay fine-tune: images up to 3 frames older than the state, the decoder kept and told the images' age
+    # (image_age_cond switched on); its own plans are made here for every sample's own frame (made from the delayed
+    # images, they once covered random earlier frames and left sample frames without a plan: the run failed)
+    dec = {**json.loads((tmp_path / "s3" / "policy" / "config.json").read_text())["config"]["decoder"],
+           "image_age_cond": True}
+    assert _cli("stage3_e2e").main([*cont, "--keep-decoder", "--out", str(tmp_path / "aged"), "--image-delay-max", "3",
+                                    "--set", "decoder=" + json.dumps(dec)]) == 0
+    aged_feats = load_np(str(tmp_path / "aged" / feats_file.name))
+    np.testing.assert_array_equal(np.sort(aged_feats["index"]), np.sort(feats["index"]))
+    aged = SemanticVLAPolicy.from_pretrained(tmp_path / "aged" / "policy")
+    assert aged.decoder.config.image_age_cond and aged.decoder.age_mlp is not None
+
 
 def test_cli_stage3_trace_keypoint_supervision(tmp_path):
     """--lambda-keypoints: every frame gets the grasp / place targets of its episode (ActionDataset.

@@ -240,26 +240,40 @@ def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: in
     c = policy.config
     idx, cols = [], {k: [] for k in ("anchors", "latent_ids", "latent_hidden", "visual_tokens", "prompt_context")}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    for b in tqdm(loader, desc="own plans", unit="batch", disable=not progress):
-        gen = policy.vlm.generate(b["image"].to(policy.device, policy.vlm_dtype), list(b["instruction"]))
-        idx.append(b["index"].numpy())
-        if c.use_trace:
-            cols["anchors"].append(np.asarray(gen.anchors, np.float32))
-        if c.use_latent:
-            cols["latent_ids"].append(np.asarray(gen.latent_ids, np.int64))
-        if features:
-            for k in ("latent_hidden", "visual_tokens", "prompt_context"):
-                cols[k].append(getattr(gen, k).float().cpu().numpy())
+    # a plan per sample's own frame: a dataset that shows older images (image_delay_max) would plan those frames
+    # instead, at random, and leave sample frames without a plan
+    base = _base_dataset(dataset) if hasattr(_unwrap(dataset), "image_delay_max") else None
+    delay = base.image_delay_max if base is not None else 0
+    try:
+        if base is not None:
+            base.image_delay_max = 0
+        for b in tqdm(loader, desc="own plans", unit="batch", disable=not progress):
+            gen = policy.vlm.generate(b["image"].to(policy.device, policy.vlm_dtype), list(b["instruction"]))
+            idx.append(b["index"].numpy())
+            if c.use_trace:
+                cols["anchors"].append(np.asarray(gen.anchors, np.float32))
+            if c.use_latent:
+                cols["latent_ids"].append(np.asarray(gen.latent_ids, np.int64))
+            if features:
+                for k in ("latent_hidden", "visual_tokens", "prompt_context"):
+                    cols[k].append(getattr(gen, k).float().cpu().numpy())
+    finally:
+        if base is not None:
+            base.image_delay_max = delay
     policy.train(was)
     out = {"index": np.concatenate(idx).astype(np.int64)}
     out.update({k: np.ascontiguousarray(np.concatenate(v)) for k, v in cols.items() if v})
     return out
 
 
+def _unwrap(dataset):
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
 def _base_dataset(dataset):
-    base = dataset
-    while isinstance(base, torch.utils.data.Subset):
-        base = base.dataset
+    base = _unwrap(dataset)
     if not hasattr(base, "set_plans"):
         raise ValueError("stage 3: own plans / keypoint targets need an ActionDataset (or a Subset of one)")
     return base
