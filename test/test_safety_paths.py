@@ -509,6 +509,18 @@ def test_a_chunk_whose_check_runs_out_of_time_leaves_the_running_chunk_running(c
     assert cmd is None or cmd.row is None                                  # stopped: braking, no row
 
 
+def _sim_period(env, ex: SafetyExecutor, t: int) -> None:
+    """One control period of the MuJoCo arm under the filter's executor: its command for now (an ee_delta row for
+    the sim's Cartesian step, or a joint target), or none due (the controller stays put)."""
+    cmd = ex.tick(env.joint_positions(), 0.0, t)
+    if cmd is not None and cmd.ee_delta is not None:
+        env.step(cmd.ee_delta, render=False)
+    elif cmd is not None:
+        env.step_joint_targets(cmd.positions[0], cmd.gripper)
+    else:
+        env.step(np.zeros(7), render=False)
+
+
 @pytest.mark.parametrize("mode", ["cartesian", "stepwise"])
 def test_a_policy_pushing_a_joint_into_its_limit_keeps_moving_along_it_on_the_sim(mode):
     """joint_limit_policy clip: chunk after chunk turns the wrist (joint 7) past its limit while moving the TCP
@@ -537,13 +549,7 @@ def test_a_policy_pushing_a_joint_into_its_limit_keeps_moving_along_it_on_the_si
             res = ex.admit(_chunk(rows, stamp=t), env.joint_positions(), 0.0, t)
             held += res.is_hold
             for _ in range(8):
-                cmd = ex.tick(env.joint_positions(), 0.0, t)
-                if cmd is not None and cmd.ee_delta is not None:
-                    env.step(cmd.ee_delta, render=False)
-                elif cmd is not None:
-                    env.step_joint_targets(cmd.positions[0], cmd.gripper)
-                else:                                               # no row due: the controller stays put
-                    env.step(np.zeros(7), render=False)
+                _sim_period(env, ex, t)
                 q7.append(env.joint_positions()[6])
                 t += 50_000_000
         results[policy] = (env.tcp_pose()[0][1] - y0, held, max(q7))
@@ -603,13 +609,7 @@ def test_a_grasp_beside_a_plate_comes_down_onto_the_plate_not_into_it_on_the_sim
             res = ex.admit(_chunk(rows, stamp=t), env.joint_positions(), 0.0, t)
             held += res.is_hold
             for _ in range(8):
-                cmd = ex.tick(env.joint_positions(), 0.0, t)
-                if cmd is not None and cmd.ee_delta is not None:
-                    env.step(cmd.ee_delta, render=False)
-                elif cmd is not None:
-                    env.step_joint_targets(cmd.positions[0], cmd.gripper)
-                else:
-                    env.step(np.zeros(7), render=False)
+                _sim_period(env, ex, t)
                 t += 50_000_000
         env.substep_hook = None
         results[policy] = (z0 - env.tcp_pose()[0][2], held, list(touches))
