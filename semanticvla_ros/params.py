@@ -73,7 +73,7 @@ PARAMS: dict[str, list[Param]] = {
         Param("trace_timeout_s", 3.0, "Hold (publish nothing) when the newest Trace is older than this"),
         Param("state_timeout_s", 0.5, "Hold when joint states are older than this"),
         Param("seed", 0, "Seed of the flow sampler's noise (deterministic chunks for a given input)"),
-        Param("realtime_priority", 0, "SCHED_FIFO priority (1-99) of the thread that runs the control tick and "
+        Param("realtime_priority", 10, "SCHED_FIFO priority (1-99) of the thread that runs the control tick and "
               "the callbacks (not the decode worker): the tick then runs on time on a busy machine. 0 = normal "
               "scheduler. Needs an rtprio limit or CAP_SYS_NICE; without, the node logs why and runs normally"),
     ],
