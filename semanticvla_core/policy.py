@@ -221,9 +221,10 @@ class SemanticVLAPolicy(nn.Module):
 
     def decoder_conditions(self, anchors, e_a: torch.Tensor | None, e_v: torch.Tensor, state=None,
                            image_age=None) -> dict:
-        """The decoder's condition groups, with the switches applied (absent groups are None). ``image_age``:
-        control steps by which the images are older than ``state`` (a number or (B,); None: 0), read by a decoder
-        with ``image_age_cond``."""
+        """The decoder's condition groups, with the switches applied (absent groups are None), and ``image_age``
+        (None unless the decoder has ``image_age_cond``): the keyword arguments of the decoder's ``loss`` /
+        ``sample`` / ``forward`` (``build_memory`` takes the groups only). ``image_age``: control steps by which the
+        images are older than ``state`` (a number or (B,); None: 0)."""
         c = self.config
         return dict(e_tau=self.anchors_to_e_tau(anchors) if c.decoder_uses_trace else None,
                     e_a=e_a.float() if (c.decoder_uses_e_a and e_a is not None) else None,

@@ -242,6 +242,7 @@ def _memory_len(p, tp) -> int:
         vis, e_a = vis[:p.vlm.num_visual_tokens], vis[p.vlm.num_visual_tokens:]
     cond = p.decoder_conditions(tp.anchors[None], torch.as_tensor(e_a)[None], torch.as_tensor(vis)[None],
                                 torch.zeros(1, 3))
+    cond.pop("image_age")                         # (not a memory group: the adaLN conditioning reads it)
     memory, _ = p.decoder.build_memory(**cond)
     return memory.shape[1]
 

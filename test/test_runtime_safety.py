@@ -194,10 +194,17 @@ def test_environment_box_rejected():
     p0 = base.kin.fk(READY_Q)[0]
     box = EnvBox("block", center=(p0[0], p0[1], p0[2] - 0.12), size=(0.1, 0.1, 0.1))
     c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, env_boxes=[box]))
-    acts = np.zeros((8, 7)); acts[:, 2] = -0.01                 # 8 cm down: fingertips reach the box top
-    r = c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
-    assert r.is_hold and r.rejecting_kinds == [K.ENV_COLLISION] and "env_block" in r.reasons[0].message
+    acts = np.zeros((8, 7)); acts[:, 2] = -0.01                 # 8 cm down: fingertips 2 cm into the box top
+    r = c.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)      # raised onto its top, as onto the table
+    assert r.status is SafetyStatus.CLIPPED and r.kinds == [K.ENV_COLLISION] and not r.rejecting_kinds, r.summary()
+    assert "block" in r.reasons[0].message and r.tcp_targets[:, 2].min() > p0[2] - 0.07
+    deep = np.zeros((8, 7)); deep[:, 2] = -0.019                # 15 cm down: 10 cm into it, more than a clip
+    r = c.check_chunk(chunk(deep), READY_Q, 0.0, now_ns=NOW)
+    assert r.is_hold and r.rejecting_kinds == [K.ENV_COLLISION] and "block" in r.reasons[0].message, r.summary()
     assert base.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW).status is SafetyStatus.OK   # no box: fine
+    strict = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, env_boxes=[box], table_policy="reject"))
+    r = strict.check_chunk(chunk(acts), READY_Q, 0.0, now_ns=NOW)
+    assert r.is_hold and r.rejecting_kinds == [K.ENV_COLLISION], r.summary()
     with pytest.raises(ValueError, match="env box"):
         SafetyConfig(env_boxes=[{"name": "x", "center": [0, 0]}])
 
