@@ -747,9 +747,8 @@ class SafetyChecker(abc.ABC):
             Rb = b.rotation()
             if abs(Rb[2, 2]) < 0.999:
                 continue                       # (a tilted box: no flat top; the collision check alone refuses contact)
-            half = 0.5 * np.abs(Rb) @ np.asarray(b.size, dtype=np.float64)      # world-axis half extents
             local_half = 0.5 * np.asarray(b.size[:2], dtype=np.float64) + cfg.gripper_table_margin_m
-            out.append((b.name, Rb, np.asarray(b.center, dtype=np.float64), local_half, float(b.center[2] + half[2])))
+            out.append((b.name, Rb, np.asarray(b.center, dtype=np.float64), local_half, b.center[2] + 0.5 * b.size[2]))
         return out
 
     def _obstacle_floor_need(self, P: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, list[str]]:

@@ -242,10 +242,10 @@ def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: in
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     # a plan per sample's own frame: a dataset that shows older images (image_delay_max) would plan those frames
     # instead, at random, and leave sample frames without a plan
-    base = _base_dataset(dataset) if hasattr(_unwrap(dataset), "image_delay_max") else None
-    delay = base.image_delay_max if base is not None else 0
+    base = _unwrap(dataset)
+    delay = getattr(base, "image_delay_max", 0)
     try:
-        if base is not None:
+        if delay:
             base.image_delay_max = 0
         for b in tqdm(loader, desc="own plans", unit="batch", disable=not progress):
             gen = policy.vlm.generate(b["image"].to(policy.device, policy.vlm_dtype), list(b["instruction"]))
@@ -258,7 +258,7 @@ def precompute_plans(policy: SemanticVLAPolicy, dataset: Dataset, batch_size: in
                 for k in ("latent_hidden", "visual_tokens", "prompt_context"):
                     cols[k].append(getattr(gen, k).float().cpu().numpy())
     finally:
-        if base is not None:
+        if delay:
             base.image_delay_max = delay
     policy.train(was)
     out = {"index": np.concatenate(idx).astype(np.int64)}
