@@ -193,6 +193,30 @@ def test_a_check_never_outlives_its_budget():
     assert r.is_hold and r.rejecting_kinds == [K.TIMEOUT], r.summary()
 
 
+def test_a_check_sharing_its_process_with_the_rows_waits_while_a_row_is_verified():
+    """The safety node's admission checker pauses while its rows' thread makes and verifies a row (the gate is clear
+    then): the row comes first. Closed for good, the check runs out of its budget (TIMEOUT: the running chunk goes
+    on); opened after 50 ms, it passes, no sooner. Without the gate a row's own check waited for the GIL behind a
+    long admission and ran out of time."""
+    import threading
+    import time
+
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=0.3))
+    gate = threading.Event()
+    c.share_the_gil(gate=gate)
+    rows = np.zeros((8, 7)); rows[:, 0] = 0.002
+    r = c.check_chunk(_chunk(rows), READY_Q, 0.0, now_ns=NOW)
+    assert r.is_hold and r.rejecting_kinds == [K.TIMEOUT], r.summary()
+    opener = threading.Timer(0.05, gate.set)
+    t0 = time.perf_counter()
+    opener.start()
+    r = c.check_chunk(_chunk(rows), READY_Q, 0.0, now_ns=NOW)
+    waited = time.perf_counter() - t0
+    opener.join()
+    assert r.ok and waited >= 0.05, (r.summary(), waited)
+    assert c.check_chunk(_chunk(rows), READY_Q, 0.0, now_ns=NOW).ok          # open: no wait
+
+
 def test_every_command_sent_is_within_the_limits(checker):
     """An aggressive chunk through the executor: the setpoints it commands (stepwise rows, then the brake) never
     exceed the velocity or acceleration limits, measured on the commands themselves."""
@@ -507,6 +531,34 @@ def test_a_chunk_whose_check_runs_out_of_time_leaves_the_running_chunk_running(c
     assert ex.admit(bad, q, 0.0, t).rejecting_kinds == [K.JOINT_LIMIT]
     cmd = ex.tick(q, 0.0, t)
     assert cmd is None or cmd.row is None                                  # stopped: braking, no row
+
+
+def test_a_row_whose_check_runs_out_of_time_is_not_sent_but_its_chunk_goes_on(checker):
+    """A row whose own check runs out of its budget (a loaded machine) is not sent: the arm brakes that period along
+    the brake verified with the last row. The chunk stays admitted and the next period sends its next row, checked
+    afresh (it used to end the chunk: the arm stood still until the next admission, the demo's single missed periods).
+    A row refused for a real violation still ends its chunk (test above)."""
+    from dataclasses import replace
+
+    ex = SafetyExecutor(checker, "stepwise")
+    rows = np.zeros((8, 7)); rows[:, 0] = 0.002
+    assert ex.admit(_chunk(rows), READY_Q, 0.0, NOW).ok
+    q, t = READY_Q.copy(), NOW
+    for _ in range(3):
+        q = ex.tick(q, 0.0, t).positions[0]
+        t += 50_000_000
+    ex.checker = BuiltinSafetyChecker(replace(checker.config, check_budget_s=1e-6))   # this period's check: too late
+    late = ex.tick(q, 0.0, t)
+    assert late.is_hold and late.row == 3 and [v.kind for v in late.reasons] and \
+        all(v.kind is K.TIMEOUT for v in late.reasons), late.reasons
+    sq = ex.setpoint(t, q)[0]
+    assert np.linalg.norm(late.positions[-1] - q) < 0.01            # a brake from where the arm was: no row in it
+    ex.checker = checker
+    t += 50_000_000
+    cmd = ex.tick(sq, 0.0, t)
+    assert cmd is not None and not cmd.is_hold and cmd.row == 4, cmd      # the chunk goes on with its next row
+    p0, p1 = checker.kin.fk(sq)[0], checker.kin.fk(cmd.positions[0])[0]
+    assert p1[0] > p0[0]                                                  # ... moving on in x
 
 
 def _sim_period(env, ex: SafetyExecutor, t: int) -> None:

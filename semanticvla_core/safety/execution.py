@@ -24,7 +24,9 @@ Modes (safety filter parameter ``execution``):
   position-only points (JTC interpolates those linearly: the polyline that was checked).
 
 Rows are consumed by their times (row i applies at ``stamp + i * dt``): each row runs at most once, rows whose time
-has passed by more than two periods are skipped, and a tick with no row due brakes a moving setpoint to rest.
+has passed by more than two periods are skipped, and a tick with no row due brakes a moving setpoint to rest. A row
+refused for a real violation ends its chunk; a row whose check ran out of its time budget (TIMEOUT, nothing found) is
+not sent, the arm brakes that period, and the chunk goes on with the next row.
 """
 from __future__ import annotations
 
@@ -352,8 +354,13 @@ class SafetyExecutor:
         except Exception as e:  # noqa: BLE001 - never raise out of the executor
             cmd = [Violation(ViolationKind.BAD_INPUT, f"row {i}: {type(e).__name__}: {e}", i)]
         if isinstance(cmd, list):          # refused: stop the chunk and brake
+            # ... unless the row's check only ran out of time and found nothing wrong: the row is not sent and the
+            # arm brakes (along the brake verified with the last row), but the chunk stays admitted and the next
+            # period's row is checked afresh from the braking setpoint (a loaded machine loses a period, not the plan)
+            keep = c if cmd and all(v.kind is ViolationKind.TIMEOUT for v in cmd) else None
             self.chunk = None
             out = self.brake(q, g, now_ns, cmd)
+            self.chunk = keep
             out.row, out.skipped = i, skipped
             return out
         cmd.row, cmd.skipped = i, skipped
