@@ -371,7 +371,7 @@ class SafetyChecker(abc.ABC):
     def check_chunk(self, chunk: ActionChunkData, q_current: np.ndarray, gripper_current: float,
                     now_ns: int | None = None, dq_current: np.ndarray | None = None,
                     start_q: np.ndarray | None = None, start_v: np.ndarray | None = None,
-                    dynamics: bool = True, end_at_rest: bool = False, settle=None) -> SafetyResult:
+                    dynamics: bool = True, end_at_rest: bool = False, settle=None, path: bool = True) -> SafetyResult:
         """Check every step of ``chunk`` and the path between them from the robot state; never raises (any bad
         argument -> a hold with a reason) and never runs longer than ``config.check_budget_s`` (-> TIMEOUT).
 
@@ -384,6 +384,9 @@ class SafetyChecker(abc.ABC):
           also from q_current to step 0 (the arm catching up with its setpoint).
         dynamics: False skips the velocity/acceleration/jerk check (the executor limits each row itself and checks
           the command it sends with :meth:`verify_command`).
+        path: False skips the dense path check between the steps (for a caller that sends not these steps but a
+          command derived from them, and checks that command's own path with :meth:`verify_command`: the executor's
+          rows).
         end_at_rest: the chunk is sent whole and the controller stops at its last point (execution trajectory): the
           stop counts as an acceleration and the points are checked as the controller samples them. False: the
           chunk is a window of a longer motion.
@@ -397,7 +400,7 @@ class SafetyChecker(abc.ABC):
         self._yielded = time.perf_counter() + self.yield_after_s
         try:
             return self._check_chunk(chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v, dynamics,
-                                     end_at_rest, settle)
+                                     end_at_rest, settle, path)
         except CheckTimeout as e:
             return self.hold(q_current, gripper_current, [Violation(ViolationKind.TIMEOUT, str(e))])
         except Exception as e:  # noqa: BLE001 - bad input of any kind must end in a hold with a reason, never a raise
@@ -431,7 +434,7 @@ class SafetyChecker(abc.ABC):
                                "chunk rejected")
 
     def _check_chunk(self, chunk, q_current, gripper_current, now_ns, dq_current, start_q, start_v,
-                     dynamics, end_at_rest=False, settle=None) -> SafetyResult:
+                     dynamics, end_at_rest=False, settle=None, path=True) -> SafetyResult:
         cfg = self.config
         # ---- robot state
         q_cur = _as_vector(q_current, 7)
@@ -486,7 +489,7 @@ class SafetyChecker(abc.ABC):
             P = self._tcp_positions(Q)
             reasons += self._workspace_strict(P)
         return self._finish(q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest,
-                            self._settle_path(settle) if dynamics else None)
+                            self._settle_path(settle) if dynamics else None, path=path)
 
     @staticmethod
     def _settle_path(settle) -> tuple[np.ndarray, np.ndarray] | None:
@@ -501,7 +504,7 @@ class SafetyChecker(abc.ABC):
         return SP, ST
 
     def _finish(self, q_cur, g_cur, q0, v0, Q, G, P, dt, reasons, dynamics, end_at_rest=False,
-                settle=None) -> SafetyResult:
+                settle=None, path=True) -> SafetyResult:
         """Limits, dynamics and the dense path check of joint waypoints Q; the verdict."""
         H = len(Q)
         reasons = reasons + self._joint_limits(Q)
@@ -520,7 +523,7 @@ class SafetyChecker(abc.ABC):
                     dyn = dyn + [Violation(ViolationKind.ACCEL_LIMIT, f"starts once the arm's current motion has come "
                                                                       f"to rest ({t0 * 1000:.0f} ms)", rejecting=False)]
             reasons += dyn
-        if not any(r.rejecting for r in reasons):   # the path check is the expensive part: only while it can matter
+        if path and not any(r.rejecting for r in reasons):   # the expensive part: only while it can matter
             reasons += self._path_violations(q_cur, g_cur, q0, Q, G)
         rejecting = [r for r in reasons if r.rejecting]
         if rejecting:

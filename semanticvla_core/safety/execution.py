@@ -374,7 +374,9 @@ class SafetyExecutor:
             cc = self.cartesian
             row_a = clip_ee_delta(row_a, cc.max_delta_pos, cc.max_delta_rot)   # what the controller executes
         row = ActionChunkData(row_a[None], c.dt, c.action_space, c.plan_id, list(c.joint_names), now_ns, c.frame_id)
-        res = self.checker.check_chunk(row, q, g, now_ns=now_ns, start_q=sq, start_v=sv, dynamics=False)
+        # the row's target (IK, table and obstacle tops, joint margins, workspace); its path is checked below on the
+        # command actually sent (verify_command), which is what the setpoint sweeps
+        res = self.checker.check_chunk(row, q, g, now_ns=now_ns, start_q=sq, start_v=sv, dynamics=False, path=False)
         if res.is_hold:
             return [v for v in res.reasons if v.rejecting] or res.reasons
         grip = float(res.gripper[0])
