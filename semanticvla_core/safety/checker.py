@@ -1275,11 +1275,6 @@ class BuiltinSafetyChecker(SafetyChecker):
         """Candidates (pair indices) the bounding spheres cannot clear at the current placements, with each pair's
         clearance inflated as in :meth:`path_collisions` (pieces of bound d)."""
         gd = self.geom_data
-        n = len(self._sph_r)
-        C = np.empty((n, 3))
-        for i in range(n):
-            M = gd.oMg[i]
-            C[i] = M.rotation @ self._sph_c[i] + M.translation
         idx = np.asarray(cand, dtype=int)
         if idx.size == 0:
             return []
@@ -1287,8 +1282,14 @@ class BuiltinSafetyChecker(SafetyChecker):
         a, b = self._pair_a[idx], self._pair_b[idx]
         sep = np.full(idx.size, -np.inf)
         tab = self._pair_table[idx]
-        sep[tab] = C[a[tab], 2] - self._sph_r[a[tab]] - self._table_top
         slf = self._pair_sphere[idx] & ~tab
+        # sphere centres of the geometries these pairs use only (near the table a few of them: this was most of a
+        # check's time when every geometry's centre was placed at every piece)
+        C = np.empty((len(self._sph_r), 3))
+        for i in set(a[tab].tolist()) | set(a[slf].tolist()) | set(b[slf].tolist()):
+            M = gd.oMg[i]
+            C[i] = M.rotation @ self._sph_c[i] + M.translation
+        sep[tab] = C[a[tab], 2] - self._sph_r[a[tab]] - self._table_top
         sep[slf] = np.linalg.norm(C[a[slf]] - C[b[slf]], axis=1) - self._sph_r[a[slf]] - self._sph_r[b[slf]]
         return idx[sep <= infl].tolist()
 
