@@ -509,6 +509,36 @@ def test_safety_rejects_self_collision(safety, h):
     assert msg.startswith("hold") and "SELF_COLLISION" in msg and _is_hold(tr, q0), msg
 
 
+def test_safety_names_refused_chunks_not_a_silent_controller_when_none_is_admitted(h):
+    """Chunks keep coming but every one is refused (on a loaded machine: each check running out of time): the chunk
+    timeout's hold says that, with the newest refusal's reason. It used to say "no ActionChunk from the controller",
+    blaming a controller that was publishing every period."""
+    node = h.start("safety_filter", {"max_chunk_age_s": 0.5, "chunk_timeout_s": 0.5, "check_budget_s": 1.0,
+                                     "execution": "stepwise"})
+    diag = h.record(DiagnosticArray, "/semanticvla/safety/status")
+    pub_c, pub_js = h.publisher(ActionChunk, "/semanticvla/action_chunk"), h.publisher(JointState, "/joint_states")
+    h.node.create_timer(0.02, lambda: pub_js.publish(_js(h, READY_Q)))
+    assert wait_for_output(node, "safety filter: backend", 60), node._seen
+    assert h.spin_until(lambda: pub_c.get_subscription_count() > 0, 10)
+    h.spin_for(0.5)
+    ok = np.zeros((8, 7)); ok[:, 0] = 0.001
+    pub_c.publish(chunk_to_msg(ActionChunkData(ok.astype(np.float32), 0.05, stamp_ns=h.now_ns())))
+    assert h.spin_until(lambda: any(s.message.startswith("ok") for _, d in diag for s in d.status), 10)
+    bad = np.array([np.r_[READY_Q[:6], 2.75 + 0.03 * k] for k in range(1, 9)])    # joint 7 past its limit
+    n = len(diag)
+    pub = lambda: pub_c.publish(chunk_to_msg(ActionChunkData(bad.astype(np.float32), 0.05,          # noqa: E731
+                                                             ACTION_SPACE_JOINT_POSITION, stamp_ns=h.now_ns())))
+    timer = h.node.create_timer(0.05, pub)
+    h.spin_for(1.5)
+    h.node.destroy_timer(timer)
+    msgs = [s.message for _, d in diag[n:] for s in d.status]
+    assert any("JOINT_LIMIT" in m for m in msgs), msgs[-5:]
+    timeout = [m for m in msgs if "ActionChunk admitted for" in m]
+    assert timeout and all("refused" in m and "JOINT_LIMIT" in m for m in timeout), msgs[-8:]
+    assert not any("no ActionChunk from the controller" in m for m in msgs), [m for m in msgs if "controller" in m][:3]
+    assert node.poll() is None
+
+
 def test_safety_rejects_nan_and_stale(safety, h):
     send, state, node = safety
     m = chunk_to_msg(ActionChunkData(np.zeros((8, 7), np.float32), stamp_ns=h.now_ns()))
