@@ -103,17 +103,24 @@ def test_valid_chunk_passes_with_full_trajectory(checker):
 
 
 def test_joint_limit_violation_rejected(checker):
-    q = READY_Q.copy(); q[6] = 2.75               # wrist close to its +2.8973 limit
+    q = READY_Q.copy(); q[6] = 2.85               # wrist close to its +2.8973 limit
     z = checker.kin.fk(q)[1][:, 2]                 # rotating about the TCP z axis turns joint 7 only
-    acts = np.zeros((8, 7)); acts[:, 3:6] = 0.08 * z                 # past the margin by more than the clip takes
+    acts = np.zeros((8, 7)); acts[:, 3:6] = 0.2 * z     # the first row already past the margin by more than the clip takes
     r = checker.check_chunk(chunk(acts), q, 0.0, now_ns=NOW)
     assert r.status is SafetyStatus.REJECTED and r.is_hold
     assert r.rejecting_kinds == [K.JOINT_LIMIT] and "panda_joint7" in r.reasons[0].message
-    bad = np.flatnonzero(r.checked_positions[:, 6] > checker.kin.upper[6] - checker.config.joint_limit_margin_rad)
-    assert r.first_bad_step == bad[0]
+    assert r.first_bad_step == 0
     np.testing.assert_allclose(r.positions, q[None])            # hold where it is
-    back = checker.check_chunk(chunk(-acts), q, 0.0, now_ns=NOW)   # the same motion away from the limit is fine
-    assert back.status is SafetyStatus.OK, back.summary()
+    back = checker.check_chunk(chunk(-acts), q, 0.0, now_ns=NOW)   # the same motion away from the limit runs
+    assert not back.is_hold and K.JOINT_LIMIT not in back.kinds, back.summary()   # (slowed down: a fast turn)
+    # later rows that far past: the chunk runs up to them (the joint held inside the margin) and ends there
+    q[6] = 2.75
+    acts[:, 3:6] = 0.08 * z
+    r = checker.check_chunk(chunk(acts), q, 0.0, now_ns=NOW)
+    assert r.status is SafetyStatus.CLIPPED, r.summary()
+    n = len(r.checked_positions)
+    assert 1 <= n < 8 and np.all(r.checked_positions[:, 6] <= checker.kin.upper[6] - checker.config.joint_limit_margin_rad)
+    assert any(v.kind is K.JOINT_LIMIT and v.step == n and "ends before" in v.message for v in r.reasons), r.summary()
 
 
 def test_joint_targets_a_little_past_the_margin_are_held_inside_it(checker):

@@ -672,3 +672,37 @@ def test_a_grasp_beside_a_plate_comes_down_onto_the_plate_not_into_it_on_the_sim
     assert held == 0 and down > 0.025, results                         # came down ~3-4 cm (to the plate's top)
     assert results["reject"][1] >= 4 and results["reject"][0] < 0.01, results    # as before: refused, still
     assert not results["reject"][2]
+
+
+def test_a_chunk_pushing_a_joint_far_past_its_limit_runs_up_to_where_it_would_not_be_held_for_good():
+    """joint_limit_policy clip: the elbow near its folded limit and a chunk reaching further back, its later rows
+    more than joint_limit_clip_max_rad past the margin. The rows before that are admitted (clipped) and run, and the
+    chunk ends there; it used to be refused whole, every chunk again while the policy kept asking (the main
+    command's seed 1 held for 12 s with joint 4 at its limit)."""
+    from semanticvla_core.safety.kinematics import PandaKinematics
+
+    kin = PandaKinematics()
+    c = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, workspace_min=(-0.3, -0.6, 0.0)))
+    q = READY_Q.copy(); q[3] = kin.lower[3] + 0.05
+    rows = np.zeros((8, 7)); rows[:, 0] = -0.015                      # 1.5 cm per row towards the base
+    res = c.check_chunk(_chunk(rows), q, 0.0, now_ns=NOW, dynamics=False)
+    assert not res.is_hold, res.summary()
+    n = len(res.checked_positions)
+    assert 1 <= n < 8 and any(v.kind is K.JOINT_LIMIT and v.step == n and not v.rejecting for v in res.reasons), res.summary()
+    margin = c.config.joint_limit_margin_rad
+    assert np.all(res.checked_positions[:, 3] >= kin.lower[3] + margin)
+    ex = SafetyExecutor(c, "stepwise")
+    assert ex.admit(_chunk(rows), q, 0.0, NOW).ok
+    t, sent = NOW, []
+    for _ in range(10):
+        cmd = ex.tick(q, 0.0, t)
+        if cmd is not None and cmd.row is not None and not cmd.is_hold:
+            sent.append(cmd.row)
+            q = cmd.positions[0]
+        t += 50_000_000
+    assert sent == list(range(n)), (sent, n)                           # those rows, each once, then the chunk ends
+    assert q[3] >= kin.lower[3] + margin - 1e-9
+    reject = BuiltinSafetyChecker(SafetyConfig(check_budget_s=LONG, workspace_min=(-0.3, -0.6, 0.0),
+                                               joint_limit_policy="reject"))
+    q0 = READY_Q.copy(); q0[3] = kin.lower[3] + 0.05
+    assert reject.check_chunk(_chunk(rows), q0, 0.0, now_ns=NOW, dynamics=False).rejecting_kinds == [K.JOINT_LIMIT]

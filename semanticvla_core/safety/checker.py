@@ -481,7 +481,7 @@ class SafetyChecker(abc.ABC):
                                          f"no joint solution within {cfg.ik.fail_pos_m * 1000:.1f} mm / {cfg.ik.fail_rot_rad:.3f} rad "
                                          f"(residual {ik.pos_err[s] * 1000:.1f} mm, {ik.rot_err[s]:.3f} rad)", s))
             else:
-                Q, P, jl = self._clip_joint_limits(Q, P)
+                Q, P, G, jl = self._clip_joint_limits(Q, P, G)
                 reasons += jl
         else:  # joint_position: rows are absolute joint targets, an optional 8th column the gripper
             Q = actions[:, :7].copy()
@@ -847,20 +847,35 @@ class SafetyChecker(abc.ABC):
         inset = cfg.joint_limit_clip_inset_rad
         return np.clip(q, lo + inset, hi - inset), excess
 
-    def _clip_joint_limits(self, Q: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Violation]]:
+    def _clip_joint_limits(self, Q: np.ndarray, P: np.ndarray, G: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Violation]]:
         """ee_delta joint targets a little past the margin (clip_joints): those joints held just inside it and the TCP
         targets moved to where that leaves the TCP (a clipped, non-rejecting reason; a policy that keeps pushing
-        toward the limit then slides along it instead of holding the arm for good)."""
+        toward the limit then slides along it instead of holding the arm for good). Rows from the first one further
+        past than joint_limit_clip_max_rad are cut off (the chunk ends before it: the arm is not held for good by a
+        policy that asks for a little more than the limit allows with every chunk); that row being the first, the
+        chunk is left to the rejecting check."""
         cfg = self.config
+        cut: list[Violation] = []
+        if cfg.joint_limit_policy == "clip" and len(Q) > 1:
+            m = cfg.joint_limit_margin_rad
+            past = np.max(np.maximum(self.kin.lower + m - Q, 0.0) + np.maximum(Q - (self.kin.upper - m), 0.0), axis=1)
+            far = _first(past > cfg.joint_limit_clip_max_rad)
+            if far is not None and far > 0:
+                j = int(np.argmax(np.maximum(self.kin.lower + m - Q[far], 0.0) + np.maximum(Q[far] - (self.kin.upper - m), 0.0)))
+                cut = [Violation(ViolationKind.JOINT_LIMIT, f"the chunk ends before this step: {PANDA_ARM_JOINTS[j]} would "
+                                                            f"pass its margin by {past[far]:.3f} rad (more than "
+                                                            f"{cfg.joint_limit_clip_max_rad:.3f})", far, rejecting=False)]
+                Q, P, G = Q[:far], P[:far], G[:far]
         Qc, excess = self.clip_joints(Q)
         if Qc is None:
-            return Q, P, []
+            return Q, P, G, cut
         rows = np.flatnonzero(np.any(Qc != Q, axis=1))
         s = int(rows[0])
         j = int(np.flatnonzero(Qc[s] != Q[s])[0])
         P = P.copy()
         P[rows] = self._tcp_positions(Qc[rows])          # (checks the deadline as it goes)
-        return Qc, P, [Violation(ViolationKind.JOINT_LIMIT, f"joint targets held {cfg.joint_limit_clip_inset_rad:.3f} rad "
+        return Qc, P, G, cut + [Violation(ViolationKind.JOINT_LIMIT, f"joint targets held {cfg.joint_limit_clip_inset_rad:.3f} rad "
                                                             f"inside the {cfg.joint_limit_margin_rad:.3f} rad margin (up to "
                                                             f"{excess:.4f} rad past it; first {PANDA_ARM_JOINTS[j]})", s,
                                  rejecting=False)]

@@ -230,7 +230,10 @@ class SafetyExecutor:
         if res.is_hold:
             self.chunk = None
             return res
-        self.chunk = replace(chunk, actions=np.array(chunk.actions, dtype=np.float64))
+        acts = np.array(chunk.actions, dtype=np.float64)
+        if res.checked_positions is not None and 0 < len(res.checked_positions) < len(acts):
+            acts = acts[:len(res.checked_positions)]      # the rows admitted (the check cut the chunk short)
+        self.chunk = replace(chunk, actions=acts)
         if self.mode == "trajectory":
             self.chunk = None
             k = int(res.settle_points)
