@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -330,7 +329,6 @@ class SafetyChecker(abc.ABC):
         # not enough: the waiting thread loses the race to take the GIL back)
         self.yield_after_s, self.yield_every_s, self.yield_s = 0.0, 0.0, 0.0
         self._yielded = 0.0
-        self._gate = None          # share_the_gil(gate=...): a check waits while this Event is clear
         self._radii = self.reach_radii()
         self._tcp_radii = self.tcp_reach_radii()
         self._gripper_pts = self.gripper_points_tcp()
@@ -408,24 +406,14 @@ class SafetyChecker(abc.ABC):
             return self.hold(q_current, gripper_current,
                              [Violation(ViolationKind.BAD_INPUT, f"could not check the chunk: {type(e).__name__}: {e}")])
 
-    def share_the_gil(self, after_s: float = 0.02, every_s: float = 0.002, sleep_s: float = 0.0005,
-                      gate: threading.Event | None = None) -> None:
+    def share_the_gil(self, after_s: float = 0.02, every_s: float = 0.002, sleep_s: float = 0.0005) -> None:
         """For a checker that shares its process with a control loop (the safety node's admission): once a check has
-        run ``after_s``, sleep ``sleep_s`` after every ``every_s`` of work so that the loop's threads run. ``gate``:
-        the check also pauses (GIL released) whenever this Event is clear, e.g. while the loop verifies a row: the
-        loop's work comes first; the pause counts against the check's budget (a check that waits too long ends in
-        TIMEOUT, not unsafe)."""
+        run ``after_s``, sleep ``sleep_s`` after every ``every_s`` of work so that the loop's threads run."""
         self.yield_after_s, self.yield_every_s, self.yield_s = float(after_s), float(every_s), float(sleep_s)
-        self._gate = gate
 
     def _tick(self, what: str) -> None:
-        """Raise CheckTimeout when the running check has used up its budget; give up the GIL (``yield_s``), and wait
-        while the gate (share_the_gil) is closed."""
+        """Raise CheckTimeout when the running check has used up its budget; give up the GIL (``yield_s``)."""
         now = time.perf_counter()
-        gate = self._gate
-        if gate is not None and not gate.is_set():
-            gate.wait(max(0.0, self._deadline - now))
-            self._yielded = now = time.perf_counter()
         if self.yield_s > 0 and now - self._yielded > self.yield_every_s:
             time.sleep(self.yield_s)
             self._yielded = now = time.perf_counter()
