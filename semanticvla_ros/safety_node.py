@@ -35,7 +35,7 @@ thread-safe), so the rows go on every period while a new chunk is checked (with 
 runs under the lock). Once a check has run 20 ms that checker sleeps 0.5 ms after every 2 ms of work
 (``SafetyChecker.share_the_gil``): the check is pure Python and would keep the GIL from the rows' threads (rows
 0.2-0.45 s apart during a long check). (Pausing the check whenever a row was being verified was tried: the main
-command then solved 3 of 10 runs against 5 of 5 without it, in the same clone: admissions came later.) A row whose
+command then solved 3 of 10 runs against 5 of 5 without it, in the same clone; why is not established.) A row whose
 own check runs out of time is not sent, the arm brakes that period and the chunk goes on. Every row is verified as it is sent, from where the setpoint is then. A hold
 never waits: one that finds the executor busy (a row being verified) stops at the setpoint at once (one point) and
 the group that had it brakes properly as soon as it is done. ``_lock`` guards the watchdog state and every publication and is
