@@ -312,7 +312,8 @@ class ExecutorSUT(_SUTBase):
         q, g, dq = self._inputs(q, g, dq)
         t0 = time.perf_counter()
         cmd = self.ex.tick(q, g, now_ns, dq)
-        if cmd is not None and cmd.kind == "hold" and not (cmd.row is not None and self.ex.chunk is not None):
+        late = getattr(self.ex, "row_late", None)
+        if cmd is not None and cmd.kind == "hold" and not (late and late(cmd)):
             self.ex.clear()            # (the node's on_step: a row only late, not refused, keeps its chunk)
         t_f = time.perf_counter() - t0
         kind = "none" if cmd is None else self._send(cmd)

@@ -36,7 +36,8 @@ runs under the lock). Once a check has run 20 ms that checker sleeps 0.5 ms afte
 (``SafetyChecker.share_the_gil``): the check is pure Python and would keep the GIL from the rows' threads (rows
 0.2-0.45 s apart during a long check). (Pausing the check whenever a row was being verified was tried: the main
 command then solved 3 of 10 runs against 5 of 5 without it, in the same clone; why is not established.) A row whose
-own check runs out of time is not sent, the arm brakes that period and the chunk goes on. Every row is verified as it is sent, from where the setpoint is then. A hold
+own check runs out of time is not sent, the arm brakes that period and the chunk goes on. Every row is verified as
+it is sent, from where the setpoint is then. A hold
 never waits: one that finds the executor busy (a row being verified) stops at the setpoint at once (one point) and
 the group that had it brakes properly as soon as it is done. ``_lock`` guards the watchdog state and every publication and is
 never held across a check.
@@ -65,7 +66,7 @@ from semanticvla_core.safety import SafetyConfig, Watchdog, WatchdogConfig, make
 from semanticvla_core.safety.checker import Violation, ViolationKind, violations_text
 from semanticvla_core.safety.kinematics import IKConfig
 from semanticvla_core.safety.execution import EXECUTION_MODES, SafetyExecutor
-from semanticvla_core.safety.watchdog import SOURCES, parse_node_exit
+from semanticvla_core.safety.watchdog import parse_node_exit
 
 from semanticvla_core.actions import ACTION_SPACE_EE_DELTA
 from semanticvla_core.interfaces import ActionChunkData
@@ -133,7 +134,6 @@ class SafetyNode(Node):
         self._exec_lock = threading.RLock()      # the executor + checker: chunk group, or a hold that finds it free
         self._in_hold = threading.local()        # .on: this thread is sending a hold (never gated)
         self._hold_pending = False               # a hold found the executor busy: the chunk group brakes after it
-        self._refused = None                     # (receive time, reason) of the newest chunk not admitted, until one is
         self._cb_chunk = MutuallyExclusiveCallbackGroup()
         self._cb_step = MutuallyExclusiveCallbackGroup()
         self.q = self.dq = None
@@ -228,9 +228,10 @@ class SafetyNode(Node):
             if self.admission_checker is None:
                 res = self.commander.check_admission(chunk, q, g, t, dq, start)
             self.commander.accept(chunk, res, t)
-            self._refused = (t, violations_text([v for v in res.reasons if v.rejecting] or res.reasons)) if res.is_hold else None
             if res.is_hold:
                 self.counts["rejected"] += 1
+                why = [v for v in res.reasons if v.rejecting] or res.reasons
+                self.watchdog.refused("chunk", t, violations_text(why))   # (a timeout then names the refusals)
                 if self.commander.keeps_running(res):     # out of time, nothing found: the last admitted plan goes on
                     text = violations_text(res.reasons)
                     self.get_logger().warning(f"chunk not admitted ({text}): the running chunk goes on")
@@ -261,8 +262,7 @@ class SafetyNode(Node):
             self.counts["rows_skipped"] += cmd.skipped
         if cmd.is_hold:
             self.counts["rows_refused"] += cmd.row is not None
-            if cmd.row is not None and self.commander.chunk is not None:
-                # the row's check ran out of time (nothing found): the arm brakes this period, the chunk goes on
+            if self.commander.row_late(cmd):      # its check ran out of time, nothing found: brake, the chunk goes on
                 text = f"row {cmd.row} not sent: {violations_text(cmd.reasons)}"
                 self.get_logger().warning(f"{text}: braking this period, the chunk goes on")
                 self._send(cmd)
@@ -348,22 +348,9 @@ class SafetyNode(Node):
         if back is not None:
             self.get_logger().info(f"{node} is back (after: {back.describe()}): its hold is lifted")
 
-    def _name_refusals(self, reasons: list[Violation], t: int) -> list[Violation]:
-        """A chunk timeout while the controller's chunks do arrive but are refused (e.g. every check running out of
-        time): say so, not that the controller is silent."""
-        refused = self._refused
-        last = self.watchdog.last("chunk")
-        if refused is None or last is None or t - refused[0] > self.p.chunk_timeout_s * 1e9:
-            return reasons
-        label = SOURCES["chunk"][0]
-        return [Violation(v.kind, f"no {label} admitted for {(t - last) * 1e-9:.3f} s: the controller's chunks arrive "
-                                  f"but are refused (the newest: {refused[1]})")
-                if v.kind is ViolationKind.STALE and v.message.startswith(f"no {label} from") else v for v in reasons]
-
     def _check(self, t: int, ignore: tuple[str, ...] = ()):
         with self._lock:
-            st = self.watchdog.check(t, ignore)
-        return replace(st, reasons=self._name_refusals(st.reasons, t)) if st.hold else st
+            return self.watchdog.check(t, ignore)
 
     def _blocked(self, t: int) -> list[Violation]:
         """Why nothing may move now, whatever a chunk says: an upstream node exited, or the planner, perception or

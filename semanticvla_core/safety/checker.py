@@ -829,11 +829,16 @@ class SafetyChecker(abc.ABC):
         m = cfg.joint_limit_margin_rad
         lo, hi = self.kin.lower + m, self.kin.upper - m
         q = np.asarray(q, dtype=np.float64)
-        excess = float(np.max(np.maximum(lo - q, 0.0) + np.maximum(q - hi, 0.0), initial=0.0))
+        excess = float(np.max(self._past_margin(q), initial=0.0))
         if excess <= 0.0 or cfg.joint_limit_policy != "clip" or excess > cfg.joint_limit_clip_max_rad:
             return None, excess
         inset = cfg.joint_limit_clip_inset_rad
         return np.clip(q, lo + inset, hi - inset), excess
+
+    def _past_margin(self, q: np.ndarray) -> np.ndarray:
+        """How far (rad, >= 0) each joint of ``q`` (..., 7) is past its limit margin."""
+        m = self.config.joint_limit_margin_rad
+        return np.maximum(self.kin.lower + m - q, 0.0) + np.maximum(q - (self.kin.upper - m), 0.0)
 
     def _clip_joint_limits(self, Q: np.ndarray, P: np.ndarray, G: np.ndarray
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Violation]]:
@@ -846,13 +851,12 @@ class SafetyChecker(abc.ABC):
         cfg = self.config
         cut: list[Violation] = []
         if cfg.joint_limit_policy == "clip" and len(Q) > 1:
-            m = cfg.joint_limit_margin_rad
-            past = np.max(np.maximum(self.kin.lower + m - Q, 0.0) + np.maximum(Q - (self.kin.upper - m), 0.0), axis=1)
-            far = _first(past > cfg.joint_limit_clip_max_rad)
+            past = self._past_margin(Q)
+            far = _first(past.max(axis=1) > cfg.joint_limit_clip_max_rad)
             if far is not None and far > 0:
-                j = int(np.argmax(np.maximum(self.kin.lower + m - Q[far], 0.0) + np.maximum(Q[far] - (self.kin.upper - m), 0.0)))
+                j = int(np.argmax(past[far]))
                 cut = [Violation(ViolationKind.JOINT_LIMIT, f"the chunk ends before this step: {PANDA_ARM_JOINTS[j]} would "
-                                                            f"pass its margin by {past[far]:.3f} rad (more than "
+                                                            f"pass its margin by {past[far, j]:.3f} rad (more than "
                                                             f"{cfg.joint_limit_clip_max_rad:.3f})", far, rejecting=False)]
                 Q, P, G = Q[:far], P[:far], G[:far]
         Qc, excess = self.clip_joints(Q)

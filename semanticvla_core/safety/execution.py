@@ -221,6 +221,11 @@ class SafetyExecutor:
         return (self.mode != "trajectory" and res.is_hold and bool(kinds)
                 and all(k is ViolationKind.TIMEOUT for k in kinds))
 
+    def row_late(self, cmd: ArmCommand | None) -> bool:
+        """``cmd`` (from :meth:`tick`) is the brake for a row that was not sent only because its check ran out of
+        time: its chunk goes on (the caller sends the brake and must not clear the chunk)."""
+        return cmd is not None and cmd.is_hold and cmd.row is not None and self.chunk is not None
+
     def accept(self, chunk, res: SafetyResult, now_ns) -> SafetyResult:
         """Install the verdict of check_admission: an accepted chunk replaces the running one, a rejected one also
         stops it (the next tick brakes), unless it :meth:`keeps_running`."""
@@ -361,8 +366,7 @@ class SafetyExecutor:
             # arm brakes (along the brake verified with the last row), but the chunk stays admitted and the next
             # period's row is checked afresh from the braking setpoint (a loaded machine loses a period, not the plan)
             keep = c if cmd and all(v.kind is ViolationKind.TIMEOUT for v in cmd) else None
-            self.chunk = None
-            out = self.brake(q, g, now_ns, cmd)
+            out = self.brake(q, g, now_ns, cmd)           # (a hold: stops the chunk)
             self.chunk = keep
             out.row, out.skipped = i, skipped
             return out

@@ -106,9 +106,11 @@ def parse_node_exit(text: str, now_ns: int) -> NodeExit:
 
 
 def watchdog_check(now_ns: int, last_ns: dict[str, int | None], config: WatchdogConfig | None = None,
-                   ignore: tuple[str, ...] = ()) -> WatchdogStatus:
+                   ignore: tuple[str, ...] = (), refused: dict[str, tuple[int, str]] | None = None) -> WatchdogStatus:
     """Pure staleness check: ``last_ns`` maps a source (see :data:`SOURCES`) to the receive time of its newest
-    message (None: never). ``ignore``: sources not to check this time."""
+    message (None: never). ``ignore``: sources not to check this time. ``refused``: source -> (receive time, reason)
+    of its newest message that arrived but was refused (a stale source refused within its timeout is reported as
+    refused, not as silent)."""
     cfg = config or WatchdogConfig()
     reasons = []
     for src in dict.fromkeys(tuple(cfg.require) + tuple(cfg.watch)):
@@ -123,8 +125,13 @@ def watchdog_check(now_ns: int, last_ns: dict[str, int | None], config: Watchdog
             continue
         age = (int(now_ns) - int(t)) * 1e-9
         if timeout > 0 and age > timeout:
-            reasons.append(Violation(ViolationKind.STALE, f"no {label} from {_FROM[node]} for {age:.3f} s "
-                                                          f"(timeout {timeout} s)"))
+            r = (refused or {}).get(src)
+            if r is not None and int(now_ns) - int(r[0]) <= timeout * 1e9:
+                reasons.append(Violation(ViolationKind.STALE, f"no {label} admitted for {age:.3f} s: the {label}s from "
+                                                              f"{_FROM[node]} arrive but are refused (the newest: {r[1]})"))
+            else:
+                reasons.append(Violation(ViolationKind.STALE, f"no {label} from {_FROM[node]} for {age:.3f} s "
+                                                              f"(timeout {timeout} s)"))
     return WatchdogStatus(bool(reasons), reasons)
 
 
@@ -138,11 +145,19 @@ class Watchdog:
         self._last: dict[str, int | None] = {s: None for s in SOURCES}
         self._exits: dict[str, NodeExit] = {}      # latched: node -> its exit, until it is seen alive after it
         self._alive_ns: dict[str, int] = {}        # node -> header stamp of its newest message
+        self._refused: dict[str, tuple[int, str]] = {}   # source -> (time, reason) of its newest refused message
 
     def feed(self, source: str, now_ns: int) -> None:
         """A message of ``source`` arrived at ``now_ns`` (the receive time; staleness is measured from it)."""
         _known(source)
         self._last[source] = int(now_ns)
+        self._refused.pop(source, None)
+
+    def refused(self, source: str, now_ns: int, reason: str) -> None:
+        """A message of ``source`` arrived at ``now_ns`` but was refused (``reason``): it does not count as fresh,
+        but while refusals keep coming the source's timeout says so instead of calling the source silent."""
+        _known(source)
+        self._refused[source] = (int(now_ns), str(reason))
 
     def last(self, source: str) -> int | None:
         return self._last[source]
@@ -183,10 +198,11 @@ class Watchdog:
             self._last[k] = None
         self._exits.clear()
         self._alive_ns.clear()
+        self._refused.clear()
 
     def check(self, now_ns: int, ignore: tuple[str, ...] = ()) -> WatchdogStatus:
         """Latched exits first (oldest first), then the stale sources (``ignore``: sources not to check)."""
         reasons = [self._exit_violation(ex) for ex in sorted(self._exits.values(), key=lambda e: e.stamp_ns)]
-        st = watchdog_check(now_ns, self._last, self.config, ignore)
+        st = watchdog_check(now_ns, self._last, self.config, ignore, self._refused)
         reasons += st.reasons
         return WatchdogStatus(bool(reasons), reasons)
