@@ -482,20 +482,32 @@ def test_an_arm_coming_down_fast_near_the_table_slows_down_instead_of_being_stop
             assert not [x for x in _truly_colliding(c, a + f * (b - a)) if "table" in " ".join(x)]
 
 
-def test_a_chunk_whose_check_runs_out_of_time_leaves_the_running_chunk_running(checker):
-    """A new chunk whose check runs out of its budget (a loaded machine) is not admitted, but the running chunk goes
-    on, each of its rows verified as it is sent (it used to stop the arm at every late check: holds and stillness
-    under load). A chunk found unsafe still stops it."""
-    from dataclasses import replace
-
+def _running_stepwise(checker, rows_run: int):
+    """(executor, joints, time) of a stepwise executor that has run ``rows_run`` rows of an admitted 8-row chunk
+    (2 mm along x each) on an arm that follows every command."""
     ex = SafetyExecutor(checker, "stepwise")
     rows = np.zeros((8, 7)); rows[:, 0] = 0.002
     assert ex.admit(_chunk(rows), READY_Q, 0.0, NOW).ok
     q, t = READY_Q.copy(), NOW
-    for _ in range(2):
+    for _ in range(rows_run):
         q = ex.tick(q, 0.0, t).positions[0]
         t += 50_000_000
-    hurried = BuiltinSafetyChecker(replace(checker.config, check_budget_s=1e-6))
+    return ex, q, t
+
+
+def _hurried(checker) -> BuiltinSafetyChecker:
+    """The same checker with a budget every check runs out of."""
+    from dataclasses import replace
+
+    return BuiltinSafetyChecker(replace(checker.config, check_budget_s=1e-6))
+
+
+def test_a_chunk_whose_check_runs_out_of_time_leaves_the_running_chunk_running(checker):
+    """A new chunk whose check runs out of its budget (a loaded machine) is not admitted, but the running chunk goes
+    on, each of its rows verified as it is sent (it used to stop the arm at every late check: holds and stillness
+    under load). A chunk found unsafe still stops it."""
+    ex, q, t = _running_stepwise(checker, rows_run=2)
+    hurried = _hurried(checker)
     new = _chunk(np.tile([0.0, 0.002, 0.0, 0.0, 0.0, 0.0, 0.0], (8, 1)), stamp=t)
     res = ex.accept(new, ex.check_admission(new, q, 0.0, t, None, ex.admission_start(t, q), checker=hurried), t)
     assert res.is_hold and res.rejecting_kinds == [K.TIMEOUT]
@@ -514,16 +526,8 @@ def test_a_row_whose_check_runs_out_of_time_is_not_sent_but_its_chunk_goes_on(ch
     the brake verified with the last row. The chunk stays admitted and the next period sends its next row, checked
     afresh (it used to end the chunk: the arm stood still until the next admission, the demo's single missed periods).
     A row refused for a real violation still ends its chunk (test above)."""
-    from dataclasses import replace
-
-    ex = SafetyExecutor(checker, "stepwise")
-    rows = np.zeros((8, 7)); rows[:, 0] = 0.002
-    assert ex.admit(_chunk(rows), READY_Q, 0.0, NOW).ok
-    q, t = READY_Q.copy(), NOW
-    for _ in range(3):
-        q = ex.tick(q, 0.0, t).positions[0]
-        t += 50_000_000
-    ex.checker = BuiltinSafetyChecker(replace(checker.config, check_budget_s=1e-6))   # this period's check: too late
+    ex, q, t = _running_stepwise(checker, rows_run=3)
+    ex.checker = _hurried(checker)                                  # this period's check: too late
     late = ex.tick(q, 0.0, t)
     assert late.is_hold and late.row == 3 and [v.kind for v in late.reasons] and \
         all(v.kind is K.TIMEOUT for v in late.reasons), late.reasons
